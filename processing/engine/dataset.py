@@ -1,0 +1,272 @@
+"""The dataset folder contract shared by every step (tiling, screening, labels, split, augment).
+
+    <dataset>/
+      index.gpkg     layer 'tiles': one polygon per tile (footprint in the scene CRS)
+      images/        <tile_id>.tif and/or <tile_id>.jpg (+ .jgw, .aux.xml)
+      masks/         <tile_id>.tif (label step)
+      labelme/       <tile_id>.json (Labelme annotations)
+      dataset.json   the dataset card (+ dataset.md, its human-readable twin)
+
+Fields are only ever added to the index, never removed. Paths stored in the index are
+relative to the dataset folder, with '/' separators.
+"""
+
+import json
+import os
+
+from osgeo import ogr, osr
+
+from ...metadata import VERSION
+from . import gdalio
+from .errors import GullySegError
+
+INDEX_NAME = "index.gpkg"
+INDEX_LAYER = "tiles"
+CARD_JSON = "dataset.json"
+CARD_MD = "dataset.md"
+IMAGES_DIR = "images"
+MASKS_DIR = "masks"
+LABELME_DIR = "labelme"
+
+STATUS_UNSCREENED = "unscreened"
+STATUS_KEEP = "keep"
+STATUS_REJECT = "reject"
+STATUSES = (STATUS_UNSCREENED, STATUS_KEEP, STATUS_REJECT)
+SPLITS = ("train", "val", "test")
+
+# name -> OGR type. The core fields every index has (later steps may add more, e.g. gully_frac).
+INDEX_FIELDS = {
+    "tile_id": ogr.OFTString,
+    "row": ogr.OFTInteger,
+    "col": ogr.OFTInteger,
+    "x_off": ogr.OFTInteger,
+    "y_off": ogr.OFTInteger,
+    "width": ogr.OFTInteger,
+    "height": ogr.OFTInteger,
+    "nodata_frac": ogr.OFTReal,
+    "status": ogr.OFTString,
+    "split": ogr.OFTString,
+    "image_tif": ogr.OFTString,
+    "image_jpg": ogr.OFTString,
+}
+# Fields added by later steps, with their types (so every writer agrees).
+OPTIONAL_FIELDS = {
+    "mask": ogr.OFTString,
+    "labelme": ogr.OFTString,
+    "gully_frac": ogr.OFTReal,
+    "score": ogr.OFTReal,
+}
+_PY_TO_OGR = {str: ogr.OFTString, int: ogr.OFTInteger, float: ogr.OFTReal}
+
+
+def tile_id(scene_name, row, col):
+    """Stable tile id that sorts in grid order: '<scene>_r0007_c0012'."""
+    return f"{scene_name}_r{row:04d}_c{col:04d}"
+
+
+class DatasetPaths:
+    """Paths inside a dataset folder."""
+
+    def __init__(self, root):
+        self.root = os.path.abspath(str(root))
+
+    @classmethod
+    def from_index(cls, index_path):
+        return cls(os.path.dirname(os.path.abspath(str(index_path))))
+
+    index = property(lambda self: os.path.join(self.root, INDEX_NAME))
+    images = property(lambda self: os.path.join(self.root, IMAGES_DIR))
+    masks = property(lambda self: os.path.join(self.root, MASKS_DIR))
+    labelme = property(lambda self: os.path.join(self.root, LABELME_DIR))
+    card = property(lambda self: os.path.join(self.root, CARD_JSON))
+    card_md = property(lambda self: os.path.join(self.root, CARD_MD))
+
+    def abs(self, relative):
+        """Absolute path of a path stored relative to the dataset folder ('' -> None)."""
+        return os.path.join(self.root, *relative.split("/")) if relative else None
+
+    def rel(self, path):
+        return os.path.relpath(os.path.abspath(path), self.root).replace(os.sep, "/")
+
+
+def _field_type(name, value=None):
+    if name in INDEX_FIELDS:
+        return INDEX_FIELDS[name]
+    if name in OPTIONAL_FIELDS:
+        return OPTIONAL_FIELDS[name]
+    return _PY_TO_OGR.get(type(value), ogr.OFTString)
+
+
+def _polygon(bounds):
+    xmin, ymin, xmax, ymax = bounds
+    ring = ogr.Geometry(ogr.wkbLinearRing)
+    for x, y in ((xmin, ymax), (xmax, ymax), (xmax, ymin), (xmin, ymin), (xmin, ymax)):
+        ring.AddPoint_2D(x, y)
+    poly = ogr.Geometry(ogr.wkbPolygon)
+    poly.AddGeometry(ring)
+    return poly
+
+
+def write_index(path, crs_wkt, records, overwrite=False, extra_fields=None):
+    """Write a new tile index atomically.
+
+    records: dicts with the INDEX_FIELDS (missing ones empty) and 'bounds' (xmin, ymin, xmax, ymax).
+    extra_fields: optional {name: ogr type} for more columns present in the records.
+    """
+    fields = dict(INDEX_FIELDS)
+    fields.update(extra_fields or {})
+    with gdalio.atomic_output(path, overwrite=overwrite, what="OUTPUT_INDEX") as tmp:
+        drv = ogr.GetDriverByName("GPKG")
+        ds = drv.CreateDataSource(tmp)
+        srs = osr.SpatialReference()
+        srs.ImportFromWkt(crs_wkt)
+        layer = ds.CreateLayer(INDEX_LAYER, srs, ogr.wkbPolygon, ["FID=fid", "GEOMETRY_NAME=geom"])
+        for name, ftype in fields.items():
+            layer.CreateField(ogr.FieldDefn(name, ftype))
+        defn = layer.GetLayerDefn()
+        layer.StartTransaction()
+        for rec in records:
+            feat = ogr.Feature(defn)
+            for name in fields:
+                value = rec.get(name)
+                if value is None:
+                    if name == "status":
+                        value = STATUS_UNSCREENED
+                    elif fields[name] == ogr.OFTString:
+                        value = ""
+                    else:
+                        continue
+                feat.SetField(name, value)
+            feat.SetGeometry(_polygon(rec["bounds"]))
+            layer.CreateFeature(feat)
+        layer.CommitTransaction()
+        layer = None
+        ds = None
+    return path
+
+
+def _open_index(path, update=False):
+    if not os.path.exists(str(path)):
+        raise GullySegError(f"TILES: tile index '{path}' does not exist.")
+    try:
+        ds = ogr.Open(str(path), 1 if update else 0)
+    except RuntimeError as exc:
+        raise GullySegError(f"TILES: cannot open tile index '{path}': {exc}") from None
+    layer = ds.GetLayerByName(INDEX_LAYER) if ds is not None else None
+    if layer is None and ds is not None and ds.GetLayerCount() == 1:
+        layer = ds.GetLayer(0)
+    if layer is None:
+        raise GullySegError(f"TILES: '{path}' is not a GullySeg tile index (no '{INDEX_LAYER}' layer).")
+    names = {layer.GetLayerDefn().GetFieldDefn(i).GetName() for i in range(layer.GetLayerDefn().GetFieldCount())}
+    missing = [f for f in ("tile_id", "x_off", "y_off", "width", "height", "status") if f not in names]
+    if missing:
+        raise GullySegError(f"TILES: '{path}' lacks the fields {missing}; is it a GullySeg tile index?")
+    return ds, layer
+
+
+def read_index(path):
+    """Return (records, crs_wkt): records are dicts of every field plus 'fid' and 'bounds'."""
+    ds, layer = _open_index(path)
+    srs = layer.GetSpatialRef()
+    defn = layer.GetLayerDefn()
+    names = [defn.GetFieldDefn(i).GetName() for i in range(defn.GetFieldCount())]
+    records = []
+    for feat in layer:
+        rec = {name: feat.GetField(name) for name in names}
+        rec["fid"] = feat.GetFID()
+        geom = feat.GetGeometryRef()
+        if geom is not None:
+            xmin, xmax, ymin, ymax = geom.GetEnvelope()
+            rec["bounds"] = (xmin, ymin, xmax, ymax)
+        records.append(rec)
+    records.sort(key=lambda r: r["tile_id"])
+    wkt = srs.ExportToWkt() if srs is not None else ""
+    ds = None
+    return records, wkt
+
+
+def update_index(path, updates):
+    """Set fields of tiles: ``updates`` is {tile_id: {field: value}}. Adds missing fields."""
+    if not updates:
+        return 0
+    ds, layer = _open_index(path, update=True)
+    defn = layer.GetLayerDefn()
+    existing = {defn.GetFieldDefn(i).GetName() for i in range(defn.GetFieldCount())}
+    for values in updates.values():
+        for name, value in values.items():
+            if name not in existing:
+                layer.CreateField(ogr.FieldDefn(name, _field_type(name, value)))
+                existing.add(name)
+    changed = 0
+    layer.StartTransaction()
+    for feat in layer:
+        values = updates.get(feat.GetField("tile_id"))
+        if not values:
+            continue
+        for name, value in values.items():
+            if value is None:
+                feat.SetFieldNull(name)
+            else:
+                feat.SetField(name, value)
+        layer.SetFeature(feat)
+        changed += 1
+    layer.CommitTransaction()
+    layer = None
+    ds = None
+    return changed
+
+
+def tiles_for_work(records, only_kept=True):
+    """Tiles a step should work on: the kept ones once anything is kept, else all."""
+    if only_kept and any(r.get("status") == STATUS_KEEP for r in records):
+        return [r for r in records if r.get("status") == STATUS_KEEP]
+    return list(records)
+
+
+# --- the dataset card ------------------------------------------------------------------
+
+def read_card(root):
+    path = DatasetPaths(root).card
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError) as exc:
+        raise GullySegError(f"DATASET: cannot read the dataset card '{path}': {exc}") from None
+
+
+def update_card(root, **sections):
+    """Merge top-level sections into dataset.json and rewrite dataset.md (both atomically).
+
+    Deterministic: no timestamps, sorted keys, so re-running a step gives the same card.
+    """
+    paths = DatasetPaths(root)
+    card = read_card(root)
+    card["gullyseg_version"] = VERSION
+    for name, value in sections.items():
+        card[name] = value
+    with gdalio.atomic_output(paths.card, overwrite=True, what="dataset card") as tmp:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(card, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+    with gdalio.atomic_output(paths.card_md, overwrite=True, what="dataset card") as tmp:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(card_markdown(card))
+    return card
+
+
+def card_markdown(card):
+    """A short human-readable rendering of the card."""
+    lines = ["# Dataset card", "", "Written by GullySeg; the machine-readable version is dataset.json.", ""]
+    for section in sorted(k for k in card if k != "gullyseg_version"):
+        lines.append(f"## {section}")
+        value = card[section]
+        if isinstance(value, dict):
+            for key in sorted(value):
+                lines.append(f"- **{key}**: {json.dumps(value[key], sort_keys=True)}")
+        else:
+            lines.append(f"- {json.dumps(value, sort_keys=True)}")
+        lines.append("")
+    lines.append(f"GullySeg version {card.get('gullyseg_version', '?')}.")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,224 @@
+"""GDAL helpers shared by every engine module: opening, checks, creation, atomic outputs."""
+
+import contextlib
+import glob
+import os
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+from osgeo import gdal, gdal_array, osr
+
+from .errors import GullySegError
+
+# Creation options for the GeoTIFFs GullySeg writes.
+GTIFF_TILED = ["TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256", "COMPRESS=DEFLATE", "BIGTIFF=IF_SAFER"]
+GTIFF_SMALL = ["COMPRESS=DEFLATE"]  # small tiles/masks: one strip block is fine
+
+
+@dataclass
+class RasterInfo:
+    path: str
+    width: int
+    height: int
+    bands: int
+    gdal_type: int  # gdal.GDT_* of band 1
+    dtype: np.dtype
+    geotransform: tuple
+    crs_wkt: str
+    nodata: list  # per band, None where unset
+    block_size: tuple  # (w, h) of band 1's internal blocks
+
+    @property
+    def pixel_size(self):
+        return abs(self.geotransform[1]), abs(self.geotransform[5])
+
+    @property
+    def srs(self):
+        if not self.crs_wkt:
+            return None
+        srs = osr.SpatialReference()
+        srs.ImportFromWkt(self.crs_wkt)
+        srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+        return srs
+
+    @property
+    def crs_label(self):
+        return crs_label(self.srs)
+
+
+def crs_label(srs):
+    """'EPSG:32606 (WGS 84 / UTM zone 6N)' or the CRS name."""
+    if srs is None:
+        return "no CRS"
+    name = srs.GetName() or "unnamed CRS"
+    code = srs.GetAuthorityCode(None)
+    auth = srs.GetAuthorityName(None)
+    return f"{auth}:{code} ({name})" if code and auth else name
+
+
+def open_raster(path, what="INPUT", update=False):
+    """Open a GDAL raster or raise a GullySegError naming ``what`` and the file."""
+    if not path:
+        raise GullySegError(f"{what}: no raster given.")
+    if not str(path).startswith("/vsi") and "://" not in str(path) and not os.path.exists(path):
+        raise GullySegError(f"{what}: raster file '{path}' does not exist.")
+    try:
+        ds = gdal.Open(str(path), gdal.GA_Update if update else gdal.GA_ReadOnly)
+    except RuntimeError as exc:
+        raise GullySegError(f"{what}: cannot open '{path}' as a raster: {exc}") from None
+    if ds is None or ds.RasterCount == 0:
+        raise GullySegError(f"{what}: '{path}' is not a raster GDAL can read (no bands).")
+    return ds
+
+
+def raster_info(ds, path=None):
+    band = ds.GetRasterBand(1)
+    nodata = [ds.GetRasterBand(i + 1).GetNoDataValue() for i in range(ds.RasterCount)]
+    return RasterInfo(
+        path=path or ds.GetDescription(),
+        width=ds.RasterXSize,
+        height=ds.RasterYSize,
+        bands=ds.RasterCount,
+        gdal_type=band.DataType,
+        dtype=np.dtype(gdal_array.GDALTypeCodeToNumericTypeCode(band.DataType)),
+        geotransform=tuple(ds.GetGeoTransform(can_return_null=True) or ()),
+        crs_wkt=ds.GetProjection() or "",
+        nodata=nodata,
+        block_size=tuple(band.GetBlockSize()),
+    )
+
+
+def require_georeferenced(info, what="INPUT"):
+    """North-up geotransform and a CRS, or a clear error."""
+    gt = info.geotransform
+    if not gt or tuple(gt) == (0.0, 1.0, 0.0, 0.0, 0.0, 1.0):
+        raise GullySegError(
+            f"{what}: '{info.path}' has no geotransform (it is not georeferenced); "
+            "georeference it first (Raster > Georeferencer)."
+        )
+    if gt[2] != 0 or gt[4] != 0:
+        raise GullySegError(
+            f"{what}: '{info.path}' has a rotated geotransform {tuple(gt)}; GullySeg needs a north-up "
+            "raster. Warp it first (gdalwarp, or Raster > Projections > Warp)."
+        )
+    if gt[1] <= 0 or gt[5] >= 0:
+        raise GullySegError(f"{what}: '{info.path}' has an unusual geotransform {tuple(gt)} (flipped axes).")
+    if not info.crs_wkt:
+        raise GullySegError(f"{what}: '{info.path}' has no CRS. Assign its CRS first (e.g. EPSG:32606).")
+
+
+def require_projected(srs, what, path):
+    """A projected CRS in metres, or a clear error (pixel sizes, areas and tile sizes need metres)."""
+    if srs is None:
+        raise GullySegError(f"{what}: '{path}' has no CRS. Assign its CRS first (e.g. EPSG:32606).")
+    if srs.IsGeographic() or not srs.IsProjected():
+        raise GullySegError(
+            f"{what}: '{path}' is in a geographic CRS, {crs_label(srs)}, measured in degrees. "
+            "GullySeg needs a projected CRS in metres, such as WGS 84 / UTM zone 6N (EPSG:32606): "
+            "reproject it first (Raster > Projections > Warp)."
+        )
+    if abs(srs.GetLinearUnits() - 1.0) > 1e-9:
+        raise GullySegError(
+            f"{what}: '{path}' is in {crs_label(srs)}, whose unit is '{srs.GetLinearUnitsName()}', not metres. "
+            "Reproject it to a metric CRS such as EPSG:32606 first."
+        )
+
+
+def open_checked(path, what="INPUT", projected=True):
+    """Open a raster, require north-up georeferencing and (optionally) a metric CRS."""
+    ds = open_raster(path, what)
+    info = raster_info(ds, str(path))
+    require_georeferenced(info, what)
+    if projected:
+        require_projected(info.srs, what, info.path)
+    return ds, info
+
+
+def read_window(ds, x_off, y_off, width, height, bands=None):
+    """Read (bands, height, width) from ``ds``; ``bands`` is a 1-based list (default all)."""
+    bands = list(bands or range(1, ds.RasterCount + 1))
+    return ds.ReadAsArray(x_off, y_off, width, height, band_list=bands).reshape(len(bands), height, width)
+
+
+def valid_mask(ds, x_off, y_off, width, height):
+    """Boolean (height, width): True where every band has data (nodata value and mask band)."""
+    valid = np.ones((height, width), dtype=bool)
+    for i in range(1, ds.RasterCount + 1):
+        band = ds.GetRasterBand(i)
+        flags = band.GetMaskFlags()
+        if flags & gdal.GMF_ALL_VALID:
+            continue
+        mask = band.GetMaskBand().ReadAsArray(x_off, y_off, width, height)
+        valid &= mask > 0
+    return valid
+
+
+def create_raster(path, width, height, bands, gdal_type, geotransform=None, crs_wkt=None,
+                  nodata=None, options=None, driver="GTiff"):
+    """Create a raster (usually a temporary path from ``atomic_output``)."""
+    drv = gdal.GetDriverByName(driver)
+    try:
+        ds = drv.Create(str(path), int(width), int(height), int(bands), gdal_type, options or [])
+    except RuntimeError as exc:
+        raise GullySegError(f"Cannot create '{path}': {exc}") from None
+    if geotransform:
+        ds.SetGeoTransform(tuple(geotransform))
+    if crs_wkt:
+        ds.SetProjection(crs_wkt)
+    if nodata is not None:
+        values = nodata if isinstance(nodata, (list, tuple)) else [nodata] * bands
+        for i, value in enumerate(values):
+            if value is not None:
+                ds.GetRasterBand(i + 1).SetNoDataValue(float(value))
+    return ds
+
+
+def numpy_to_gdal_type(dtype):
+    return gdal_array.NumericTypeCodeToGDALTypeCode(np.dtype(dtype).type)
+
+
+def _side_files(path):
+    """Files GDAL/OGR may write beside ``path`` (aux.xml, world files, sqlite journals)."""
+    base, _ = os.path.splitext(path)
+    found = [p for p in glob.glob(glob.escape(path) + ".*")]
+    found += [p for p in glob.glob(glob.escape(base) + ".*") if p != path and p not in found]
+    found += [p for p in (path + "-journal", path + "-wal", path + "-shm") if os.path.exists(p)]
+    return [p for p in found if os.path.exists(p)]
+
+
+def remove_with_side_files(path):
+    """Remove ``path`` and the side files GDAL may have written with it."""
+    for p in [path] + _side_files(path):
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+            os.remove(p)
+
+
+@contextlib.contextmanager
+def atomic_output(path, overwrite=False, what="OUTPUT"):
+    """Yield a temporary path beside ``path``; rename it (and its side files) into place on success.
+
+    On any exception (including ``Cancelled``) the temporary files are removed and nothing of
+    the user's is touched. Refuses an existing ``path`` unless ``overwrite``.
+    """
+    path = os.path.abspath(str(path))
+    if os.path.exists(path) and not overwrite:
+        raise GullySegError(f"{what}: '{path}' already exists; choose another name or allow overwriting.")
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    stem, ext = os.path.splitext(os.path.basename(path))
+    tmp_stem = f".{stem}.partial-{uuid.uuid4().hex[:8]}"
+    tmp = os.path.join(folder, tmp_stem + ext)
+    try:
+        yield tmp
+    except BaseException:
+        remove_with_side_files(tmp)
+        raise
+    if not os.path.exists(tmp):
+        return  # the caller decided to write nothing
+    if overwrite and os.path.exists(path):
+        remove_with_side_files(path)
+    for side in _side_files(tmp):
+        suffix = os.path.basename(side)[len(tmp_stem):]
+        os.replace(side, os.path.join(folder, stem + suffix))
+    os.replace(tmp, path)

@@ -1,0 +1,1 @@
+"""GullySeg's dock and its tabs (Qt widgets; .ui files are loaded at run time)."""
