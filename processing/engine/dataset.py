@@ -181,7 +181,7 @@ def read_index(path):
         records.append(rec)
     records.sort(key=lambda r: r["tile_id"])
     wkt = srs.ExportToWkt() if srs is not None else ""
-    ds = None
+    del layer, ds  # close the GeoPackage
     return records, wkt
 
 
@@ -211,8 +211,7 @@ def update_index(path, updates):
         layer.SetFeature(feat)
         changed += 1
     layer.CommitTransaction()
-    layer = None
-    ds = None
+    del layer, ds  # close (and flush) the GeoPackage
     return changed
 
 
