@@ -74,7 +74,6 @@ def test_loads_without_iface(qgis_processing):
 
 
 def test_failed_registration_is_reported(qgis_processing):
-    from qgis.core import QgsMessageLog
 
     first = gullyseg.classFactory(None)
     assert first.initProcessing()
