@@ -32,7 +32,7 @@ demo: setup
 
 lint: setup
 	$(BIN)/ruff check .
-	$(BIN)/flake8 --select=QGS --exclude=.venv,build,dist .
+	$(BIN)/flake8 .
 
 package: setup
 	$(BIN)/python tools/package.py --out dist

@@ -79,4 +79,4 @@ def make_field(name, kind, length=0, precision=0):
 
 def exec_dialog(dialog):
     """``exec_()`` on Qt5, ``exec()`` on Qt6."""
-    return dialog.exec() if hasattr(dialog, "exec") else dialog.exec_()
+    return dialog.exec() if hasattr(dialog, "exec") else dialog.exec_()  # noqa: QGS107 (Qt5 fallback)
