@@ -1,0 +1,618 @@
+"""Step 1 of the workflow: cut a scene into a regular grid of georeferenced tiles.
+
+``grid_tiles`` creates (or refreshes) a dataset folder (see ``dataset.py``):
+
+    <dataset>/index.gpkg            one polygon per written tile (footprint in the scene CRS)
+    <dataset>/images/<id>.tif       exact copies of the scene's pixels (= gdal_translate -srcwin)
+    <dataset>/images/<id>.jpg       8-bit RGB (or grey) quick-looks, stretched once for the whole
+                                    scene, with <id>.jgw and <id>.jpg.aux.xml (CRS)
+    <dataset>/dataset.json, .md     the dataset card (sections 'source', 'tiling', 'counts')
+
+Streaming: the scene is read one strip of tile rows at a time (the full width of the grid row,
+or the part the AOI needs), every tile of that grid row is cut from the strip, and GDAL's block
+cache for the scene is released after each strip, so memory does not grow with the scene.
+
+Every file goes through ``gdalio.atomic_output``; if the run fails or is cancelled, the tiles it
+has written are removed again and no index is written, so nothing points at a missing file.
+"""
+
+import math
+import os
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+from osgeo import gdal, ogr, osr
+
+from . import dataset, gdalio, windows
+from .errors import Cancelled, GullySegError
+from .feedback import Feedback
+
+FORMAT_GTIFF = 0
+FORMAT_JPEG = 1
+FORMAT_BOTH = 2
+FORMAT_NAMES = {FORMAT_GTIFF: ["tif"], FORMAT_JPEG: ["jpg"], FORMAT_BOTH: ["tif", "jpg"]}
+
+DEFAULT_TILE_SIZE = 256
+DEFAULT_MAX_NODATA = 0.999
+STRETCH_PERCENTILES = (2.0, 98.0)
+JPEG_QUALITY = 90
+# GeoTIFF tiles: DEFLATE, one strip per tile (a 256x256 tile is a single block). The benchmark
+# gives gdal_retile.py the same compression so both write the same kind of file.
+TILE_GTIFF_OPTIONS = list(gdalio.GTIFF_SMALL)
+# Value that fills padding (EDGE=pad) in bands that have no nodata value; the padding is also
+# declared invalid by an internal mask band on those tiles (GDAL's per-dataset mask).
+DEFAULT_PAD_VALUE = 0
+
+_TILE_FILE = re.compile(r"^[A-Za-z0-9_.-]+_r\d{4,}_c\d{4,}\.(tif|tiff|jpg|jgw|wld|tfw)(\.aux\.xml)?$")
+_PARTIAL = re.compile(r"^\..*\.partial-[0-9a-f]{8}")
+
+
+@dataclass
+class TilingResult:
+    output_dir: str
+    index_path: str
+    tile_count: int
+    skipped_count: int
+    skipped_nodata: int = 0
+    skipped_aoi: int = 0
+    grid_rows: int = 0
+    grid_cols: int = 0
+    records: list = field(default_factory=list)
+    stretch: dict = field(default_factory=dict)
+
+
+def scene_name_from_path(path):
+    """The scene part of tile ids: the file's stem with anything but [A-Za-z0-9_-] replaced by '_'."""
+    stem = os.path.splitext(os.path.basename(str(path).rstrip("/")))[0]
+    name = re.sub(r"[^A-Za-z0-9_-]+", "_", stem).strip("_")
+    return name or "scene"
+
+
+def parse_band_list(text, band_count, what="JPEG_BANDS"):
+    """'3,2,1' -> [3, 2, 1]; '' or None -> None. One or three bands, each within 1..band_count."""
+    if text is None or (isinstance(text, str) and not text.strip()):
+        return None
+    if isinstance(text, str):
+        parts = [p for p in re.split(r"[\s,;]+", text.strip()) if p]
+        try:
+            bands = [int(p) for p in parts]
+        except ValueError:
+            raise GullySegError(f"{what}: '{text}' is not a list of band numbers such as '3,2,1'.") from None
+    else:
+        bands = [int(b) for b in text]
+    if len(bands) not in (1, 3):
+        raise GullySegError(f"{what}: give three bands (R,G,B) or one (grey), not {len(bands)} ({text}).")
+    bad = [b for b in bands if b < 1 or b > band_count]
+    if bad:
+        raise GullySegError(f"{what}: band(s) {bad} do not exist; the scene has {band_count} band(s).")
+    return bands
+
+
+def default_jpeg_bands(ds):
+    """Red, green, blue by colour interpretation; else 3,2,1 for 4 bands (BGRN); else 1,2,3; else 1."""
+    count = ds.RasterCount
+    interp = {ds.GetRasterBand(i).GetColorInterpretation(): i for i in range(count, 0, -1)}
+    rgb = [interp.get(c) for c in (gdal.GCI_RedBand, gdal.GCI_GreenBand, gdal.GCI_BlueBand)]
+    if all(rgb):
+        return rgb
+    if count == 4:
+        return [3, 2, 1]
+    if count >= 3:
+        return [1, 2, 3]
+    return [1]
+
+
+# --- nodata ----------------------------------------------------------------------------
+
+class _Validity:
+    """How to tell valid pixels of the scene: nodata values, mask bands, alpha."""
+
+    def __init__(self, ds, info):
+        self.ds = ds
+        self.nodata = list(info.nodata)
+        self.flags = [ds.GetRasterBand(i + 1).GetMaskFlags() for i in range(ds.RasterCount)]
+        self.by_value = [f & gdal.GMF_NODATA and nd is not None for f, nd in zip(self.flags, self.nodata)]
+        self.mask_bands = [
+            i for i, f in enumerate(self.flags) if not (f & gdal.GMF_ALL_VALID) and not (f & gdal.GMF_NODATA)
+        ]
+        self.per_dataset = bool(self.mask_bands) and all(self.flags[i] & gdal.GMF_PER_DATASET for i in self.mask_bands)
+        self.alpha = any(f & gdal.GMF_ALPHA for f in self.flags)
+        self.all_valid = not any(self.by_value) and not self.mask_bands
+        self.has_nodata_value = any(nd is not None for nd in self.nodata)
+
+    def valid(self, arr, x_off, y_off, width, height):
+        """Boolean (height, width) for ``arr`` = all bands of that window; None when all valid."""
+        if self.all_valid:
+            return None
+        valid = np.ones((height, width), dtype=bool)
+        for i, by_value in enumerate(self.by_value):
+            if by_value:
+                nd = self.nodata[i]
+                if isinstance(nd, float) and math.isnan(nd):
+                    valid &= ~np.isnan(arr[i])
+                elif _representable(nd, arr.dtype):
+                    valid &= arr[i] != arr.dtype.type(nd)
+        bands = self.mask_bands[:1] if self.per_dataset else self.mask_bands
+        for i in bands:
+            mask = self.ds.GetRasterBand(i + 1).GetMaskBand().ReadAsArray(x_off, y_off, width, height)
+            valid &= mask > 0
+        return valid
+
+    def pad_values(self, dtype):
+        return [nd if nd is not None and _representable(nd, dtype) else DEFAULT_PAD_VALUE for nd in self.nodata]
+
+
+def _representable(value, dtype):
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        return True
+    info = np.iinfo(dtype)
+    return float(value).is_integer() and info.min <= value <= info.max
+
+
+# --- the stretch for JPEG tiles ------------------------------------------------------------
+
+def compute_stretch(ds, bands, validity, percentiles=STRETCH_PERCENTILES, max_samples=2_000_000,
+                    feedback=None):
+    """Per-band (low, high) for the whole scene, from a block-aligned sample of valid pixels.
+
+    Small scenes (<= 16 Mpx) are read entirely; larger ones are sampled one block in every
+    sqrt(number of blocks) (GDAL's own sampling rule for approximate histograms). 8-bit data
+    are not stretched. Returns the dict recorded in the dataset card.
+    """
+    feedback = feedback or Feedback()
+    dtype = np.dtype(gdalio.raster_info(ds).dtype)
+    if dtype == np.uint8:
+        return {"method": "none", "reason": "8-bit data are written as they are", "bands": bands}
+    width, height = ds.RasterXSize, ds.RasterYSize
+    bw, bh = ds.GetRasterBand(1).GetBlockSize()
+    if width * height <= 16_000_000:
+        bw, bh = width, min(height, max(bh, 256))
+    blocks = list(windows.iter_blocks(width, height, bw, bh))
+    rate = 1 if width * height <= 16_000_000 else max(1, int(math.sqrt(len(blocks))))
+    picked = blocks[::rate]
+    total = sum(w * h for _, _, w, h in picked)
+    step = max(1, math.ceil(total / max_samples))
+    samples = [[] for _ in bands]
+    for n, (x, y, w, h) in enumerate(picked):
+        feedback.check_cancelled()
+        arr = gdalio.read_window(ds, x, y, w, h)
+        valid = validity.valid(arr, x, y, w, h)
+        for k, b in enumerate(bands):
+            values = arr[b - 1].ravel()[::step]
+            keep = np.isfinite(values) if values.dtype.kind == "f" else np.ones(values.shape, bool)
+            if valid is not None:
+                keep &= valid.ravel()[::step]
+            samples[k].append(values[keep])
+        feedback.progress(100.0 * (n + 1) / len(picked))
+    ds.FlushCache()
+    lows, highs = [], []
+    for k, b in enumerate(bands):
+        values = np.concatenate(samples[k]) if samples[k] else np.array([])
+        if values.size == 0:
+            raise GullySegError(
+                f"INPUT: band {b} has no valid pixels in the sample used for the JPEG stretch; "
+                "is the whole scene nodata?"
+            )
+        lo, hi = (float(v) for v in np.percentile(values.astype(np.float64), percentiles))
+        if hi <= lo:
+            hi = lo + 1.0
+        lows.append(lo)
+        highs.append(hi)
+    return {
+        "method": "percent_clip",
+        "percentiles": list(percentiles),
+        "bands": bands,
+        "low": lows,
+        "high": highs,
+        "sampled_pixels": int(sum(sum(len(s) for s in band) for band in samples) / max(1, len(bands))),
+    }
+
+
+def _to_byte(arr, bands, stretch, valid):
+    """(len(bands), h, w) uint8 from a tile array using the scene-wide stretch."""
+    out = np.empty((len(bands),) + arr.shape[1:], dtype=np.uint8)
+    for k, b in enumerate(bands):
+        data = arr[b - 1]
+        if stretch["method"] == "none":
+            out[k] = data
+        else:
+            lo, hi = stretch["low"][k], stretch["high"][k]
+            scaled = (data.astype(np.float32) - lo) * (255.0 / (hi - lo)) + 0.5
+            np.clip(scaled, 0, 255, out=scaled)
+            if data.dtype.kind == "f":
+                scaled[~np.isfinite(data)] = 0
+            out[k] = scaled.astype(np.uint8)
+    if valid is not None:
+        out[:, ~valid] = 0
+    return out
+
+
+# --- writers ------------------------------------------------------------------------------
+
+def _write_gtiff(path, arr, gdal_type, geotransform, crs_wkt, nodata, mask, overwrite):
+    bands, height, width = arr.shape
+    with gdalio.atomic_output(path, overwrite=overwrite, what="OUTPUT_DIR") as tmp:
+        ds = gdalio.create_raster(tmp, width, height, bands, gdal_type, geotransform, crs_wkt,
+                                  nodata=nodata, options=TILE_GTIFF_OPTIONS)
+        ds.WriteRaster(0, 0, width, height, np.ascontiguousarray(arr).tobytes(),
+                       width, height, gdal_type, list(range(1, bands + 1)))
+        if mask is not None:
+            ds.CreateMaskBand(gdal.GMF_PER_DATASET)
+            ds.GetRasterBand(1).GetMaskBand().WriteArray(mask.astype(np.uint8) * 255)
+        ds = None
+
+
+def _world_file_text(gt):
+    """ESRI world file: pixel sizes, rotations, and the centre of the upper-left pixel."""
+    cx = gt[0] + gt[1] / 2.0 + gt[2] / 2.0
+    cy = gt[3] + gt[4] / 2.0 + gt[5] / 2.0
+    return "\n".join(repr(float(v)) for v in (gt[1], gt[4], gt[2], gt[5], cx, cy)) + "\n"
+
+
+_MEM = gdal.GetDriverByName("MEM")
+_JPEG = gdal.GetDriverByName("JPEG")
+
+
+def _write_jpeg(path, rgb, geotransform, crs_wkt, overwrite):
+    bands, height, width = rgb.shape
+    with gdalio.atomic_output(path, overwrite=overwrite, what="OUTPUT_DIR") as tmp:
+        mem = _MEM.Create("", width, height, bands, gdal.GDT_Byte)
+        mem.WriteRaster(0, 0, width, height, np.ascontiguousarray(rgb).tobytes(), width, height,
+                        gdal.GDT_Byte, list(range(1, bands + 1)))
+        mem.SetGeoTransform(tuple(geotransform))
+        mem.SetProjection(crs_wkt)
+        if bands == 3:
+            for i, ci in enumerate((gdal.GCI_RedBand, gdal.GCI_GreenBand, gdal.GCI_BlueBand)):
+                mem.GetRasterBand(i + 1).SetColorInterpretation(ci)
+        out = _JPEG.CreateCopy(tmp, mem, 0, [f"QUALITY={JPEG_QUALITY}"])
+        if out is None:
+            raise GullySegError(f"OUTPUT_DIR: GDAL could not write the JPEG tile '{path}'.")
+        out = None
+        mem = None
+        with open(os.path.splitext(tmp)[0] + ".jgw", "w", encoding="ascii") as handle:
+            handle.write(_world_file_text(geotransform))
+
+
+# --- the dataset folder -------------------------------------------------------------------
+
+def _owned_files(root, index_path):
+    """Files of ``root`` that grid division owns (replaced by OVERWRITE)."""
+    paths = dataset.DatasetPaths(root)
+    owned = []
+    for p in (paths.index, index_path, paths.card, paths.card_md):
+        if os.path.exists(p):
+            owned.append(p)
+            owned += gdalio._side_files(p) if p in (paths.index, index_path) else []
+    if os.path.isdir(paths.images):
+        for name in sorted(os.listdir(paths.images)):
+            full = os.path.join(paths.images, name)
+            if os.path.isfile(full) and (_TILE_FILE.match(name) or _PARTIAL.match(name)):
+                owned.append(full)
+    return sorted(set(owned))
+
+
+def _check_output(root, index_path, overwrite, input_path):
+    """Refuse a non-empty dataset folder or an existing index unless ``overwrite``."""
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise GullySegError(f"OUTPUT_DIR: '{root}' exists and is not a folder.")
+    if os.path.isdir(index_path):
+        raise GullySegError(f"OUTPUT_INDEX: '{index_path}' is a folder, not a GeoPackage file.")
+    if not overwrite:
+        if os.path.isdir(root) and os.listdir(root):
+            raise GullySegError(
+                f"OUTPUT_DIR: the dataset folder '{root}' is not empty. Choose an empty or new folder, "
+                "or set OVERWRITE=true to replace the tiles, index and card of an earlier run "
+                "(masks/, labelme/ and any other file are kept)."
+            )
+        if os.path.exists(index_path):
+            raise GullySegError(f"OUTPUT_INDEX: '{index_path}' already exists; set OVERWRITE=true to replace it.")
+    inp = os.path.abspath(input_path)
+    if os.path.exists(inp) and inp in {os.path.abspath(p) for p in _owned_files(root, index_path)}:
+        raise GullySegError(f"OUTPUT_DIR: the input '{input_path}' would be replaced by this run's outputs.")
+
+
+# --- AOI ----------------------------------------------------------------------------------
+
+def _aoi_geometry(aoi, crs_wkt):
+    """A single OGR geometry (scene CRS) from WKT strings / OGR geometries, or None."""
+    if aoi is None:
+        return None
+    items = [aoi] if isinstance(aoi, (str, ogr.Geometry)) else list(aoi)
+    union = ogr.Geometry(ogr.wkbMultiPolygon)
+    for n, item in enumerate(items):
+        geom = item.Clone() if isinstance(item, ogr.Geometry) else ogr.CreateGeometryFromWkt(str(item))
+        if geom is None or geom.IsEmpty():
+            continue
+        if geom.GetDimension() < 2:
+            raise GullySegError(f"AOI: feature {n + 1} is not a polygon ({geom.GetGeometryName()}).")
+        if not geom.IsValid():
+            geom = geom.Buffer(0)
+        flat = geom.Clone()
+        flat.FlattenTo2D()
+        if flat.GetGeometryType() == ogr.wkbPolygon:
+            union.AddGeometry(flat)
+        else:
+            for i in range(flat.GetGeometryCount()):
+                part = flat.GetGeometryRef(i)
+                if part.GetGeometryType() == ogr.wkbPolygon:
+                    union.AddGeometry(part)
+    if union.IsEmpty():
+        raise GullySegError("AOI: the layer has no polygon (all features empty); give polygons or no AOI.")
+    union = union.UnionCascaded() if union.GetGeometryCount() > 1 else union
+    return union
+
+
+def _tile_polygon(bounds):
+    return dataset._polygon(bounds)
+
+
+def _inside_aoi(aoi, bounds):
+    poly = _tile_polygon(bounds)
+    return aoi.Intersects(poly) and not aoi.Touches(poly)
+
+
+# --- the main entry point -----------------------------------------------------------------
+
+def grid_tiles(input_path, output_dir, tile_size=DEFAULT_TILE_SIZE, stride=0, edge=windows.EDGE_PAD,
+               max_nodata=DEFAULT_MAX_NODATA, aoi=None, fmt=FORMAT_BOTH, jpeg_bands=None,
+               output_index=None, overwrite=False, feedback=None, scene_name=None):
+    """Split ``input_path`` into tiles in the dataset folder ``output_dir``. Returns a TilingResult.
+
+    tile_size: pixels (square). stride: pixels between tile origins; 0 = tile_size (no overlap).
+    edge: windows.EDGE_PAD (0), EDGE_SKIP (1) or EDGE_SHIFT (2).
+    max_nodata: tiles whose nodata fraction (nodata values, mask band, padding) exceeds it are
+        not written. aoi: WKT string(s) or OGR geometries in the scene CRS; only tiles that
+        intersect it are written. fmt: FORMAT_GTIFF, FORMAT_JPEG or FORMAT_BOTH.
+    jpeg_bands: '3,2,1' / [3, 2, 1] / None (default_jpeg_bands). output_index: default
+        <output_dir>/index.gpkg. overwrite: replace the files of an earlier run (only those).
+    """
+    feedback = feedback or Feedback()
+    ds, info = gdalio.open_checked(input_path, "INPUT")
+    srs = info.srs
+    if srs.GetAuthorityCode(None) in ("3857", "900913") or "Pseudo-Mercator" in (srs.GetName() or ""):
+        feedback.warn(
+            f"INPUT: '{input_path}' is in Web Mercator ({info.crs_label}); its 'metres' are stretched by "
+            "1/cos(latitude), so pixel sizes and areas are not ground distances. Tiling works, but "
+            "consider a UTM CRS for real work."
+        )
+
+    # parameters ---------------------------------------------------------------------
+    try:
+        tile_size = int(tile_size)
+        stride = int(stride or 0)
+    except (TypeError, ValueError):
+        raise GullySegError(f"TILE_SIZE/STRIDE must be whole numbers (got {tile_size!r}, {stride!r}).") from None
+    if tile_size < 1:
+        raise GullySegError(f"TILE_SIZE must be a positive number of pixels (got {tile_size}).")
+    if stride < 0:
+        raise GullySegError(f"STRIDE must be 0 (= TILE_SIZE) or a positive number of pixels (got {stride}).")
+    if stride > tile_size:
+        raise GullySegError(
+            f"STRIDE {stride} is larger than TILE_SIZE {tile_size}: the pixels between tiles would be lost. "
+            "Use STRIDE <= TILE_SIZE (0 means equal to TILE_SIZE)."
+        )
+    stride = stride or tile_size
+    if edge not in windows.EDGE_NAMES:
+        raise GullySegError(f"EDGE must be 0 (pad), 1 (skip) or 2 (shift), not {edge}.")
+    if edge != windows.EDGE_PAD and (tile_size > info.width or tile_size > info.height):
+        raise GullySegError(
+            f"TILE_SIZE {tile_size} is larger than the scene '{input_path}' ({info.width}x{info.height} "
+            f"pixels): with EDGE={windows.EDGE_NAMES[edge]} no tile fits. Use a smaller TILE_SIZE, or "
+            "EDGE=pad for a single padded tile."
+        )
+    try:
+        max_nodata = float(max_nodata)
+    except (TypeError, ValueError):
+        raise GullySegError(f"MAX_NODATA must be a number between 0 and 1 (got {max_nodata!r}).") from None
+    if not 0.0 <= max_nodata <= 1.0:
+        raise GullySegError(f"MAX_NODATA must be between 0 and 1 (got {max_nodata}).")
+    if fmt not in FORMAT_NAMES:
+        raise GullySegError(f"FORMAT must be 0 (GeoTIFF), 1 (JPEG) or 2 (both), not {fmt}.")
+    formats = FORMAT_NAMES[fmt]
+    bands_rgb = parse_band_list(jpeg_bands, info.bands) or default_jpeg_bands(ds)
+    aoi_geom = _aoi_geometry(aoi, info.crs_wkt)
+    gt = info.geotransform
+    scene_bounds = windows.Window(0, 0, 0, 0, info.width, info.height).bounds(gt)
+    if aoi_geom is not None and not aoi_geom.Intersects(_tile_polygon(scene_bounds)):
+        raise GullySegError(
+            f"AOI: the area of interest does not overlap the scene '{input_path}' (after reprojection to "
+            f"{info.crs_label}); no tile would be written."
+        )
+
+    root = os.path.abspath(str(output_dir)) if output_dir else None
+    if not root:
+        raise GullySegError("OUTPUT_DIR: no dataset folder given.")
+    paths = dataset.DatasetPaths(root)
+    index_path = os.path.abspath(str(output_index)) if output_index else paths.index
+    if not index_path.lower().endswith(".gpkg"):
+        raise GullySegError(f"OUTPUT_INDEX: '{index_path}' must be a GeoPackage (.gpkg).")
+    _check_output(root, index_path, overwrite, input_path)
+    scene = scene_name or scene_name_from_path(input_path)
+
+    # the grid, the AOI ------------------------------------------------------------------
+    grid = list(windows.iter_windows(info.width, info.height, tile_size, stride, edge))
+    rows, cols = windows.grid_shape(info.width, info.height, tile_size, stride, edge)
+    wanted, skipped_aoi = [], 0
+    for win in grid:
+        if aoi_geom is not None and not _inside_aoi(aoi_geom, win.bounds(gt)):
+            skipped_aoi += 1
+            continue
+        wanted.append(win)
+    by_row = {}
+    for win in wanted:
+        by_row.setdefault(win.row, []).append(win)
+    feedback.info(
+        f"Grid: {rows} rows x {cols} columns of {tile_size}x{tile_size} px tiles, stride {stride}, "
+        f"EDGE={windows.EDGE_NAMES[edge]}; {len(wanted)} tiles to cut"
+        + (f" ({skipped_aoi} outside the AOI)" if aoi_geom is not None else "")
+    )
+
+    validity = _Validity(ds, info)
+    pad = validity.pad_values(info.dtype)
+    tile_nodata = list(info.nodata)
+    mask_tiles = not validity.has_nodata_value and not validity.alpha
+
+    stretch = {}
+    share_stretch = 0.0
+    if "jpg" in formats:
+        share_stretch = 10.0 if info.dtype != np.uint8 else 0.0
+        stretch = compute_stretch(ds, bands_rgb, validity, feedback=feedback.scaled(0, share_stretch))
+        if stretch["method"] != "none":
+            feedback.info(
+                "JPEG stretch (whole scene, percentiles {}-{}): ".format(*STRETCH_PERCENTILES)
+                + ", ".join(f"band {b}: {lo:g}..{hi:g}" for b, lo, hi in zip(bands_rgb, stretch["low"], stretch["high"]))
+            )
+    feedback.check_cancelled()
+
+    # replace an earlier run (only the files this step owns) -------------------------------
+    if overwrite:
+        old = [p for p in _owned_files(root, index_path) if os.path.abspath(p) != os.path.abspath(input_path)]
+        for p in old:
+            gdalio.remove_with_side_files(p) if p.endswith((".gpkg",)) else _remove(p)
+        if old:
+            feedback.info(f"OVERWRITE: removed {len(old)} file(s) of the earlier run in '{root}'.")
+        kept = [d for d in (dataset.MASKS_DIR, dataset.LABELME_DIR) if os.path.isdir(os.path.join(root, d))
+                and os.listdir(os.path.join(root, d))]
+        if kept:
+            feedback.warn(
+                f"OVERWRITE: kept {', '.join(d + '/' for d in kept)} in '{root}' (annotations and masks are "
+                "never deleted); they match the new tiles only if the grid is unchanged."
+            )
+    os.makedirs(paths.images, exist_ok=True)
+
+    # cut --------------------------------------------------------------------------------
+    progress = feedback.scaled(share_stretch, 99.0)
+    records, written = [], []
+    skipped_nodata = 0
+    tile_pixels = float(tile_size * tile_size)
+    try:
+        for n, row in enumerate(sorted(by_row)):
+            wins = by_row[row]
+            feedback.check_cancelled()
+            y0 = wins[0].y_off
+            sx0 = min(w.x_off for w in wins)
+            sx1 = min(max(w.x_end for w in wins), info.width)
+            sy1 = min(y0 + tile_size, info.height)
+            strip = gdalio.read_window(ds, sx0, y0, sx1 - sx0, sy1 - y0)
+            strip_valid = validity.valid(strip, sx0, y0, sx1 - sx0, sy1 - y0)
+            ds.FlushCache()  # release the scene's cached blocks: memory stays flat
+            for win in wins:
+                feedback.check_cancelled()
+                part = win.clip(info.width, info.height)
+                xa, ya, w, h = part
+                cols_slice = slice(xa - sx0, xa - sx0 + w)
+                inner = win.inner_slices(info.width, info.height)
+                if strip_valid is None:
+                    n_valid = w * h
+                else:
+                    valid_part = strip_valid[:, cols_slice]
+                    n_valid = int(np.count_nonzero(valid_part))
+                nodata_frac = 1.0 - n_valid / tile_pixels
+                if nodata_frac > max_nodata:
+                    skipped_nodata += 1
+                    continue
+                padded = w != tile_size or h != tile_size
+                if padded:
+                    arr = np.empty((info.bands, tile_size, tile_size), dtype=strip.dtype)
+                    for b in range(info.bands):
+                        arr[b].fill(pad[b])
+                    arr[(slice(None),) + inner] = strip[:, :, cols_slice]
+                else:
+                    arr = strip[:, :, cols_slice]
+                valid = None
+                if strip_valid is not None or padded:
+                    valid = np.zeros((tile_size, tile_size), dtype=bool)
+                    valid[inner] = True if strip_valid is None else strip_valid[:, cols_slice]
+                tid = dataset.tile_id(scene, win.row, win.col)
+                tile_gt = win.geotransform(gt)
+                rec = {
+                    "tile_id": tid, "row": win.row, "col": win.col, "x_off": win.x_off, "y_off": win.y_off,
+                    "width": tile_size, "height": tile_size, "nodata_frac": round(nodata_frac, 6),
+                    "status": dataset.STATUS_UNSCREENED, "split": "", "image_tif": "", "image_jpg": "",
+                    "bounds": win.bounds(gt),
+                }
+                if "tif" in formats:
+                    path = os.path.join(paths.images, tid + ".tif")
+                    mask = valid if (mask_tiles and valid is not None and not valid.all()) else None
+                    _write_gtiff(path, arr, info.gdal_type, tile_gt, info.crs_wkt, tile_nodata, mask, overwrite)
+                    written.append(path)
+                    rec["image_tif"] = paths.rel(path)
+                if "jpg" in formats:
+                    path = os.path.join(paths.images, tid + ".jpg")
+                    _write_jpeg(path, _to_byte(arr, bands_rgb, stretch, valid), tile_gt, info.crs_wkt, overwrite)
+                    written.append(path)
+                    rec["image_jpg"] = paths.rel(path)
+                records.append(rec)
+            progress.progress(100.0 * (n + 1) / len(by_row))
+        feedback.check_cancelled()
+        if not records:
+            feedback.warn("No tile was written: every tile exceeded MAX_NODATA or lay outside the AOI.")
+        dataset.write_index(index_path, info.crs_wkt, records, overwrite=True)
+    except BaseException as exc:
+        for path in written:
+            gdalio.remove_with_side_files(path)
+        if isinstance(exc, Cancelled):
+            feedback.warn(f"Cancelled: removed the {len(written)} tile file(s) written so far; no index was written.")
+        raise
+    finally:
+        ds = None
+
+    skipped = skipped_nodata + skipped_aoi
+    card_stretch = dict(stretch)
+    card_stretch.pop("sampled_pixels", None)
+    dataset.update_card(
+        root,
+        source={
+            "scene": os.path.abspath(str(input_path)) if os.path.exists(str(input_path)) else str(input_path),
+            "scene_name": scene,
+            "crs": info.crs_label,
+            "crs_wkt": info.crs_wkt,
+            "width": info.width,
+            "height": info.height,
+            "bands": info.bands,
+            "data_type": gdal.GetDataTypeName(info.gdal_type),
+            "nodata": info.nodata,
+            "pixel_size": list(info.pixel_size),
+            "geotransform": list(gt),
+        },
+        tiling={
+            "tile_size": tile_size,
+            "stride": stride,
+            "edge": windows.EDGE_NAMES[edge],
+            "pad_value": pad if edge == windows.EDGE_PAD else None,
+            "padding_mask": "internal mask band on padded tiles" if mask_tiles else "nodata value",
+            "max_nodata": max_nodata,
+            "aoi": aoi_geom is not None,
+            "formats": formats,
+            "jpeg_bands": bands_rgb if "jpg" in formats else None,
+            "stretch": card_stretch or None,
+            "grid_rows": rows,
+            "grid_cols": cols,
+            "grid_tiles": len(grid),
+            "tile_count": len(records),
+            "skipped_nodata": skipped_nodata,
+            "skipped_aoi": skipped_aoi,
+            "index": dataset.DatasetPaths(root).rel(index_path),
+        },
+        counts={"tiles": len(records), dataset.STATUS_UNSCREENED: len(records),
+                dataset.STATUS_KEEP: 0, dataset.STATUS_REJECT: 0},
+    )
+    feedback.progress(100.0)
+    feedback.info(
+        f"{len(records)} tiles written to '{paths.images}', {skipped} skipped "
+        f"({skipped_nodata} over MAX_NODATA, {skipped_aoi} outside the AOI); index '{index_path}'."
+    )
+    return TilingResult(
+        output_dir=root, index_path=index_path, tile_count=len(records), skipped_count=skipped,
+        skipped_nodata=skipped_nodata, skipped_aoi=skipped_aoi, grid_rows=rows, grid_cols=cols,
+        records=records, stretch=stretch,
+    )
+
+
+def _remove(path):
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
