@@ -1,0 +1,512 @@
+"""Labelme JSON: read, validate, turn into burnable shapes, and write (steps 3 and 4).
+
+Labelme's coordinates are pixel-corner based: (0, 0) is the top-left corner of the image's
+top-left pixel, x grows to the right, y grows down, and pixel (col, row) covers
+``[col, col + 1) x [row, row + 1)``. GullySeg keeps that convention everywhere: shapes are
+turned into OGR geometries in that pixel space and burnt by GDAL (``rasterize.py``).
+
+Shape types: polygon, rectangle (two opposite corners), circle (centre and a point on the
+circle), line (two points), linestrip (two or more points), point, and mask (a base64 PNG
+covering the bounding box whose top-left pixel is the first point, as Labelme >= 5.3 writes
+it). ``group_id``, ``flags``, ``description`` and unknown keys are tolerated and ignored.
+
+Class maps follow Labelme's conventions: ``__ignore__`` burns the ignore value,
+``_background_`` burns 0, classes burn 1..254; a labels.txt (``__ignore__``, ``_background_``,
+then the classes in order) gives the same ids as Labelme's ``labelme2voc.py``.
+"""
+
+import base64
+import binascii
+import json
+import math
+import os
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+from osgeo import gdal, ogr
+
+from .errors import GullySegError
+
+LABELME_VERSION = "5.4.1"  # the format version GullySeg writes (Labelme 5.x reads it silently)
+IGNORE_LABEL = "__ignore__"
+BACKGROUND_LABEL = "_background_"
+DEFAULT_IGNORE_VALUE = 255
+SHAPE_TYPES = ("polygon", "rectangle", "circle", "line", "linestrip", "point", "mask")
+LINE_TYPES = ("line", "linestrip")
+
+ERROR = "error"
+WARNING = "warning"
+
+# Points may sit this far outside the image (pixels) before it counts as "outside the tile":
+# Labelme clamps to the image border, but float noise like 256.0000000001 is common.
+EDGE_TOLERANCE = 1e-6
+# Maximum distance (pixels) between a true circle and its polygon (circles and point discs).
+CIRCLE_TOLERANCE = 0.01
+
+
+# --- problems -----------------------------------------------------------------------------
+
+@dataclass
+class Problem:
+    """One problem found in a label source. ``severity`` is ERROR (the file is bad) or WARNING."""
+
+    file: str
+    message: str
+    severity: str = ERROR
+    shape_index: object = None  # 0-based index of the shape (or feature) in its file; None: the whole file
+    tile_id: str = ""
+
+    def as_dict(self):
+        return {
+            "file": self.file,
+            "tile_id": self.tile_id,
+            "shape_index": "" if self.shape_index is None else self.shape_index,
+            "severity": self.severity,
+            "problem": self.message,
+        }
+
+    def __str__(self):
+        where = os.path.basename(self.file) if self.file else "?"
+        if self.shape_index is not None:
+            where += f", shape {self.shape_index}"
+        return f"{self.severity.upper()}: {where}: {self.message}"
+
+
+# --- class maps ---------------------------------------------------------------------------
+
+class ClassMap:
+    """Label name -> burn value. ``_background_`` is 0 and ``__ignore__`` the ignore value, always."""
+
+    def __init__(self, values, ignore_value=DEFAULT_IGNORE_VALUE, ignored=(), source="CLASSES"):
+        ignore_value = int(ignore_value)
+        if not 0 <= ignore_value <= 255:
+            raise GullySegError(f"IGNORE_VALUE must be between 0 and 255 (got {ignore_value}).")
+        self.ignore_value = ignore_value
+        self.source = source
+        self.values = {}
+        for label, value in values.items():
+            value = int(value)
+            if not 0 <= value <= 255:
+                raise GullySegError(f"{source}: class '{label}' has value {value}; masks are uint8 (0..255).")
+            if value == ignore_value and label != IGNORE_LABEL:
+                raise GullySegError(
+                    f"{source}: class '{label}' has value {value}, which is the ignore value (IGNORE_VALUE); "
+                    f"write '{label}=ignore' if it should be ignored, or choose another value."
+                )
+            self.values[label] = value
+        for label in ignored:
+            self.values[label] = ignore_value
+        self.values[IGNORE_LABEL] = ignore_value
+        self.values.setdefault(BACKGROUND_LABEL, 0)
+
+    def __contains__(self, label):
+        return label in self.values
+
+    def value(self, label):
+        return self.values[label]
+
+    @property
+    def classes(self):
+        """{label: value} of the real classes (not background, not ignored)."""
+        return {k: v for k, v in self.values.items() if v not in (0, self.ignore_value)}
+
+    def foreground_values(self):
+        """Values counted by ``gully_frac``: the class 'gully' if mapped, else every class."""
+        if "gully" in self.values and self.values["gully"] not in (0, self.ignore_value):
+            return [self.values["gully"]]
+        return sorted(set(self.classes.values()))
+
+    def first_class(self):
+        """(label, value) of the first real class, used for polygons without a class field."""
+        for label, value in self.values.items():
+            if value not in (0, self.ignore_value):
+                return label, value
+        raise GullySegError(f"{self.source}: the class map has no class besides background and ignore.")
+
+    def as_dict(self):
+        return dict(sorted(self.values.items(), key=lambda kv: (kv[1], kv[0])))
+
+
+def read_labels_txt(path, ignore_value=DEFAULT_IGNORE_VALUE):
+    """A Labelme labels.txt: ``__ignore__`` (-1 -> ignore), ``_background_`` (0), classes 1..n."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            names = [line.strip() for line in handle if line.strip()]
+    except OSError as exc:
+        raise GullySegError(f"CLASSES: cannot read the labels file '{path}': {exc}") from None
+    if not names:
+        raise GullySegError(f"CLASSES: the labels file '{path}' is empty.")
+    values = {}
+    # Labelme's labelme2voc.py: class_id = line number - 1, so __ignore__ is -1 and _background_ 0.
+    start = -1 if names[0] == IGNORE_LABEL else (0 if names[0] == BACKGROUND_LABEL else 1)
+    for i, name in enumerate(names):
+        class_id = start + i
+        if name == IGNORE_LABEL:
+            continue
+        if name == BACKGROUND_LABEL:
+            if class_id != 0:
+                raise GullySegError(f"CLASSES: '{path}': {BACKGROUND_LABEL} must be the first class (id 0).")
+            continue
+        if class_id >= 255 or class_id == ignore_value:
+            raise GullySegError(f"CLASSES: '{path}' has too many classes for uint8 masks with ignore {ignore_value}.")
+        values[name] = class_id
+    return ClassMap(values, ignore_value, source=f"CLASSES ({os.path.basename(path)})")
+
+
+def parse_classes(text, ignore_value=DEFAULT_IGNORE_VALUE):
+    """``'gully=1, dam_land=2, cloud=ignore'`` or the path of a labels.txt -> ClassMap."""
+    text = (text or "").strip()
+    if not text:
+        text = "gully=1"
+    if os.path.isfile(text):
+        return read_labels_txt(text, ignore_value)
+    values, ignored = {}, []
+    for item in text.replace(";", ",").replace("\n", ",").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if "=" not in item:
+            raise GullySegError(
+                f"CLASSES: '{item}' is not 'label=value'. Write e.g. 'gully=1' or 'gully=1,dam=2,cloud=ignore', "
+                "or give the path of a Labelme labels.txt."
+            )
+        label, value = (part.strip() for part in item.rsplit("=", 1))
+        if not label:
+            raise GullySegError(f"CLASSES: '{item}' has no label name.")
+        if value.lower() == "ignore":
+            ignored.append(label)
+            continue
+        try:
+            values[label] = int(value)
+        except ValueError:
+            raise GullySegError(f"CLASSES: value '{value}' of '{label}' is not an integer or 'ignore'.") from None
+    return ClassMap(values, ignore_value, ignored=ignored)
+
+
+def write_labels_txt(path, labels):
+    """labels.txt in Labelme's convention: __ignore__, _background_, then the classes."""
+    names = [IGNORE_LABEL, BACKGROUND_LABEL] + [n for n in labels if n not in (IGNORE_LABEL, BACKGROUND_LABEL)]
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write("\n".join(names) + "\n")
+
+
+# --- reading ------------------------------------------------------------------------------
+
+@dataclass
+class Shape:
+    index: int
+    label: str
+    shape_type: str
+    points: list
+    mask_b64: object = None
+
+
+@dataclass
+class LabelmeDoc:
+    path: str
+    image_path: str
+    width: object  # imageWidth (None when missing)
+    height: object
+    shapes: list = field(default_factory=list)
+    version: str = ""
+
+
+def read_labelme(path, problems):
+    """Parse a Labelme JSON. Returns a LabelmeDoc, or None after adding an ERROR to ``problems``."""
+    try:
+        with open(path, "rb") as handle:
+            data = json.loads(handle.read().decode("utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(Problem(path, f"cannot read the file: {exc}"))
+        return None
+    except ValueError as exc:
+        problems.append(Problem(path, f"invalid JSON: {exc}"))
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("shapes", []), list):
+        problems.append(Problem(path, "not a Labelme file (no 'shapes' list)"))
+        return None
+    if "shapes" not in data:
+        problems.append(Problem(path, "not a Labelme file (no 'shapes' list)"))
+        return None
+
+    def _int(key):
+        value = data.get(key)
+        if value is None:
+            return None
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            problems.append(Problem(path, f"{key} is not a number: {value!r}"))
+            return None
+
+    doc = LabelmeDoc(
+        path=str(path),
+        image_path=str(data.get("imagePath") or ""),
+        width=_int("imageWidth"),
+        height=_int("imageHeight"),
+        version=str(data.get("version") or ""),
+    )
+    for i, raw in enumerate(data["shapes"]):
+        if not isinstance(raw, dict):
+            problems.append(Problem(path, "shape is not a JSON object", shape_index=i))
+            continue
+        label = raw.get("label")
+        if not isinstance(label, str) or not label:
+            problems.append(Problem(path, "shape has no label", shape_index=i))
+            continue
+        shape_type = raw.get("shape_type") or "polygon"  # Labelme's default when the key is absent
+        points = raw.get("points") or []
+        try:
+            pts = [(float(p[0]), float(p[1])) for p in points]
+        except (TypeError, ValueError, IndexError):
+            problems.append(Problem(path, f"'{label}' {shape_type}: points are not [x, y] pairs", shape_index=i))
+            continue
+        if not all(math.isfinite(v) for p in pts for v in p):
+            problems.append(Problem(path, f"'{label}' {shape_type}: a point is not a finite number", shape_index=i))
+            continue
+        doc.shapes.append(Shape(i, label, str(shape_type), pts, raw.get("mask")))
+    return doc
+
+
+# --- shapes to geometries (pixel space: x right, y down) ----------------------------------
+
+def _segments(radius, tolerance=CIRCLE_TOLERANCE):
+    """Vertices for a circle polygon whose sagitta stays below ``tolerance`` pixels."""
+    if radius <= tolerance:
+        return 8
+    n = math.pi / math.acos(max(-1.0, 1.0 - tolerance / radius))
+    return int(min(4096, max(16, math.ceil(n))))
+
+
+def circle_polygon(cx, cy, radius):
+    ring = ogr.Geometry(ogr.wkbLinearRing)
+    n = _segments(radius)
+    for k in range(n):
+        a = 2.0 * math.pi * k / n
+        ring.AddPoint_2D(cx + radius * math.cos(a), cy + radius * math.sin(a))
+    ring.AddPoint_2D(cx + radius, cy)
+    poly = ogr.Geometry(ogr.wkbPolygon)
+    poly.AddGeometry(ring)
+    return poly
+
+
+def ring_polygon(points):
+    ring = ogr.Geometry(ogr.wkbLinearRing)
+    for x, y in points:
+        ring.AddPoint_2D(x, y)
+    ring.AddPoint_2D(*points[0])
+    poly = ogr.Geometry(ogr.wkbPolygon)
+    poly.AddGeometry(ring)
+    return poly
+
+
+def decode_mask_png(b64):
+    """A Labelme mask (base64 PNG) -> bool array (rows, cols), decoded by GDAL via /vsimem."""
+    try:
+        raw = base64.b64decode(b64, validate=False)
+    except (binascii.Error, TypeError, ValueError) as exc:
+        raise GullySegError(f"mask is not valid base64: {exc}") from None
+    name = f"/vsimem/gullyseg_mask_{uuid.uuid4().hex}.png"
+    gdal.FileFromMemBuffer(name, raw)
+    try:
+        try:
+            ds = gdal.Open(name)
+        except RuntimeError as exc:
+            raise GullySegError(f"mask is not a PNG image GDAL can read: {exc}") from None
+        if ds is None:
+            raise GullySegError("mask is not a PNG image GDAL can read")
+        bands = ds.RasterCount
+        colour = [ds.GetRasterBand(b).ReadAsArray() for b in range(1, min(bands, 3) + 1 if bands >= 3 else 2)]
+        mask = np.zeros(colour[0].shape, dtype=bool)
+        for arr in colour:
+            mask |= arr != 0
+        ds = None
+        return mask
+    finally:
+        gdal.Unlink(name)
+
+
+@dataclass
+class BurnItem:
+    """One thing to burn, in file order: an OGR geometry, or a raster mask placed at (x0, y0)."""
+
+    value: int
+    geometry: object = None
+    mask: object = None  # bool array
+    x0: int = 0
+    y0: int = 0
+
+
+def shape_items(doc, width, height, classes, line_width, point_radius, problems, tile_id="",
+                unknown_labels="error"):
+    """Turn a LabelmeDoc's shapes into BurnItems (pixel space) in file order, reporting problems.
+
+    Returns (items, ok): ``ok`` is False when the file has an ERROR (it must then not be burnt).
+    """
+    ok = True
+    items = []
+
+    def report(shape, message, severity=ERROR):
+        nonlocal ok
+        problems.append(Problem(doc.path, message, severity, shape.index, tile_id))
+        if severity == ERROR:
+            ok = False
+
+    for shape in doc.shapes:
+        kind, pts, label = shape.shape_type, shape.points, shape.label
+        if label not in classes:
+            if unknown_labels == "skip":
+                report(shape, f"label '{label}' is not in the class map; shape skipped", WARNING)
+            else:
+                report(shape, f"label '{label}' is not in the class map (CLASSES)")
+            continue
+        value = classes.value(label)
+        if kind not in SHAPE_TYPES:
+            report(shape, f"unknown shape_type '{kind}' (Labelme knows {', '.join(SHAPE_TYPES)})")
+            continue
+        need = {"rectangle": 2, "circle": 2, "line": 2, "point": 1, "mask": 2}
+        if kind == "polygon" and len(pts) < 3:
+            report(shape, f"'{label}' polygon has {len(pts)} point(s); a polygon needs at least 3")
+            continue
+        if kind == "linestrip" and len(pts) < 2:
+            report(shape, f"'{label}' linestrip has {len(pts)} point(s); it needs at least 2")
+            continue
+        if kind in need and len(pts) != need[kind]:
+            report(shape, f"'{label}' {kind} has {len(pts)} point(s); Labelme writes {need[kind]}")
+            continue
+        if kind != "mask":
+            outside = [p for p in pts if not (-EDGE_TOLERANCE <= p[0] <= width + EDGE_TOLERANCE
+                                              and -EDGE_TOLERANCE <= p[1] <= height + EDGE_TOLERANCE)]
+            if outside:
+                x, y = outside[0]
+                report(shape, f"'{label}' {kind}: {len(outside)} point(s) outside the {width}x{height} tile "
+                              f"(e.g. {x:.2f}, {y:.2f}); clipped to the tile", WARNING)
+        if kind == "polygon":
+            geom = ring_polygon(pts)
+        elif kind == "rectangle":
+            (x1, y1), (x2, y2) = pts
+            xa, xb, ya, yb = min(x1, x2), max(x1, x2), min(y1, y2), max(y1, y2)
+            geom = ring_polygon([(xa, ya), (xb, ya), (xb, yb), (xa, yb)])
+        elif kind == "circle":
+            (cx, cy), (px, py) = pts
+            geom = circle_polygon(cx, cy, math.hypot(px - cx, py - cy))
+        elif kind == "point":
+            geom = circle_polygon(pts[0][0], pts[0][1], float(point_radius))
+        elif kind in LINE_TYPES:
+            line = ogr.Geometry(ogr.wkbLineString)
+            for x, y in pts:
+                line.AddPoint_2D(x, y)
+            half = float(line_width) / 2.0
+            geom = line.Buffer(half, max(4, _segments(half) // 4)) if half > 0 else None
+        else:  # mask
+            if not shape.mask_b64:
+                report(shape, f"'{label}' mask shape has no 'mask' image")
+                continue
+            try:
+                mask = decode_mask_png(shape.mask_b64)
+            except GullySegError as exc:
+                report(shape, f"'{label}' {exc}")
+                continue
+            # Labelme pastes the PNG with its top-left pixel at int(first point).
+            x0, y0 = int(math.floor(min(pts[0][0], pts[1][0]))), int(math.floor(min(pts[0][1], pts[1][1])))
+            if x0 < 0 or y0 < 0 or x0 + mask.shape[1] > width or y0 + mask.shape[0] > height:
+                report(shape, f"'{label}' mask ({mask.shape[1]}x{mask.shape[0]} at {x0}, {y0}) reaches outside "
+                              f"the {width}x{height} tile; clipped to the tile", WARNING)
+            items.append(BurnItem(value, mask=mask, x0=x0, y0=y0))
+            continue
+        if geom is not None and not geom.IsEmpty():
+            items.append(BurnItem(value, geometry=geom))
+    return items, ok
+
+
+# --- writing ------------------------------------------------------------------------------
+
+def labelme_shape(label, points, shape_type="polygon"):
+    return {
+        "label": label,
+        "points": [[float(x), float(y)] for x, y in points],
+        "group_id": None,
+        "description": "",
+        "shape_type": shape_type,
+        "flags": {},
+        "mask": None,
+    }
+
+
+def labelme_document(shapes, image_path, width, height):
+    """A Labelme document as Labelme writes it (imageData null: the image is read from imagePath)."""
+    return {
+        "version": LABELME_VERSION,
+        "flags": {},
+        "shapes": shapes,
+        "imagePath": image_path,
+        "imageData": None,
+        "imageHeight": int(height),
+        "imageWidth": int(width),
+    }
+
+
+def write_labelme(path, document):
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(document, handle, indent=2, ensure_ascii=False)
+        handle.write("\n")
+
+
+def geometry_to_shapes(geom, label, to_pixel, min_area=1e-9):
+    """Polygons (OGR, map coordinates) -> Labelme polygon shapes in pixel coordinates.
+
+    Labelme has no holes: each polygon becomes its exterior ring with ``label`` followed by
+    one ``_background_`` polygon per hole, and polygons are ordered by the area of their
+    exterior ring, largest first, so that an island inside a hole is written after the hole
+    and burns over it. Burnt in file order this gives the same pixels as the polygons.
+    ``to_pixel(x, y) -> (col, row)`` maps map coordinates to pixel coordinates.
+    """
+    parts = []
+    _collect_polygons(geom, parts)
+    out = []
+
+    def ring_points(ring):
+        pts = [to_pixel(ring.GetX(k), ring.GetY(k)) for k in range(ring.GetPointCount())]
+        if len(pts) > 1 and pts[0] == pts[-1]:
+            pts = pts[:-1]
+        return pts
+
+    def ring_area(ring):
+        poly = ogr.Geometry(ogr.wkbPolygon)
+        poly.AddGeometry(ring)
+        return poly.GetArea()
+
+    keyed = []
+    for poly in parts:
+        ext = poly.GetGeometryRef(0)
+        if ext is None:
+            continue
+        keyed.append((ring_area(ext), poly))
+    keyed.sort(key=lambda kv: -kv[0])
+    for area, poly in keyed:
+        if area <= min_area:
+            continue
+        ext = ring_points(poly.GetGeometryRef(0))
+        if len(ext) < 3:
+            continue
+        out.append(labelme_shape(label, ext))
+        for k in range(1, poly.GetGeometryCount()):
+            hole = poly.GetGeometryRef(k)
+            pts = ring_points(hole)
+            if len(pts) >= 3 and ring_area(hole) > min_area:
+                out.append(labelme_shape(BACKGROUND_LABEL, pts))
+    return out
+
+
+def _collect_polygons(geom, out):
+    if geom is None or geom.IsEmpty():
+        return
+    gtype = ogr.GT_Flatten(geom.GetGeometryType())
+    if gtype == ogr.wkbPolygon:
+        out.append(geom)
+    elif gtype in (ogr.wkbMultiPolygon, ogr.wkbGeometryCollection):
+        for k in range(geom.GetGeometryCount()):
+            _collect_polygons(geom.GetGeometryRef(k), out)
+    elif gtype in (ogr.wkbCurvePolygon, ogr.wkbMultiSurface):
+        _collect_polygons(geom.GetLinearGeometry(), out)
