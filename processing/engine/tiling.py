@@ -16,6 +16,7 @@ Every file goes through ``gdalio.atomic_output``; if the run fails or is cancell
 has written are removed again and no index is written, so nothing points at a missing file.
 """
 
+import contextlib
 import math
 import os
 import re
@@ -429,6 +430,7 @@ def grid_tiles(input_path, output_dir, tile_size=DEFAULT_TILE_SIZE, stride=0, ed
     if not index_path.lower().endswith(".gpkg"):
         raise GullySegError(f"OUTPUT_INDEX: '{index_path}' must be a GeoPackage (.gpkg).")
     _check_output(root, index_path, overwrite, input_path)
+    created = [d for d in (root, paths.images) if not os.path.exists(d)]
     scene = scene_name or scene_name_from_path(input_path)
 
     # the grid, the AOI ------------------------------------------------------------------
@@ -553,6 +555,9 @@ def grid_tiles(input_path, output_dir, tile_size=DEFAULT_TILE_SIZE, stride=0, ed
     except BaseException as exc:
         for path in written:
             gdalio.remove_with_side_files(path)
+        for folder in reversed(created):  # folders this run created, if left empty
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
         if isinstance(exc, Cancelled):
             feedback.warn(f"Cancelled: removed the {len(written)} tile file(s) written so far; no index was written.")
         raise
