@@ -737,3 +737,168 @@ def _write_rasters(img_path, mask_path, gpkg_path, render_path, footprint, width
         mask = None
     glayer = land_layer = body_layer = None
     gdb = adb = None
+
+
+# --------------------------------------------------------------------------------------
+# Labelme files for a scene's tiles (as an annotator leaves them after step 3)
+# --------------------------------------------------------------------------------------
+
+LABELME_VERSION = "5.2.1"
+
+
+@dataclass
+class LabelmeResult:
+    out_dir: str
+    written: list  # paths of the JSON files written
+    skipped_existing: int = 0
+    shapes: int = 0
+
+
+def _split_holes(poly, depth=0):
+    """Hole-free polygons covering ``poly`` (Labelme polygons cannot have holes).
+
+    Cuts along a vertical line (pixel edge where possible) through a hole, recursively.
+    """
+    if poly.GetGeometryCount() <= 1 or depth > 40:
+        return [poly]
+    hole = poly.GetGeometryRef(1)
+    xmin, xmax, ymin, ymax = hole.GetEnvelope()
+    cx = 0.5 * (xmin + xmax)
+    # prefer a pixel edge (integer) inside the hole so no pixel centre lies on the cut
+    for candidate in (math.floor(cx), math.ceil(cx), cx):
+        if xmin < candidate < xmax:
+            cx = candidate
+            break
+    pxmin, pxmax, pymin, pymax = poly.GetEnvelope()
+    parts = []
+    for a, b in ((pxmin - 1, cx), (cx, pxmax + 1)):
+        box = _box(a, pymin - 1, b, pymax + 1)
+        piece = poly.Intersection(box)
+        multi = _as_multipolygon(piece)
+        for i in range(multi.GetGeometryCount()):
+            parts.extend(_split_holes(multi.GetGeometryRef(i).Clone(), depth=depth + 1))
+    return parts
+
+
+def _box(xmin, ymin, xmax, ymax):
+    ring = ogr.Geometry(ogr.wkbLinearRing)
+    for x, y in ((xmin, ymin), (xmax, ymin), (xmax, ymax), (xmin, ymax), (xmin, ymin)):
+        ring.AddPoint_2D(x, y)
+    poly = ogr.Geometry(ogr.wkbPolygon)
+    poly.AddGeometry(ring)
+    return poly
+
+
+def _tile_shapes(layer, gt, x_off, y_off, w, h, label, simplify_px):
+    """Gully polygons clipped to a tile, in tile pixel coordinates (pixel-corner based)."""
+    ps_x, ps_y = gt[1], gt[5]
+    xmin = gt[0] + x_off * ps_x
+    ymax = gt[3] + y_off * ps_y
+    xmax, ymin = xmin + w * ps_x, ymax + h * ps_y
+    layer.SetSpatialFilterRect(xmin, ymin, xmax, ymax)
+    tile_box = _box(xmin, ymin, xmax, ymax)
+    shapes = []
+    for feat in layer:
+        geom = feat.GetGeometryRef()
+        if geom is None:
+            continue
+        clipped = _as_multipolygon(geom.Intersection(tile_box))
+        for i in range(clipped.GetGeometryCount()):
+            poly = clipped.GetGeometryRef(i).Clone()
+            # to tile pixel coordinates
+            for r in range(poly.GetGeometryCount()):
+                ring = poly.GetGeometryRef(r)
+                for k in range(ring.GetPointCount()):
+                    x, y = ring.GetX(k), ring.GetY(k)
+                    ring.SetPoint_2D(k, (x - xmin) / ps_x, (y - ymax) / ps_y)
+            if simplify_px > 0:
+                poly = poly.SimplifyPreserveTopology(simplify_px)
+            simple = _as_multipolygon(poly)
+            pieces = []
+            for j in range(simple.GetGeometryCount()):
+                pieces.extend(_split_holes(simple.GetGeometryRef(j).Clone()))
+            for part in pieces:
+                if part.GetArea() < 2.0:
+                    continue  # slivers along the tile edge: nobody draws those
+                ring = part.GetGeometryRef(0)
+                pts = [[round(min(max(ring.GetX(k), 0.0), w), 2), round(min(max(ring.GetY(k), 0.0), h), 2)]
+                       for k in range(ring.GetPointCount() - 1)]
+                if len(pts) < 3:
+                    continue
+                shapes.append({"label": label, "points": pts, "group_id": None, "description": "",
+                               "shape_type": "polygon", "flags": {}})
+    layer.SetSpatialFilter(None)
+    return shapes
+
+
+def write_labelme_for_tiles(scene_path, gullies_path, out_dir=None, tile_index=None, tile_size=256,
+                            image_dir="../images", include_empty=True, label=GULLY_LABEL, simplify_px=0.6,
+                            overwrite=False, feedback=None):
+    """Write one Labelme JSON per tile of ``scene_path`` with its gully polygons.
+
+    Tiles come from ``tile_index`` (the grid-division step's index.gpkg: tile_id, x_off, y_off,
+    width, height, image_jpg) or, without it, from ``windows.iter_windows(width, height,
+    tile_size)`` with ids ``dataset.tile_id(<scene stem>, row, col)``.
+
+    out_dir: folder for the JSON files (default <dataset>/labelme next to the index; required
+    without an index). Each file is <tile_id>.json; ``imagePath`` is the tile's JPEG relative
+    to out_dir (from the index's image_jpg, else ``image_dir/<tile_id>.jpg``).
+    Polygons are clipped to the tile, converted to tile pixel coordinates (pixel-corner based,
+    0,0 = the tile's top-left corner), simplified by ``simplify_px`` like a hand-drawn outline,
+    split where they have holes (Labelme polygons have none), and slivers under 2 px² dropped.
+    include_empty: also write files with no shapes for tiles without gullies (negative samples),
+    but never for tiles entirely outside the scene footprint. Existing JSON files are kept
+    (an annotator's work) unless ``overwrite``.
+    """
+    from . import dataset as ds_mod  # local: dataset imports metadata; keep module import light
+
+    feedback = feedback or Feedback()
+    scene, info = gdalio.open_checked(scene_path, "INPUT")
+    gt = info.geotransform
+    if not gullies_path or not os.path.exists(str(gullies_path)):
+        raise GullySegError(f"GULLIES: polygon file '{gullies_path}' does not exist.")
+    vds = ogr.Open(str(gullies_path))
+    layer = vds.GetLayerByName(GULLY_LAYER) or vds.GetLayer(0)
+    if tile_index:
+        records, _ = ds_mod.read_index(tile_index)
+        paths = ds_mod.DatasetPaths.from_index(tile_index)
+        out_dir = out_dir or paths.labelme
+        tiles = []
+        for rec in records:
+            image = rec.get("image_jpg") or rec.get("image_tif") or f"{ds_mod.IMAGES_DIR}/{rec['tile_id']}.jpg"
+            rel = os.path.relpath(paths.abs(image), os.path.abspath(out_dir)).replace(os.sep, "/")
+            tiles.append((rec["tile_id"], rec["x_off"], rec["y_off"], rec["width"], rec["height"], rel))
+    else:
+        if not out_dir:
+            raise GullySegError("OUTPUT_DIR: a folder for the Labelme files is needed when no tile index is given.")
+        stem = os.path.splitext(os.path.basename(str(scene_path)))[0]
+        tiles = []
+        for win in iter_windows(info.width, info.height, tile_size):
+            tid = ds_mod.tile_id(stem, win.row, win.col)
+            tiles.append((tid, win.x_off, win.y_off, win.width, win.height, f"{image_dir}/{tid}.jpg"))
+    os.makedirs(out_dir, exist_ok=True)
+    result = LabelmeResult(out_dir=os.path.abspath(out_dir), written=[])
+    for n, (tid, x_off, y_off, w, h, image_path) in enumerate(tiles):
+        feedback.check_cancelled()
+        target = os.path.join(out_dir, f"{tid}.json")
+        if os.path.exists(target) and not overwrite:
+            result.skipped_existing += 1
+            continue
+        shapes = _tile_shapes(layer, gt, x_off, y_off, w, h, label, simplify_px)
+        if not shapes:
+            part = (max(0, x_off), max(0, y_off), min(info.width, x_off + w), min(info.height, y_off + h))
+            if not include_empty or part[2] <= part[0] or part[3] <= part[1] or not gdalio.valid_mask(
+                    scene, part[0], part[1], part[2] - part[0], part[3] - part[1]).any():
+                continue
+        doc = {"version": LABELME_VERSION, "flags": {}, "shapes": shapes, "imagePath": image_path,
+               "imageData": None, "imageHeight": int(h), "imageWidth": int(w)}
+        with gdalio.atomic_output(target, overwrite=overwrite, what="Labelme file") as tmp:
+            with open(tmp, "w", encoding="utf-8") as handle:
+                json.dump(doc, handle, indent=2)
+                handle.write("\n")
+        result.written.append(os.path.abspath(target))
+        result.shapes += len(shapes)
+        feedback.progress(100.0 * (n + 1) / len(tiles))
+    layer = None
+    vds = scene = None
+    return result
