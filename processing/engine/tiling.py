@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass, field
 
 import numpy as np
-from osgeo import gdal, ogr, osr
+from osgeo import gdal, ogr
 
 from . import dataset, gdalio, windows
 from .errors import Cancelled, GullySegError
@@ -464,7 +464,8 @@ def grid_tiles(input_path, output_dir, tile_size=DEFAULT_TILE_SIZE, stride=0, ed
         if stretch["method"] != "none":
             feedback.info(
                 "JPEG stretch (whole scene, percentiles {}-{}): ".format(*STRETCH_PERCENTILES)
-                + ", ".join(f"band {b}: {lo:g}..{hi:g}" for b, lo, hi in zip(bands_rgb, stretch["low"], stretch["high"]))
+                + ", ".join(f"band {b}: {lo:g}..{hi:g}"
+                            for b, lo, hi in zip(bands_rgb, stretch["low"], stretch["high"]))
             )
     feedback.check_cancelled()
 
