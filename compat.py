@@ -80,3 +80,14 @@ def make_field(name, kind, length=0, precision=0):
 def exec_dialog(dialog):
     """``exec_()`` on Qt5, ``exec()`` on Qt6."""
     return dialog.exec() if hasattr(dialog, "exec") else dialog.exec_()  # noqa: QGS107 (Qt5 fallback)
+
+
+# Layer filters for QgsMapLayerComboBox (Qgis.LayerFilter from 3.34; QgsMapLayerProxyModel before)
+def _layer_filter(name):
+    from qgis.core import QgsMapLayerProxyModel
+
+    return _pick(Qgis, f"LayerFilter.{name}", QgsMapLayerProxyModel, name)
+
+
+LAYER_FILTER_POLYGON = _layer_filter("PolygonLayer")
+LAYER_FILTER_RASTER = _layer_filter("RasterLayer")

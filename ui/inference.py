@@ -1,0 +1,464 @@
+"""The inference tab: run ``gullyseg:segment`` on a raster layer from a panel.
+
+The tab only gathers parameters and runs the Processing algorithm in a
+``QgsProcessingAlgRunnerTask``, exactly as the Toolbox would: QGIS stays responsive, the
+progress bar follows the algorithm, Cancel stops it (the algorithm's outputs are atomic, so
+nothing half-written is left) and errors are shown in the tab and the message bar. Results
+are added to the project in a group, styled from resources/styles/*.qml.
+"""
+
+import os
+
+from qgis.core import (
+    QgsApplication,
+    QgsMessageLog,
+    QgsProcessingAlgRunnerTask,
+    QgsProcessingContext,
+    QgsProcessingFeedback,
+    QgsProject,
+    QgsRasterLayer,
+    QgsVectorLayer,
+)
+from qgis.gui import QgsFileWidget
+from qgis.PyQt import uic
+from qgis.PyQt.QtCore import pyqtSignal
+from qgis.PyQt.QtWidgets import QWidget
+
+from .. import compat
+from ..metadata import NAME, resource_path
+from . import settings
+
+FORM_CLASS, _ = uic.loadUiType(os.path.join(os.path.dirname(__file__), "inference.ui"))
+
+ALG_ID = "gullyseg:segment"
+DEFAULT_MODEL = resource_path("models", "gullyseg_demo_unet.onnx")
+STYLES = {
+    "OUTPUT_PROBABILITY": resource_path("styles", "probability.qml"),
+    "OUTPUT_MASK": resource_path("styles", "mask.qml"),
+    "OUTPUT_POLYGONS": resource_path("styles", "gully_polygons.qml"),
+}
+OUTPUT_NAMES = {"OUTPUT_PROBABILITY": "probability", "OUTPUT_MASK": "mask", "OUTPUT_POLYGONS": "polygons"}
+OUTPUT_EXT = {"OUTPUT_PROBABILITY": ".tif", "OUTPUT_MASK": ".tif", "OUTPUT_POLYGONS": ".gpkg"}
+
+AREA_LAYER, AREA_CANVAS, AREA_POLYGONS = 0, 1, 2
+AREA_ITEMS = [("Whole layer", AREA_LAYER), ("Current map extent", AREA_CANVAS), ("Inside polygons of a layer",
+                                                                                  AREA_POLYGONS)]
+TTA_ITEMS = [("None", 0), ("Flips (4 passes)", 1), ("Flips and rotations (8 passes)", 2)]
+
+
+class RunFeedback(QgsProcessingFeedback):
+    """Keeps the algorithm's log and errors; ``message`` is emitted (queued) for the GUI."""
+
+    message = pyqtSignal(str, str)  # level, text
+
+    def __init__(self):
+        super().__init__()
+        self.errors = []
+
+    def reportError(self, error, fatalError=False):  # noqa: N802, N803
+        self.errors.append(str(error))
+        self.message.emit("error", str(error))
+        super().reportError(error, fatalError)
+
+    def pushWarning(self, warning):  # noqa: N802
+        self.message.emit("warning", str(warning))
+        super().pushWarning(warning)
+
+    def pushInfo(self, info):  # noqa: N802
+        self.message.emit("info", str(info))
+        super().pushInfo(info)
+
+
+def describe_model(path):
+    """``onnx_model.describe(path)`` (dict), or raises GullySegError/ImportError."""
+    from ..processing.engine import onnx_model
+
+    return onnx_model.describe(path)
+
+
+def model_summary_html(info):
+    """The model's metadata, as the tab shows it."""
+
+    def fmt(value):
+        if value is None or value == "" or value == []:
+            return "<i>not stated</i>"
+        if isinstance(value, (list, tuple)):
+            return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+        if isinstance(value, float):
+            return f"{value:g}"
+        return str(value)
+
+    classes = info.get("classes") or info.get("class_names")
+    window = info.get("window_size") or info.get("tile_size")
+    if isinstance(window, (list, tuple)) and len(window) == 2:
+        window = f"{window[0]} x {window[1]} px"
+    elif window:
+        window = f"{window} px"
+    else:
+        window = "dynamic (256 px windows)"
+    resolution = info.get("resolution_m") or info.get("resolution")
+    if isinstance(resolution, (int, float)):
+        resolution = f"{resolution:g} m/px"
+    norm = info.get("normalisation") or info.get("normalization")
+    if isinstance(norm, dict):
+        norm = "; ".join(f"{k} {fmt(v)}" for k, v in norm.items() if v not in (None, "", []))
+    rows = [
+        ("Classes", fmt(classes)),
+        ("Window", fmt(window)),
+        ("Channels", fmt(info.get("channels") or info.get("bands"))),
+        ("Resolution", fmt(resolution)),
+        ("Normalisation", fmt(norm)),
+        ("Threshold", fmt(info.get("threshold"))),
+        ("Runs on", f"<b>{fmt(info.get('provider'))}</b>"),
+    ]
+    return "<table>" + "".join(
+        f"<tr><td style='padding-right:8px'><b>{k}</b></td><td>{v}</td></tr>" for k, v in rows
+    ) + "</table>"
+
+
+class InferenceTab(QWidget, FORM_CLASS):
+    """Inference from a panel. ``run()`` returns the task; ``taskFinished(ok)`` when done."""
+
+    taskFinished = pyqtSignal(bool)
+
+    def __init__(self, iface, parent=None):
+        super().__init__(parent)
+        self.setupUi(self)
+        self.iface = iface
+        self.task = None
+        self.context = None
+        self.feedback = None
+        self.model_info = None
+        self.last_layers = []  # layers added by the last successful run
+        self.last_outputs = {}  # requested output paths of the last run
+
+        self.rasterCombo.setFilters(compat.LAYER_FILTER_RASTER)
+        self.maskCombo.setFilters(compat.LAYER_FILTER_POLYGON)
+        for text, value in AREA_ITEMS:
+            self.areaCombo.addItem(text, value)
+        for text, value in TTA_ITEMS:
+            self.ttaCombo.addItem(text, value)
+        self.modelWidget.setFilter("ONNX models (*.onnx);;All files (*)")
+        self.modelWidget.setStorageMode(QgsFileWidget.StorageMode.GetFile)
+        self.folderWidget.setStorageMode(QgsFileWidget.StorageMode.GetDirectory)
+        self.progressBar.setValue(0)
+
+        self._restore_settings()
+        self.modelWidget.fileChanged.connect(self._on_model_changed)
+        self.areaCombo.currentIndexChanged.connect(self._update_enabled)
+        self.temporaryRadio.toggled.connect(self._update_enabled)
+        self.polygonsCheck.toggled.connect(self._update_enabled)
+        self.runButton.clicked.connect(self.run)
+        self.cancelButton.clicked.connect(self.cancel)
+        self._on_model_changed(self.modelWidget.filePath())
+        self._update_enabled()
+
+    # --- settings ---------------------------------------------------------------
+    def _restore_settings(self):
+        model = settings.value("inference/model")
+        if not model and os.path.exists(DEFAULT_MODEL):
+            model = DEFAULT_MODEL
+        self.modelWidget.setFilePath(model)
+        self.folderWidget.setFilePath(settings.value("inference/last_folder"))
+        index = self.areaCombo.findData(settings.value("inference/area"))
+        self.areaCombo.setCurrentIndex(max(index, 0))
+        self.overlapSpin.setValue(settings.value("inference/overlap"))
+        self.batchSpin.setValue(settings.value("inference/batch_size"))
+        threshold = settings.value("inference/threshold")
+        self.thresholdSpin.setValue(threshold if threshold >= 0 else self.thresholdSpin.minimum())
+        self.ttaCombo.setCurrentIndex(max(self.ttaCombo.findData(settings.value("inference/tta")), 0))
+        self.probabilityCheck.setChecked(settings.value("inference/out_probability"))
+        self.maskCheck.setChecked(settings.value("inference/out_mask"))
+        self.polygonsCheck.setChecked(settings.value("inference/out_polygons"))
+        self.minAreaSpin.setValue(settings.value("inference/min_area"))
+        self.simplifySpin.setValue(settings.value("inference/simplify"))
+        temporary = settings.value("inference/temporary")
+        self.temporaryRadio.setChecked(temporary)
+        self.filesRadio.setChecked(not temporary)
+
+    def save_settings(self):
+        settings.set_value("inference/model", self.modelWidget.filePath())
+        settings.set_value("inference/last_folder", self.folderWidget.filePath())
+        settings.set_value("inference/area", self.areaCombo.currentData())
+        settings.set_value("inference/overlap", self.overlapSpin.value())
+        settings.set_value("inference/batch_size", self.batchSpin.value())
+        settings.set_value("inference/threshold", self._threshold())
+        settings.set_value("inference/tta", self.ttaCombo.currentData())
+        settings.set_value("inference/out_probability", self.probabilityCheck.isChecked())
+        settings.set_value("inference/out_mask", self.maskCheck.isChecked())
+        settings.set_value("inference/out_polygons", self.polygonsCheck.isChecked())
+        settings.set_value("inference/min_area", self.minAreaSpin.value())
+        settings.set_value("inference/simplify", self.simplifySpin.value())
+        settings.set_value("inference/temporary", self.temporaryRadio.isChecked())
+
+    # --- widgets -------------------------------------------------------------------
+    def _threshold(self):
+        value = self.thresholdSpin.value()
+        return -1.0 if value < 0 else float(value)
+
+    def _update_enabled(self, *_args):
+        running = self.task is not None
+        polygons_area = self.areaCombo.currentData() == AREA_POLYGONS
+        self.maskCombo.setEnabled(polygons_area and not running)
+        self.maskLabel.setEnabled(polygons_area)
+        self.folderWidget.setEnabled(self.filesRadio.isChecked() and not running)
+        self.minAreaSpin.setEnabled(self.polygonsCheck.isChecked())
+        self.simplifySpin.setEnabled(self.polygonsCheck.isChecked())
+        self.runButton.setEnabled(not running)
+        self.cancelButton.setEnabled(running)
+
+    def _on_model_changed(self, path):
+        self.model_info = None
+        if not path:
+            self.modelInfoLabel.setText(
+                "Choose an ONNX model. The demo model (resources/models/gullyseg_demo_unet.onnx) is not "
+                "installed." if not os.path.exists(DEFAULT_MODEL) else "Choose an ONNX model."
+            )
+            return
+        if not os.path.isfile(path):
+            self.modelInfoLabel.setText(f"<span style='color:#c83232'>No such file: {path}</span>")
+            return
+        try:
+            self.model_info = describe_model(path)
+        except ImportError:
+            self.modelInfoLabel.setText("The ONNX engine is not available in this installation.")
+            return
+        except Exception as exc:  # noqa: BLE001 (GullySegError and onnx errors: shown, not raised)
+            self.modelInfoLabel.setText(f"<span style='color:#c83232'>{_html(str(exc))}</span>")
+            return
+        self.modelInfoLabel.setText(model_summary_html(self.model_info))
+        settings.set_value("inference/model", path)
+
+    def _message(self, text, level=compat.MSG_INFO, bar=False):
+        colour = {compat.MSG_CRITICAL: "#c83232", compat.MSG_WARNING: "#b06000", compat.MSG_SUCCESS: "#1a8c2e"}
+        self.messageLabel.setStyleSheet(f"color: {colour[level]};" if level in colour else "")
+        self.messageLabel.setText(text)
+        if bar and self.iface is not None:
+            self.iface.messageBar().pushMessage(NAME, text, level, 0 if level == compat.MSG_CRITICAL else 8)
+
+    def _log(self, level, text):
+        prefix = {"error": "ERROR: ", "warning": "Warning: "}.get(level, "")
+        self.logView.appendPlainText(prefix + text)
+
+    # --- parameters -------------------------------------------------------------------
+    def _unique_path(self, folder, stem, ext):
+        path = os.path.join(folder, stem + ext)
+        n = 2
+        while os.path.exists(path):
+            path = os.path.join(folder, f"{stem}_{n}{ext}")
+            n += 1
+        return path
+
+    def parameters(self, algorithm=None):
+        """The ``gullyseg:segment`` parameters from the widgets, or raise ValueError (user message)."""
+        layer = self.rasterCombo.currentLayer()
+        if layer is None:
+            raise ValueError("Choose a raster layer to map.")
+        model = self.modelWidget.filePath()
+        if not model:
+            raise ValueError("Choose an ONNX model file.")
+        if not os.path.isfile(model):
+            raise ValueError(f"MODEL: '{model}' does not exist.")
+        wanted = {
+            "OUTPUT_PROBABILITY": self.probabilityCheck.isChecked(),
+            "OUTPUT_MASK": self.maskCheck.isChecked(),
+            "OUTPUT_POLYGONS": self.polygonsCheck.isChecked(),
+        }
+        if not any(wanted.values()):
+            raise ValueError("Tick at least one output (probability, mask or polygons).")
+        params = {
+            "INPUT": layer.id(),
+            "MODEL": model,
+            "BATCH_SIZE": self.batchSpin.value(),
+            "TTA": self.ttaCombo.currentData(),
+        }
+        if self.overlapSpin.value() >= 0:
+            params["OVERLAP"] = self.overlapSpin.value()
+        if self._threshold() >= 0:
+            params["THRESHOLD"] = self._threshold()
+        area = self.areaCombo.currentData()
+        if area == AREA_CANVAS:
+            if self.iface is None:
+                raise ValueError("There is no map canvas to take the extent from.")
+            canvas = self.iface.mapCanvas()
+            extent = canvas.extent()
+            crs = canvas.mapSettings().destinationCrs()
+            params["EXTENT"] = (
+                f"{extent.xMinimum()!r},{extent.xMaximum()!r},{extent.yMinimum()!r},{extent.yMaximum()!r}"
+                + (f" [{crs.authid()}]" if crs.isValid() and crs.authid() else "")
+            )
+        elif area == AREA_POLYGONS:
+            mask = self.maskCombo.currentLayer()
+            if mask is None:
+                raise ValueError("Choose the polygon layer that limits the area.")
+            params["MASK_LAYER"] = mask.id()
+        if self.polygonsCheck.isChecked():
+            params["MIN_AREA"] = self.minAreaSpin.value()
+            params["SIMPLIFY"] = self.simplifySpin.value()
+
+        folder = None
+        if self.filesRadio.isChecked():
+            folder = self.folderWidget.filePath()
+            if not folder:
+                raise ValueError("Choose the folder for the output files (or use temporary outputs).")
+            if not os.path.isdir(folder):
+                raise ValueError(f"The output folder '{folder}' does not exist.")
+        stem = f"{_safe(layer.name())}_{_safe(os.path.splitext(os.path.basename(model))[0])}"
+        for key, want in wanted.items():
+            optional = True
+            if algorithm is not None:
+                definition = algorithm.parameterDefinition(key)
+                if definition is None:
+                    continue
+                optional = bool(definition.flags() & compat.FLAG_OPTIONAL)
+            if not want and optional:
+                continue  # optional outputs that are not wanted are not written at all
+            if want and folder:
+                params[key] = self._unique_path(folder, f"{stem}_{OUTPUT_NAMES[key]}", OUTPUT_EXT[key])
+            else:
+                params[key] = "TEMPORARY_OUTPUT"
+        self.wanted = wanted
+        return params
+
+    # --- running ----------------------------------------------------------------------------
+    def run(self):
+        """Start the algorithm in a background task. Returns the task, or None (message shown)."""
+        if self.task is not None:
+            return None
+        algorithm = QgsApplication.processingRegistry().createAlgorithmById(ALG_ID)
+        if algorithm is None:
+            self._message(
+                f"The algorithm {ALG_ID} is not available: is the GullySeg Processing provider loaded?",
+                compat.MSG_CRITICAL, bar=True,
+            )
+            return None
+        try:
+            params = self.parameters(algorithm)
+        except ValueError as exc:
+            self._message(str(exc), compat.MSG_WARNING, bar=True)
+            return None
+        context = QgsProcessingContext()
+        context.setProject(QgsProject.instance())
+        ok, problem = algorithm.checkParameterValues(params, context)
+        if not ok:
+            self._message(problem, compat.MSG_WARNING, bar=True)
+            return None
+        self.save_settings()
+        feedback = RunFeedback()
+        feedback.message.connect(self._log)
+        feedback.progressChanged.connect(lambda p: self.progressBar.setValue(int(p)))
+        self.logView.clear()
+        self.progressBar.setValue(0)
+        layer = self.rasterCombo.currentLayer()
+        task = QgsProcessingAlgRunnerTask(algorithm, params, context, feedback)
+        task.setDescription(f"{NAME}: segmenting {layer.name()}")
+        self.context, self.feedback, self.task = context, feedback, task
+        self.last_outputs = {k: v for k, v in params.items() if k.startswith("OUTPUT_")}
+        self._run_label = (layer.name(), os.path.splitext(os.path.basename(params["MODEL"]))[0])
+        task.executed.connect(self._on_executed)
+        self._update_enabled()
+        self._message(f"Running on '{layer.name()}' …")
+        QgsApplication.taskManager().addTask(task)
+        return task
+
+    def cancel(self):
+        if self.task is not None:
+            self._message("Cancelling …")
+            self.feedback.cancel()
+            try:
+                self.task.cancel()
+            except RuntimeError:
+                pass
+
+    def _on_executed(self, successful, results):
+        feedback, context = self.feedback, self.context
+        cancelled = feedback is not None and feedback.isCanceled()
+        self.task = None
+        self._update_enabled()
+        if cancelled:
+            self.progressBar.setValue(0)
+            self._message("Cancelled. No output was written.", compat.MSG_WARNING, bar=True)
+            self.taskFinished.emit(False)
+            return
+        if not successful:
+            errors = feedback.errors if feedback is not None else []
+            text = errors[-1] if errors else "The algorithm failed; see the log below."
+            self._message(f"Inference failed: {text}", compat.MSG_CRITICAL, bar=True)
+            QgsMessageLog.logMessage(f"Inference failed: {text}", NAME, compat.MSG_CRITICAL)
+            self.taskFinished.emit(False)
+            return
+        try:
+            added = self._add_results(results, context)
+        except Exception as exc:  # noqa: BLE001 (never a traceback in the user's face)
+            self._message(f"The run finished but its layers could not be added: {exc}", compat.MSG_CRITICAL, bar=True)
+            self.taskFinished.emit(False)
+            return
+        self.progressBar.setValue(100)
+        area = results.get("GULLY_AREA_M2")
+        provider = results.get("PROVIDER") or results.get("EXECUTION_PROVIDER")
+        details = []
+        if area is not None:
+            details.append(f"gully area {float(area) / 10000:.2f} ha")
+        if provider:
+            details.append(f"ran on {provider}")
+        self._message(
+            f"Done: {len(added)} layer(s) added" + (f" ({', '.join(details)})" if details else "") + ".",
+            compat.MSG_SUCCESS, bar=True,
+        )
+        self.taskFinished.emit(True)
+
+    def _take_layer(self, value, key, context, name):
+        """The output as a layer we own: from the context's temporary store, or loaded from its path."""
+        if value is None or value == "":
+            return None
+        store = context.temporaryLayerStore() if context is not None else None
+        if store is not None and isinstance(value, str) and store.mapLayer(value) is not None:
+            layer = store.takeMapLayer(store.mapLayer(value))
+            layer.setName(name)
+            return layer
+        path = str(value)
+        if key == "OUTPUT_POLYGONS":
+            layer = QgsVectorLayer(path, name, "ogr")
+        else:
+            layer = QgsRasterLayer(path, name, "gdal")
+        return layer if layer.isValid() else None
+
+    def _add_results(self, results, context):
+        raster_name, model_name = self._run_label
+        project = QgsProject.instance()
+        root = project.layerTreeRoot()
+        group = root.insertGroup(0, f"{NAME}: {raster_name} · {model_name}")
+        added = []
+        for key in ("OUTPUT_POLYGONS", "OUTPUT_MASK", "OUTPUT_PROBABILITY"):  # top to bottom
+            if not self.wanted.get(key):
+                continue
+            layer = self._take_layer(results.get(key), key, context, f"gully {OUTPUT_NAMES[key]}")
+            if layer is None:
+                self._log("warning", f"{key}: no layer could be loaded from {results.get(key)!r}")
+                continue
+            style = STYLES[key]
+            if os.path.exists(style):
+                layer.loadNamedStyle(style)
+            project.addMapLayer(layer, False)
+            group.addLayer(layer)
+            added.append(layer)
+        self.last_layers = added
+        return added
+
+    def shutdown(self):
+        if self.task is not None:
+            self.cancel()
+            try:
+                self.task.executed.disconnect(self._on_executed)
+            except (TypeError, RuntimeError):
+                pass
+            self.task = None
+
+
+def _safe(text):
+    keep = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(text))
+    return keep.strip("_") or "layer"
+
+
+def _html(text):
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

@@ -1,0 +1,256 @@
+"""Screening logic without widgets: the queue, decisions, undo, filters, counters and rate.
+
+The dock's screening tab is a thin view over a ``ScreeningSession``. The session never touches
+Qt: it is given the tiles and a ``write(tile, status)`` callable that persists a decision
+(the tab passes one that writes through the index layer's data provider, so every decision
+is on disk before the session moves on). If ``write`` raises, nothing changes.
+"""
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+STATUS_UNSCREENED = "unscreened"
+STATUS_KEEP = "keep"
+STATUS_REJECT = "reject"
+
+FILTER_UNSCREENED = "unscreened"
+FILTER_KEPT = "keep"
+FILTER_REJECTED = "reject"
+FILTER_ALL = "all"
+FILTERS = (FILTER_UNSCREENED, FILTER_KEPT, FILTER_REJECTED, FILTER_ALL)
+
+ORDER_ID = "id"  # grid order (tile ids sort in grid order)
+ORDER_SCORE = "score"  # highest predicted gully share first; unscored tiles last
+ORDERS = (ORDER_ID, ORDER_SCORE)
+
+RATE_WINDOW_S = 300.0  # tiles per minute over the last five minutes of work
+
+
+@dataclass
+class Tile:
+    fid: int
+    tile_id: str
+    status: str = STATUS_UNSCREENED
+    bounds: tuple = None  # (xmin, ymin, xmax, ymax) in the index CRS
+    row: int = None
+    col: int = None
+    image_tif: str = ""  # relative to the dataset folder
+    image_jpg: str = ""
+    score: float = None
+    extra: dict = field(default_factory=dict)
+
+
+def normalise_status(value):
+    """Index status values, tolerant of NULL/empty and case (anything unknown counts as unscreened)."""
+    text = str(value or "").strip().lower()
+    return text if text in (STATUS_KEEP, STATUS_REJECT) else STATUS_UNSCREENED
+
+
+def matches(status, filter_name):
+    return filter_name == FILTER_ALL or status == filter_name
+
+
+class ScreeningSession:
+    """A queue of tiles under a filter and an order, with decisions, undo, counters and a rate.
+
+    tiles: iterable of ``Tile``. write: ``write(tile, status)`` persists a status (may raise).
+    clock: seconds (monotonic), injectable for tests.
+    """
+
+    def __init__(self, tiles, write, filter_name=FILTER_UNSCREENED, order=ORDER_ID, clock=time.monotonic):
+        self.tiles = sorted(tiles, key=lambda t: t.tile_id)
+        self._by_id = {t.tile_id: t for t in self.tiles}
+        self._write = write
+        self._clock = clock
+        self.undo_stack = []  # (tile, old status, new status)
+        self._decisions = deque()  # times of recent decisions (for the rate)
+        self.filter = FILTER_UNSCREENED
+        self.order = ORDER_ID
+        self.queue = []
+        self.pos = 0
+        self.set_filter(filter_name, order, keep_current=False)
+
+    # --- queue --------------------------------------------------------------------
+    def _build_queue(self):
+        queue = [t for t in self.tiles if matches(t.status, self.filter)]
+        if self.order == ORDER_SCORE:
+            # stable: equal scores stay in grid order; tiles without a score come last
+            queue.sort(key=lambda t: (t.score is None, -(t.score or 0.0)))
+        return queue
+
+    def set_filter(self, filter_name=None, order=None, keep_current=True):
+        """Apply a filter and/or order. Stays on the current tile when it is still listed,
+        else goes to the first unscreened tile of the new queue (resume), else the first."""
+        if filter_name is not None:
+            if filter_name not in FILTERS:
+                raise ValueError(f"unknown filter {filter_name!r}; one of {FILTERS}")
+            self.filter = filter_name
+        if order is not None:
+            if order not in ORDERS:
+                raise ValueError(f"unknown order {order!r}; one of {ORDERS}")
+            self.order = order
+        current = self.current if keep_current else None
+        self.queue = self._build_queue()
+        if current is not None and current in self.queue:
+            self.pos = self.queue.index(current)
+        else:
+            self.pos = self.first_unscreened_position()
+
+    def first_unscreened_position(self):
+        for i, tile in enumerate(self.queue):
+            if tile.status == STATUS_UNSCREENED:
+                return i
+        return 0
+
+    def set_scores(self, scores):
+        """``scores``: {tile_id: float}. Reorders the queue when ordering by score."""
+        for tile_id, score in scores.items():
+            tile = self._by_id.get(tile_id)
+            if tile is not None:
+                tile.score = None if score is None else float(score)
+        if self.order == ORDER_SCORE:
+            self.set_filter()
+
+    @property
+    def current(self):
+        return self.queue[self.pos] if 0 <= self.pos < len(self.queue) else None
+
+    @property
+    def done(self):
+        """True when the queue has no current tile (everything under the filter is decided)."""
+        return self.current is None
+
+    def upcoming(self, count):
+        """The next ``count`` tiles after the current one (prefetch)."""
+        start = self.pos + 1
+        return self.queue[start:start + count]
+
+    def next(self):
+        if self.pos < len(self.queue) - 1:
+            self.pos += 1
+        return self.current
+
+    def previous(self):
+        if self.pos > 0 and self.queue:
+            self.pos = min(self.pos - 1, len(self.queue) - 1)
+        return self.current
+
+    def skip(self):
+        """Leave the current tile as it is and go on (it stays in the queue for later)."""
+        return self._advance()
+
+    def _advance(self):
+        """After a decision or a skip. Unscreened queue: the next tile still unscreened, wrapping
+        round to skipped ones; none left means done. Other filters: simply the next tile."""
+        n = len(self.queue)
+        if self.filter == FILTER_UNSCREENED:
+            for i in list(range(self.pos + 1, n)) + list(range(0, min(self.pos + 1, n))):
+                if self.queue[i].status == STATUS_UNSCREENED:
+                    self.pos = i
+                    return self.current
+            self.pos = n
+            return None
+        if self.pos < n - 1:
+            self.pos += 1
+        return self.current
+
+    # --- decisions ----------------------------------------------------------------
+    def decide(self, status):
+        """Write ``status`` for the current tile, remember it for undo, move on."""
+        tile = self.current
+        if tile is None:
+            return None
+        old = tile.status
+        self._write(tile, status)  # raises -> nothing changed
+        tile.status = status
+        self.undo_stack.append((tile, old, status))
+        now = self._clock()
+        self._decisions.append(now)
+        self._advance()
+        return tile
+
+    def keep(self):
+        return self.decide(STATUS_KEEP)
+
+    def reject(self):
+        return self.decide(STATUS_REJECT)
+
+    def undo(self):
+        """Restore the status before the last decision (on disk) and go back to that tile."""
+        if not self.undo_stack:
+            return None
+        tile, old, _new = self.undo_stack[-1]
+        self._write(tile, old)
+        self.undo_stack.pop()
+        tile.status = old
+        if self._decisions:
+            self._decisions.pop()
+        if tile in self.queue:
+            self.pos = self.queue.index(tile)
+        else:  # filtered out meanwhile: show it anyway, where we are
+            self.pos = min(max(self.pos, 0), len(self.queue))
+            self.queue.insert(self.pos, tile)
+        return tile
+
+    # --- jump ---------------------------------------------------------------------
+    def find(self, text):
+        """A tile by id, or by a unique suffix/substring ('r0007_c0012', '7,12' for row,col)."""
+        text = (text or "").strip()
+        if not text:
+            return None
+        if text in self._by_id:
+            return self._by_id[text]
+        parts = text.replace(";", ",").replace(" ", ",").split(",")
+        parts = [p for p in parts if p]
+        if len(parts) == 2 and all(p.isdigit() for p in parts):
+            row, col = int(parts[0]), int(parts[1])
+            hits = [t for t in self.tiles if t.row == row and t.col == col]
+            if len(hits) == 1:
+                return hits[0]
+        lowered = text.lower()
+        hits = [t for t in self.tiles if t.tile_id.lower().endswith(lowered)]
+        if len(hits) != 1:
+            hits = [t for t in self.tiles if lowered in t.tile_id.lower()]
+        return hits[0] if len(hits) == 1 else None
+
+    def jump(self, text):
+        """Go to a tile (see ``find``). A tile hidden by the filter switches the filter to 'all'."""
+        tile = self.find(text)
+        if tile is None:
+            return None
+        if tile not in self.queue:
+            self.filter = FILTER_ALL
+            self.queue = self._build_queue()
+        self.pos = self.queue.index(tile)
+        return tile
+
+    # --- numbers ------------------------------------------------------------------
+    def counts(self):
+        kept = sum(1 for t in self.tiles if t.status == STATUS_KEEP)
+        rejected = sum(1 for t in self.tiles if t.status == STATUS_REJECT)
+        total = len(self.tiles)
+        return {
+            "kept": kept,
+            "rejected": rejected,
+            "remaining": total - kept - rejected,
+            "total": total,
+            "rate": self.rate(),
+        }
+
+    def rate(self):
+        """Decisions per minute over the last ``RATE_WINDOW_S`` seconds (0 before two decisions)."""
+        now = self._clock()
+        while self._decisions and now - self._decisions[0] > RATE_WINDOW_S:
+            self._decisions.popleft()
+        if len(self._decisions) < 2:
+            return 0.0
+        span = max(now, self._decisions[-1]) - self._decisions[0]
+        return 60.0 * (len(self._decisions) - 1) / span if span > 0 else 0.0
+
+    def position_text(self):
+        if not self.queue:
+            return "0 / 0"
+        if self.current is None:
+            return f"done / {len(self.queue)}"
+        return f"{self.pos + 1} / {len(self.queue)}"
