@@ -89,23 +89,33 @@ def model_summary_html(info):
         return str(value)
 
     classes = info.get("classes") or info.get("class_names")
-    window = info.get("window_size") or info.get("tile_size")
+    gully = info.get("gully_class_name")
+    if classes and gully:
+        classes = ", ".join(f"<b>{c}</b>" if c == gully else str(c) for c in classes)
+    window = info.get("window") or info.get("window_size") or info.get("tile_size")
     if isinstance(window, (list, tuple)) and len(window) == 2:
         window = f"{window[0]} x {window[1]} px"
     elif window:
-        window = f"{window} px"
-    else:
-        window = "dynamic (256 px windows)"
-    resolution = info.get("resolution_m") or info.get("resolution")
+        window = f"{window} x {window} px"
+    if window and info.get("window_fixed") is False:
+        window += " (model takes any size)"
+    resolution = info.get("resolution_cm")
     if isinstance(resolution, (int, float)):
-        resolution = f"{resolution:g} m/px"
+        resolution = f"{resolution / 100.0:g} m/px (input resampled if the layer differs by more than 10 %)"
+    else:
+        resolution = info.get("resolution")
     norm = info.get("normalisation") or info.get("normalization")
     if isinstance(norm, dict):
-        norm = "; ".join(f"{k} {fmt(v)}" for k, v in norm.items() if v not in (None, "", []))
+        scale = norm.get("input_max")
+        parts = [f"÷ {fmt(scale)}" if scale not in (None, "") else ""]
+        mean, std = norm.get("mean"), norm.get("std")
+        if mean is not None and std is not None:
+            parts.append(f"mean {fmt(mean)}, std {fmt(std)}")
+        norm = "; ".join(p for p in parts if p)
     rows = [
         ("Classes", fmt(classes)),
         ("Window", fmt(window)),
-        ("Channels", fmt(info.get("channels") or info.get("bands"))),
+        ("Channels", fmt(info.get("channels")) + (f" (bands {fmt(info['bands'])})" if info.get("bands") else "")),
         ("Resolution", fmt(resolution)),
         ("Normalisation", fmt(norm)),
         ("Threshold", fmt(info.get("threshold"))),
