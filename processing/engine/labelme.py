@@ -463,7 +463,7 @@ def geometry_to_shapes(geom, label, to_pixel, min_area=1e-9):
     ``to_pixel(x, y) -> (col, row)`` maps map coordinates to pixel coordinates.
     """
     parts = []
-    _collect_polygons(geom, parts)
+    collect_polygons(geom, parts)
     out = []
 
     def ring_points(ring):
@@ -499,7 +499,7 @@ def geometry_to_shapes(geom, label, to_pixel, min_area=1e-9):
     return out
 
 
-def _collect_polygons(geom, out):
+def collect_polygons(geom, out):
     if geom is None or geom.IsEmpty():
         return
     gtype = ogr.GT_Flatten(geom.GetGeometryType())
@@ -507,6 +507,6 @@ def _collect_polygons(geom, out):
         out.append(geom)
     elif gtype in (ogr.wkbMultiPolygon, ogr.wkbGeometryCollection):
         for k in range(geom.GetGeometryCount()):
-            _collect_polygons(geom.GetGeometryRef(k), out)
+            collect_polygons(geom.GetGeometryRef(k), out)
     elif gtype in (ogr.wkbCurvePolygon, ogr.wkbMultiSurface):
-        _collect_polygons(geom.GetLinearGeometry(), out)
+        collect_polygons(geom.GetLinearGeometry(), out)

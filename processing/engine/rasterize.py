@@ -651,11 +651,15 @@ def export_labelme(index_path, only_kept=True, prefill=None, label="gully", outp
                 if clipped is not None and not clipped.IsEmpty():
                     parts.append(clipped)
             layer.SetSpatialFilter(None)
-            if parts:
-                union = ogr.Geometry(ogr.wkbGeometryCollection)
-                for part in parts:
-                    union.AddGeometry(part)
-                union = union.UnionCascaded() if len(parts) > 1 else parts[0]
+            polygons = []
+            for part in parts:
+                labelme.collect_polygons(part, polygons)  # drops lines/points left by the clip
+            if polygons:
+                multi = ogr.Geometry(ogr.wkbMultiPolygon)
+                for poly in polygons:
+                    multi.AddGeometry(poly)
+                # one label, so overlapping polygons merge; Labelme then draws disjoint parts
+                union = multi.UnionCascaded() if len(polygons) > 1 else multi
                 shapes = labelme.geometry_to_shapes(union, label, grid.to_pixel())
         image_name, new_jpeg = _place_jpeg(grid, rec, paths, out_dir, feedback)
         jpegs += int(new_jpeg)
