@@ -1,0 +1,269 @@
+"""The inference tab: runs gullyseg:segment in a background task, adds styled layers, cancels cleanly.
+
+The reference for the tab's results is the same algorithm run directly with processing.run
+(as the Toolbox would), on the same parameters: the tab must give the same pixels.
+Models are built by tests/onnx_models.py (no download).
+"""
+
+import importlib.util
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from osgeo import gdal
+from qgis.core import QgsApplication, QgsProject, QgsRasterLayer, QgsVectorLayer
+
+from gullyseg import compat
+from gullyseg.ui import settings
+from gullyseg.ui.inference import ALG_ID, AREA_CANVAS, AREA_POLYGONS, InferenceTab
+
+_spec = importlib.util.spec_from_file_location("onnx_models", Path(__file__).parent / "onnx_models.py")
+onnx_models = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(onnx_models)
+
+
+@pytest.fixture
+def segment(provider):
+    if QgsApplication.processingRegistry().algorithmById(ALG_ID) is None:
+        pytest.skip(f"{ALG_ID} is not in the provider yet (issue 7)")
+    return ALG_ID
+
+
+@pytest.fixture
+def make_tab(qgis_iface, qgis_new_project):
+    settings.reset()
+    qgis_iface.messageBar().clear_messages()
+    tabs = []
+
+    def _make():
+        tab = InferenceTab(qgis_iface)
+        tab.resize(420, 760)
+        tab.show()
+        tabs.append(tab)
+        return tab
+
+    yield _make
+    for tab in tabs:
+        tab.shutdown()
+        tab.deleteLater()
+    QgsApplication.taskManager().cancelAll()
+    QgsProject.instance().clear()
+    settings.reset()
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models")
+    return onnx_models.make_fcn_model(str(folder / "small_fcn.onnx"), in_channels=3, hidden=4, layers=2)
+
+
+def add_raster(path, name="scene"):
+    layer = QgsRasterLayer(str(path), name)
+    assert layer.isValid()
+    QgsProject.instance().addMapLayer(layer)
+    return layer
+
+
+def wait_until_done(tab, timeout=120.0):
+    """Process events until the tab's task has ended; returns the taskFinished result."""
+    results = []
+    tab.taskFinished.connect(results.append)
+    end = time.monotonic() + timeout
+    while not results and time.monotonic() < end:
+        QgsApplication.processEvents()
+        time.sleep(0.01)
+    assert results, "the inference task did not finish in time"
+    QgsApplication.processEvents()
+    return results[0]
+
+
+def messages(iface):
+    bar = iface.messageBar()
+    return {level: list(bar.get_messages(level)) for level in (compat.MSG_INFO, compat.MSG_WARNING,
+                                                               compat.MSG_CRITICAL, compat.MSG_SUCCESS)}
+
+
+def read(path):
+    ds = gdal.Open(str(path))
+    return ds.GetRasterBand(1).ReadAsArray()
+
+
+def test_runs_a_model_and_adds_styled_layers(make_tab, segment, model, scene_factory, run_alg, tmp_path,
+                                             qgis_iface):
+    scene = scene_factory("infer", width=512, height=384, seed=5)
+    layer = add_raster(scene)
+    tab = make_tab()
+    tab.rasterCombo.setLayer(layer)
+    tab.modelWidget.setFilePath(model)
+    assert "Runs on" in tab.modelInfoLabel.text() and "CPU" in tab.modelInfoLabel.text()
+    tab.batchSpin.setValue(4)
+    tab.thresholdSpin.setValue(0.4)
+    task = tab.run()
+    assert task is not None, tab.messageLabel.text()
+    assert not tab.runButton.isEnabled() and tab.cancelButton.isEnabled()
+    assert wait_until_done(tab) is True, tab.messageLabel.text() + tab.logView.toPlainText()
+    assert tab.progressBar.value() == 100
+    assert tab.runButton.isEnabled() and not tab.cancelButton.isEnabled()
+
+    # one group with the three layers, styled from resources/styles
+    root = QgsProject.instance().layerTreeRoot()
+    group = root.findGroup(f"GullySeg: scene · {Path(model).stem}")
+    assert group is not None
+    layers = {node.layer().name(): node.layer() for node in group.findLayers()}
+    assert set(layers) == {"gully probability", "gully mask", "gully polygons"}
+    prob, mask, polys = layers["gully probability"], layers["gully mask"], layers["gully polygons"]
+    assert prob.renderer().type() == "singlebandpseudocolor"
+    assert prob.renderer().classificationMax() == 254
+    assert mask.renderer().type() == "paletted" and 0 < mask.renderer().opacity() < 1
+    assert isinstance(polys, QgsVectorLayer)
+    symbol = polys.renderer().symbol()
+    assert symbol.symbolLayer(0).brushStyle() == 0  # Qt.NoBrush: outlines only
+
+    # the same as the algorithm run directly (as the Toolbox does), pixel for pixel
+    direct = run_alg(segment, {
+        "INPUT": str(scene), "MODEL": model, "BATCH_SIZE": 4, "TTA": 0, "THRESHOLD": 0.4,
+        "OUTPUT_PROBABILITY": str(tmp_path / "p.tif"), "OUTPUT_MASK": str(tmp_path / "m.tif"),
+        "OUTPUT_POLYGONS": str(tmp_path / "g.gpkg"), "MIN_AREA": 0.0, "SIMPLIFY": 0.0,
+    })
+    np.testing.assert_array_equal(read(prob.source()), read(direct["OUTPUT_PROBABILITY"]))
+    np.testing.assert_array_equal(read(mask.source()), read(direct["OUTPUT_MASK"]))
+    assert polys.featureCount() == QgsVectorLayer(direct["OUTPUT_POLYGONS"], "d", "ogr").featureCount()
+    assert any("GullySeg" in m or "layer(s) added" in m for m in messages(qgis_iface)[compat.MSG_SUCCESS])
+
+
+def test_outputs_to_files_never_overwrite(make_tab, segment, model, scene_factory, tmp_path):
+    scene = scene_factory("infer", width=512, height=384, seed=5)
+    layer = add_raster(scene, "my scene")
+    out = tmp_path / "out"
+    out.mkdir()
+    existing = out / f"my_scene_{Path(model).stem}_probability.tif"
+    existing.write_bytes(b"the user's file")
+    tab = make_tab()
+    tab.rasterCombo.setLayer(layer)
+    tab.modelWidget.setFilePath(model)
+    tab.filesRadio.setChecked(True)
+    tab.folderWidget.setFilePath(str(out))
+    tab.polygonsCheck.setChecked(False)
+    assert tab.run() is not None, tab.messageLabel.text()
+    assert wait_until_done(tab) is True, tab.messageLabel.text() + tab.logView.toPlainText()
+    assert existing.read_bytes() == b"the user's file"
+    names = sorted(p.name for p in out.iterdir())
+    stem = f"my_scene_{Path(model).stem}"
+    assert f"{stem}_probability_2.tif" in names and f"{stem}_mask.tif" in names
+    assert not any(n.endswith(".gpkg") for n in names)  # polygons not asked for
+    sources = sorted(os.path.basename(l.source()) for l in tab.last_layers)
+    assert sources == [f"{stem}_mask.tif", f"{stem}_probability_2.tif"]
+
+
+def test_cancel_leaves_nothing_half_written(make_tab, segment, scene_factory, tmp_path, qgis_iface):
+    slow = onnx_models.make_slow_model(str(tmp_path / "slow.onnx"))
+    scene = scene_factory("infer_big", width=1024, height=1024, seed=6)
+    layer = add_raster(scene)
+    out = tmp_path / "out"
+    out.mkdir()
+    tab = make_tab()
+    tab.rasterCombo.setLayer(layer)
+    tab.modelWidget.setFilePath(slow)
+    tab.filesRadio.setChecked(True)
+    tab.folderWidget.setFilePath(str(out))
+    layers_before = set(QgsProject.instance().mapLayers())
+    assert tab.run() is not None, tab.messageLabel.text()
+    end = time.monotonic() + 5
+    while time.monotonic() < end:  # let it really start
+        QgsApplication.processEvents()
+        time.sleep(0.02)
+    started = time.monotonic()
+    tab.cancelButton.click()
+    assert wait_until_done(tab, timeout=60) is False
+    assert time.monotonic() - started < 10, "cancel took too long"
+    assert "Cancelled" in tab.messageLabel.text()
+    assert list(out.iterdir()) == [], "cancel left files behind"
+    assert set(QgsProject.instance().mapLayers()) == layers_before
+    assert tab.runButton.isEnabled()
+
+
+def test_errors_are_shown_not_raised(make_tab, segment, scene_factory, tmp_path, qgis_iface):
+    scene = scene_factory("infer", width=512, height=384, seed=5)
+    layer = add_raster(scene)
+    bad = onnx_models.make_not_onnx(str(tmp_path / "broken.onnx"))
+    tab = make_tab()
+    tab.rasterCombo.setLayer(layer)
+    tab.modelWidget.setFilePath(bad)
+    assert "broken.onnx" in tab.modelInfoLabel.text()  # the model panel says what is wrong already
+    task = tab.run()
+    if task is not None:  # refused before the task (checkParameterValues) or by the engine
+        assert wait_until_done(tab) is False
+    text = tab.messageLabel.text()
+    assert "broken.onnx" in text and "Traceback" not in text
+    bar = messages(qgis_iface)
+    assert any("broken.onnx" in m for m in bar[compat.MSG_CRITICAL] + bar[compat.MSG_WARNING])
+    assert QgsProject.instance().layerTreeRoot().findGroups() == []
+
+
+def test_missing_inputs_are_explained(make_tab, segment, model):
+    tab = make_tab()
+    tab.modelWidget.setFilePath(model)
+    assert tab.run() is None
+    assert "raster layer" in tab.messageLabel.text()
+
+
+def test_area_choices_become_parameters(make_tab, model, scene_factory, qgis_iface, qgis_canvas):
+    scene = scene_factory("infer", width=512, height=384, seed=5)
+    layer = add_raster(scene)
+    polygons = QgsVectorLayer(str(Path(scene).with_name("infer_gullies.gpkg")), "aoi", "ogr")
+    assert polygons.isValid()
+    QgsProject.instance().addMapLayer(polygons)
+    qgis_canvas.setDestinationCrs(layer.crs())
+    qgis_canvas.setExtent(layer.extent())
+    tab = make_tab()
+    tab.rasterCombo.setLayer(layer)
+    tab.modelWidget.setFilePath(model)
+    params = tab.parameters()
+    assert params["INPUT"] == layer.id() and params["MODEL"] == model
+    assert "EXTENT" not in params and "MASK_LAYER" not in params
+    assert "THRESHOLD" not in params and "OVERLAP" not in params  # the model's own defaults
+    tab.areaCombo.setCurrentIndex(tab.areaCombo.findData(AREA_CANVAS))
+    params = tab.parameters()
+    extent = qgis_canvas.extent()
+    xmin, xmax, ymin, rest = params["EXTENT"].split(",")
+    assert float(xmin) == pytest.approx(extent.xMinimum()) and float(xmax) == pytest.approx(extent.xMaximum())
+    assert rest.endswith(f"[{layer.crs().authid()}]")
+    tab.areaCombo.setCurrentIndex(tab.areaCombo.findData(AREA_POLYGONS))
+    assert tab.maskCombo.isEnabled()
+    tab.maskCombo.setLayer(polygons)
+    params = tab.parameters()
+    assert params["MASK_LAYER"] == polygons.id() and "EXTENT" not in params
+
+
+def test_settings_persist(make_tab, model, tmp_path):
+    tab = make_tab()
+    tab.modelWidget.setFilePath(model)
+    tab.batchSpin.setValue(3)
+    tab.overlapSpin.setValue(48)
+    tab.thresholdSpin.setValue(0.35)
+    tab.ttaCombo.setCurrentIndex(2)
+    tab.polygonsCheck.setChecked(False)
+    tab.filesRadio.setChecked(True)
+    tab.folderWidget.setFilePath(str(tmp_path))
+    tab.save_settings()
+    again = make_tab()
+    assert again.modelWidget.filePath() == model
+    assert again.batchSpin.value() == 3 and again.overlapSpin.value() == 48
+    assert again.thresholdSpin.value() == pytest.approx(0.35)
+    assert again.ttaCombo.currentData() == 2
+    assert not again.polygonsCheck.isChecked()
+    assert again.filesRadio.isChecked() and again.folderWidget.filePath() == str(tmp_path)
+
+
+def test_dock_has_both_tabs(qgis_iface):
+    from gullyseg.ui.dock import GullySegDock
+
+    dock = GullySegDock(qgis_iface)
+    try:
+        assert [dock.tabs.tabText(i) for i in range(dock.tabs.count())] == ["Screening", "Inference"]
+        assert dock.tabs.widget(0) is dock.screening and dock.tabs.widget(1) is dock.inference
+    finally:
+        dock.shutdown()
+        dock.deleteLater()
