@@ -71,9 +71,10 @@ class AugmentAlgorithm(GullySegAlgorithm):
             defaultValue=4, minValue=0, maxValue=999))
         for key, label in ((self.BRIGHTNESS, "Brightness factor range"), (self.CONTRAST, "Contrast factor range"),
                            (self.GAMMA, "Gamma range")):
+            # optional: QGIS 3.22 refuses a missing range value despite its default
             self.addParameter(QgsProcessingParameterRange(
                 key, self.tr(label), compat.NUMBER_DOUBLE,
-                defaultValue=list(augment.DEFAULT_RANGES[key.lower()])))
+                defaultValue=",".join(f"{v:g}" for v in augment.DEFAULT_RANGES[key.lower()]), optional=True))
         self.addParameter(QgsProcessingParameterNumber(
             self.SEED, self.tr("Random seed"), compat.NUMBER_INTEGER, defaultValue=42, minValue=0))
         self.addParameter(QgsProcessingParameterBoolean(
@@ -91,11 +92,16 @@ class AugmentAlgorithm(GullySegAlgorithm):
             splits=splits,
             transforms=transforms,
             copies=self.parameterAsInt(parameters, self.COPIES, context),
-            brightness=self.parameterAsRange(parameters, self.BRIGHTNESS, context),
-            contrast=self.parameterAsRange(parameters, self.CONTRAST, context),
-            gamma=self.parameterAsRange(parameters, self.GAMMA, context),
+            brightness=self._range(parameters, self.BRIGHTNESS, context),
+            contrast=self._range(parameters, self.CONTRAST, context),
+            gamma=self._range(parameters, self.GAMMA, context),
             seed=self.parameterAsInt(parameters, self.SEED, context),
             overwrite=self.parameterAsBoolean(parameters, self.OVERWRITE, context),
             feedback=self.engine_feedback(feedback),
         )
         return {self.OUTPUT_DIR: root, self.MANIFEST: result["manifest"], self.AUGMENTED_COUNT: result["count"]}
+
+    def _range(self, parameters, key, context):
+        """(min, max) of a range parameter; the default when it is left empty."""
+        values = self.parameterAsRange(parameters, key, context)
+        return tuple(values) if len(values) == 2 else augment.DEFAULT_RANGES[key.lower()]
