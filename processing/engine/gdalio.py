@@ -195,11 +195,14 @@ def remove_with_side_files(path):
 
 
 @contextlib.contextmanager
-def atomic_output(path, overwrite=False, what="OUTPUT"):
+def atomic_output(path, overwrite=False, what="OUTPUT", side_suffixes=None):
     """Yield a temporary path beside ``path``; rename it (and its side files) into place on success.
 
     On any exception (including ``Cancelled``) the temporary files are removed and nothing of
     the user's is touched. Refuses an existing ``path`` unless ``overwrite``.
+    side_suffixes: optional list of the only side files to expect, as suffixes of the file's stem
+    (e.g. ``[".jgw", ".jpg.aux.xml"]``); then the folder is not listed, which matters when
+    thousands of files are written into one folder (tiles). None: find side files by globbing.
     """
     path = os.path.abspath(str(path))
     if os.path.exists(path) and not overwrite:
@@ -209,16 +212,26 @@ def atomic_output(path, overwrite=False, what="OUTPUT"):
     stem, ext = os.path.splitext(os.path.basename(path))
     tmp_stem = f".{stem}.partial-{uuid.uuid4().hex[:8]}"
     tmp = os.path.join(folder, tmp_stem + ext)
+
+    def sides(of_stem):
+        if side_suffixes is None:
+            return _side_files(os.path.join(folder, of_stem + ext))
+        return [p for p in (os.path.join(folder, of_stem + s) for s in side_suffixes) if os.path.exists(p)]
+
     try:
         yield tmp
     except BaseException:
-        remove_with_side_files(tmp)
+        for p in [tmp] + sides(tmp_stem):
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                os.remove(p)
         raise
     if not os.path.exists(tmp):
         return  # the caller decided to write nothing
     if overwrite and os.path.exists(path):
-        remove_with_side_files(path)
-    for side in _side_files(tmp):
+        for p in [path] + sides(stem):
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                os.remove(p)
+    for side in sides(tmp_stem):
         suffix = os.path.basename(side)[len(tmp_stem):]
         os.replace(side, os.path.join(folder, stem + suffix))
     os.replace(tmp, path)
