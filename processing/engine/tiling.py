@@ -20,6 +20,7 @@ import contextlib
 import math
 import os
 import re
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -234,10 +235,10 @@ def _to_byte(arr, bands, stretch, valid):
 
 def _write_gtiff(path, arr, gdal_type, geotransform, crs_wkt, nodata, mask, overwrite):
     bands, height, width = arr.shape
-    with gdalio.atomic_output(path, overwrite=overwrite, what="OUTPUT_DIR") as tmp:
+    with gdalio.atomic_output(path, overwrite=overwrite, what="OUTPUT_DIR", side_suffixes=_TIF_SIDES) as tmp:
         ds = gdalio.create_raster(tmp, width, height, bands, gdal_type, geotransform, crs_wkt,
                                   nodata=nodata, options=TILE_GTIFF_OPTIONS)
-        ds.WriteRaster(0, 0, width, height, np.ascontiguousarray(arr).tobytes(),
+        ds.WriteRaster(0, 0, width, height, np.ascontiguousarray(arr),
                        width, height, gdal_type, list(range(1, bands + 1)))
         if mask is not None:
             ds.CreateMaskBand(gdal.GMF_PER_DATASET)
@@ -252,15 +253,18 @@ def _world_file_text(gt):
     return "\n".join(repr(float(v)) for v in (gt[1], gt[4], gt[2], gt[5], cx, cy)) + "\n"
 
 
+# the only side files the tile writers make (atomic_output then needs no directory listing)
+_TIF_SIDES = [".tif.aux.xml", ".tif.msk"]
+_JPG_SIDES = [".jgw", ".jpg.aux.xml", ".wld"]
 _MEM = gdal.GetDriverByName("MEM")
 _JPEG = gdal.GetDriverByName("JPEG")
 
 
 def _write_jpeg(path, rgb, geotransform, crs_wkt, overwrite):
     bands, height, width = rgb.shape
-    with gdalio.atomic_output(path, overwrite=overwrite, what="OUTPUT_DIR") as tmp:
+    with gdalio.atomic_output(path, overwrite=overwrite, what="OUTPUT_DIR", side_suffixes=_JPG_SIDES) as tmp:
         mem = _MEM.Create("", width, height, bands, gdal.GDT_Byte)
-        mem.WriteRaster(0, 0, width, height, np.ascontiguousarray(rgb).tobytes(), width, height,
+        mem.WriteRaster(0, 0, width, height, np.ascontiguousarray(rgb), width, height,
                         gdal.GDT_Byte, list(range(1, bands + 1)))
         mem.SetGeoTransform(tuple(geotransform))
         mem.SetProjection(crs_wkt)
@@ -274,6 +278,38 @@ def _write_jpeg(path, rgb, geotransform, crs_wkt, overwrite):
         mem = None
         with open(os.path.splitext(tmp)[0] + ".jgw", "w", encoding="ascii") as handle:
             handle.write(_world_file_text(geotransform))
+
+
+class _TileWriter:
+    """Writes tiles in a few threads (GDAL compresses and writes without holding the GIL).
+
+    At most ``2 x threads`` tiles wait in memory; the first error is raised in the caller.
+    """
+
+    def __init__(self, threads=None):
+        self.threads = threads or max(1, min(4, os.cpu_count() or 1))
+        self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="gullyseg-tiles")
+        self.pending = set()
+
+    def submit(self, fn, *args):
+        if len(self.pending) >= 2 * self.threads:
+            self._collect(FIRST_COMPLETED)
+        self.pending.add(self.pool.submit(fn, *args))
+
+    def _collect(self, how):
+        done, self.pending = wait(self.pending, return_when=how)
+        for future in done:
+            future.result()
+
+    def finish(self):
+        try:
+            self._collect(ALL_COMPLETED)
+        finally:
+            self.pool.shutdown(wait=True)
+
+    def abort(self):
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pending = set()
 
 
 # --- the dataset folder -------------------------------------------------------------------
@@ -488,6 +524,7 @@ def grid_tiles(input_path, output_dir, tile_size=DEFAULT_TILE_SIZE, stride=0, ed
     # cut --------------------------------------------------------------------------------
     progress = feedback.scaled(share_stretch, 99.0)
     records, written = [], []
+    writer = _TileWriter()
     skipped_nodata = 0
     tile_pixels = float(tile_size * tile_size)
     try:
@@ -539,21 +576,25 @@ def grid_tiles(input_path, output_dir, tile_size=DEFAULT_TILE_SIZE, stride=0, ed
                 if "tif" in formats:
                     path = os.path.join(paths.images, tid + ".tif")
                     mask = valid if (mask_tiles and valid is not None and not valid.all()) else None
-                    _write_gtiff(path, arr, info.gdal_type, tile_gt, info.crs_wkt, tile_nodata, mask, overwrite)
                     written.append(path)
+                    writer.submit(_write_gtiff, path, arr, info.gdal_type, tile_gt, info.crs_wkt, tile_nodata,
+                                  mask, overwrite)
                     rec["image_tif"] = paths.rel(path)
                 if "jpg" in formats:
                     path = os.path.join(paths.images, tid + ".jpg")
-                    _write_jpeg(path, _to_byte(arr, bands_rgb, stretch, valid), tile_gt, info.crs_wkt, overwrite)
                     written.append(path)
+                    writer.submit(_write_jpeg, path, _to_byte(arr, bands_rgb, stretch, valid), tile_gt,
+                                  info.crs_wkt, overwrite)
                     rec["image_jpg"] = paths.rel(path)
                 records.append(rec)
             progress.progress(100.0 * (n + 1) / len(by_row))
+        writer.finish()
         feedback.check_cancelled()
         if not records:
             feedback.warn("No tile was written: every tile exceeded MAX_NODATA or lay outside the AOI.")
         dataset.write_index(index_path, info.crs_wkt, records, overwrite=True)
     except BaseException as exc:
+        writer.abort()  # waits for the tiles being written, so none is renamed into place later
         for path in written:
             gdalio.remove_with_side_files(path)
         for folder in reversed(created):  # folders this run created, if left empty
