@@ -715,3 +715,73 @@ def gullyseg_metadata(input_max=None, activation=None, gully_class=None, bands=N
     if bands is not None:
         own["bands"] = parse_bands(bands)
     return json.dumps(own, sort_keys=True)
+
+
+def _floats(value, what):
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        parts = [p for p in value.replace(";", ",").replace(" ", ",").split(",") if p.strip()]
+    else:
+        parts = list(value)
+    try:
+        return [float(p) for p in parts]
+    except ValueError:
+        raise GullySegError(f"{what}: '{value}' is not a list of numbers such as 0.485,0.456,0.406.") from None
+
+
+def set_model_metadata(path, output=None, model_type="Segmentor", class_names=None, resolution=None, tile_size=None,
+                       tiles_overlap=None, mean=None, std=None, threshold=None, input_max=None, activation=None,
+                       gully_class=None, bands=None, clear=False, overwrite=False, feedback=None):
+    """Write Deepness + GullySeg metadata into an ONNX model (None = keep what is there).
+
+    class_names: 'background,gully' or a list; mean/std: '0.485,0.456,0.406' or a list;
+    resolution: cm/px; tiles_overlap: percent; clear: drop every Deepness and GullySeg key first.
+    Returns the resulting metadata dict. The model is loaded back and checked.
+    """
+    existing = read_metadata(path) if os.path.isfile(str(path)) else None
+    if existing is None:
+        raise GullySegError(f"MODEL: model file '{path}' does not exist.")
+    updates = {}
+    remove = list(DEEPNESS_KEYS) + [GULLYSEG_KEY] if clear else []
+    if model_type:
+        updates["model_type"] = json.dumps(str(model_type))  # Deepness json.loads() every value
+    if class_names:
+        names = [s.strip() for s in class_names.split(",")] if isinstance(class_names, str) else list(class_names)
+        if not all(names):
+            raise GullySegError(f"CLASS_NAMES: '{class_names}' has an empty class name.")
+        updates["class_names"] = {str(i): n for i, n in enumerate(names)}
+    if resolution is not None:
+        if resolution <= 0:
+            raise GullySegError(f"RESOLUTION must be positive (cm/px), got {resolution}.")
+        updates["resolution"] = float(resolution)
+    if tile_size is not None:
+        if int(tile_size) <= 0:
+            raise GullySegError(f"TILE_SIZE must be positive, got {tile_size}.")
+        updates["tile_size"] = int(tile_size)
+    if tiles_overlap is not None:
+        if not 0 <= tiles_overlap < 100:
+            raise GullySegError(f"TILES_OVERLAP is a percentage of the tile (0..99), got {tiles_overlap}.")
+        updates["tiles_overlap"] = tiles_overlap
+    mean_v, std_v = _floats(mean, "MEAN"), _floats(std, "STD")
+    if mean_v is not None:
+        updates["standardization_mean"] = mean_v
+    if std_v is not None:
+        if any(v == 0 for v in std_v):
+            raise GullySegError(f"STD: '{std}' contains 0.")
+        updates["standardization_std"] = std_v
+    if threshold is not None:
+        if not 0 <= threshold <= 1:
+            raise GullySegError(f"THRESHOLD must be within 0..1, got {threshold}.")
+        updates["seg_thresh"] = float(threshold)
+    if activation is not None and activation not in ACTIVATIONS:
+        raise GullySegError(f"ACTIVATION must be one of {', '.join(ACTIVATIONS)}, got {activation!r}.")
+    if input_max is not None and input_max <= 0:
+        raise GullySegError(f"INPUT_MAX must be positive, got {input_max}.")
+    if any(v is not None for v in (input_max, activation, gully_class, bands)):
+        base = None if clear else existing.get(GULLYSEG_KEY)
+        updates[GULLYSEG_KEY] = gullyseg_metadata(input_max, activation, gully_class, parse_bands(bands, "BANDS"),
+                                                  base)
+    result = write_metadata(path, updates, output=output, remove=remove, overwrite=overwrite, feedback=feedback)
+    load_model(output or path, threads=1, providers=[CPU])  # the written model must load and pass the checks
+    return result

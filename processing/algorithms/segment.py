@@ -1,0 +1,190 @@
+"""gullyseg:segment - run an ONNX segmentation model over a raster layer (engine: inference.py)."""
+
+from qgis.core import (
+    QgsCoordinateTransform,
+    QgsProcessingOutputNumber,
+    QgsProcessingOutputString,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterExtent,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
+    QgsProcessingParameterVectorDestination,
+)
+
+from ... import compat
+from ..engine import inference
+from ..engine.errors import GullySegError
+from ..engine.onnx_model import load_model
+from .base import GROUP_INFERENCE, GullySegAlgorithm
+
+
+class SegmentAlgorithm(GullySegAlgorithm):
+    ALG_ID = "segment"
+    DISPLAY_NAME = "Segment gullies with an ONNX model"
+    GROUP = GROUP_INFERENCE
+    HELP = (
+        "Runs an ONNX segmentation model over a whole raster layer in overlapping windows and blends them "
+        "(Hann-weighted, no seams), streaming: memory does not grow with the scene (31,000 x 31,000 pixel "
+        "scenes are fine).\n\n"
+        "MODEL: an .onnx file with input [N, C, H, W] float32 and output [N, 1, H, W] or [N, K, H, W]. Its "
+        "metadata (Deepness keys model_type, class_names, resolution, tile_size, tiles_overlap, "
+        "standardization_mean/std, seg_thresh, and GullySeg's key 'gullyseg': input_max, activation, "
+        "gully_class, bands) sets the defaults; write it with 'Set ONNX model metadata'. 8-bit input is "
+        "divided by 255 (16-bit by gullyseg.input_max), then (x - mean) / std.\n"
+        "BANDS: band order for the model's channels, e.g. 3,2,1 (default: the model's metadata, else 1..C).\n"
+        "EXTENT / MASK_LAYER: segment only there (any CRS); outputs cover that area on the input's grid, "
+        "pixels outside the polygons are nodata.\n"
+        "OVERLAP: pixels shared by neighbouring windows; -1 = the model's tiles_overlap, else a quarter "
+        "of the window. THRESHOLD: -1 = the model's seg_thresh, else 0.5. TTA: test-time augmentation "
+        "(flips: 4 passes; flips and rotations: 8 passes), merged by mean.\n"
+        "If the model states a resolution and the layer's pixel size differs by more than 10 %, the model "
+        "runs on a resampled (warped) copy and the probability is brought back to the input grid.\n\n"
+        "Outputs: gully probability (uint8, probability x 254, 255 = nodata), mask (1 gully, 0 background, "
+        "255 nodata), optional polygons (GeoPackage: area_m2, perimeter_m, mean_prob; MIN_AREA in m2, "
+        "SIMPLIFY tolerance in m), the number of pixels processed, the gully area in m2 and the onnxruntime "
+        "execution provider that ran (CUDA when available, else CPU). The input must be in a projected CRS "
+        "in metres."
+    )
+
+    INPUT = "INPUT"
+    MODEL = "MODEL"
+    BANDS = "BANDS"
+    EXTENT = "EXTENT"
+    MASK_LAYER = "MASK_LAYER"
+    OVERLAP = "OVERLAP"
+    BATCH_SIZE = "BATCH_SIZE"
+    THREADS = "THREADS"
+    THRESHOLD = "THRESHOLD"
+    TTA = "TTA"
+    MIN_AREA = "MIN_AREA"
+    SIMPLIFY = "SIMPLIFY"
+    OVERWRITE = "OVERWRITE"
+    OUTPUT_PROBABILITY = "OUTPUT_PROBABILITY"
+    OUTPUT_MASK = "OUTPUT_MASK"
+    OUTPUT_POLYGONS = "OUTPUT_POLYGONS"
+    PIXELS_PROCESSED = "PIXELS_PROCESSED"
+    GULLY_AREA_M2 = "GULLY_AREA_M2"
+    PROVIDER = "PROVIDER"
+    POLYGON_COUNT = "POLYGON_COUNT"
+
+    TTA_OPTIONS = ["None", "Flips (4 passes)", "Flips and rotations (8 passes)"]
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Input raster")))
+        self.addParameter(QgsProcessingParameterFile(
+            self.MODEL, self.tr("ONNX model"), behavior=compat.FILE_FILE, fileFilter="ONNX models (*.onnx)"))
+        self.addParameter(QgsProcessingParameterString(
+            self.BANDS, self.tr("Bands for the model's channels, e.g. 3,2,1 (empty: from the model)"),
+            defaultValue="", optional=True))
+        self.addParameter(QgsProcessingParameterExtent(self.EXTENT, self.tr("Extent (empty: whole layer)"),
+                                                       optional=True))
+        self.addParameter(QgsProcessingParameterFeatureSource(
+            self.MASK_LAYER, self.tr("Only inside these polygons"), [compat.TYPE_VECTOR_POLYGON], optional=True))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.OVERLAP, self.tr("Overlap between windows (pixels; -1 = from the model, else a quarter window)"),
+            compat.NUMBER_INTEGER, defaultValue=-1, minValue=-1))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.BATCH_SIZE, self.tr("Batch size (windows per model run)"), compat.NUMBER_INTEGER,
+            defaultValue=8, minValue=1, maxValue=1024))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.THREADS, self.tr("CPU threads (0 = all cores)"), compat.NUMBER_INTEGER, defaultValue=0, minValue=0))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.THRESHOLD, self.tr("Threshold (-1 = from the model's metadata, else 0.5)"), compat.NUMBER_DOUBLE,
+            defaultValue=-1.0, minValue=-1.0, maxValue=1.0))
+        self.addParameter(QgsProcessingParameterEnum(
+            self.TTA, self.tr("Test-time augmentation"), options=self.TTA_OPTIONS, defaultValue=0))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.MIN_AREA, self.tr("Polygons: minimum area (m²)"), compat.NUMBER_DOUBLE, defaultValue=0.0,
+            minValue=0.0))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.SIMPLIFY, self.tr("Polygons: simplification tolerance (m, 0 = none)"), compat.NUMBER_DOUBLE,
+            defaultValue=0.0, minValue=0.0))
+        overwrite = QgsProcessingParameterBoolean(self.OVERWRITE, self.tr("Overwrite existing output files"),
+                                                  defaultValue=False)
+        overwrite.setFlags(overwrite.flags() | compat.FLAG_ADVANCED)
+        self.addParameter(overwrite)
+        self.addParameter(QgsProcessingParameterRasterDestination(
+            self.OUTPUT_PROBABILITY, self.tr("Gully probability (x 254)")))
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_MASK, self.tr("Gully mask")))
+        polygons = QgsProcessingParameterVectorDestination(
+            self.OUTPUT_POLYGONS, self.tr("Gully polygons"), compat.TYPE_VECTOR_POLYGON, optional=True,
+            createByDefault=False)
+        polygons.setSupportsNonFileBasedOutput(False)
+        self.addParameter(polygons)
+        self.addOutput(QgsProcessingOutputNumber(self.PIXELS_PROCESSED, self.tr("Pixels processed")))
+        self.addOutput(QgsProcessingOutputNumber(self.GULLY_AREA_M2, self.tr("Gully area (m²)")))
+        self.addOutput(QgsProcessingOutputString(self.PROVIDER, self.tr("Execution provider")))
+        self.addOutput(QgsProcessingOutputNumber(self.POLYGON_COUNT, self.tr("Number of gully polygons")))
+
+    def run(self, parameters, context, feedback):
+        fb = self.engine_feedback(feedback)
+        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        raster = self.raster_path(layer, self.INPUT)
+        model_path = self.parameterAsFile(parameters, self.MODEL, context)
+        threads = self.parameterAsInt(parameters, self.THREADS, context)
+        model = load_model(model_path, threads=threads or None)
+        crs = layer.crs()
+
+        extent = None
+        if parameters.get(self.EXTENT) not in (None, ""):
+            rect = self.parameterAsExtent(parameters, self.EXTENT, context, crs)
+            if not rect.isNull() and not rect.isEmpty():
+                extent = (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum())
+
+        mask_wkts = None
+        source = self.parameterAsSource(parameters, self.MASK_LAYER, context)
+        if source is not None:
+            transform = None
+            if source.sourceCrs().isValid() and source.sourceCrs() != crs:
+                transform = QgsCoordinateTransform(source.sourceCrs(), crs, context.transformContext())
+            mask_wkts = []
+            for feature in source.getFeatures():
+                geom = feature.geometry()
+                if geom is None or geom.isEmpty():
+                    continue
+                if transform is not None:
+                    geom.transform(transform)
+                mask_wkts.append(geom.asWkt())
+            if not mask_wkts:
+                raise GullySegError("MASK_LAYER: the layer has no polygon (nothing to segment).")
+
+        prob = self.parameterAsOutputLayer(parameters, self.OUTPUT_PROBABILITY, context)
+        mask = self.parameterAsOutputLayer(parameters, self.OUTPUT_MASK, context)
+        polygons = None
+        if parameters.get(self.OUTPUT_POLYGONS) not in (None, ""):
+            polygons = self.parameterAsOutputLayer(parameters, self.OUTPUT_POLYGONS, context) or None
+        if polygons and "|" in polygons:
+            polygons = polygons.split("|")[0]
+
+        result = inference.segment_raster(
+            raster, model,
+            output_probability=prob or None,
+            output_mask=mask or None,
+            output_polygons=polygons,
+            bands=self.parameterAsString(parameters, self.BANDS, context) or None,
+            extent=extent,
+            mask_wkts=mask_wkts,
+            overlap=self.parameterAsInt(parameters, self.OVERLAP, context),
+            batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
+            threshold=self.parameterAsDouble(parameters, self.THRESHOLD, context),
+            tta=self.parameterAsEnum(parameters, self.TTA, context),
+            min_area=self.parameterAsDouble(parameters, self.MIN_AREA, context),
+            simplify=self.parameterAsDouble(parameters, self.SIMPLIFY, context),
+            overwrite=self.parameterAsBool(parameters, self.OVERWRITE, context),
+            feedback=fb,
+        )
+        return {
+            self.OUTPUT_PROBABILITY: result["outputs"]["probability"],
+            self.OUTPUT_MASK: result["outputs"]["mask"],
+            self.OUTPUT_POLYGONS: result["outputs"]["polygons"],
+            self.PIXELS_PROCESSED: result["pixels_processed"],
+            self.GULLY_AREA_M2: result["gully_area_m2"],
+            self.PROVIDER: result["provider"],
+            self.POLYGON_COUNT: result["polygons"] if result["polygons"] is not None else 0,
+        }
+
