@@ -528,7 +528,10 @@ def grid_tiles(input_path, output_dir, tile_size=DEFAULT_TILE_SIZE, stride=0, ed
     skipped_nodata = 0
     tile_pixels = float(tile_size * tile_size)
     try:
-        for n, row in enumerate(sorted(by_row)):
+        block_h = max(1, ds.GetRasterBand(1).GetBlockSize()[1])
+        grid_rows = sorted(by_row)
+        strips_cached = 0
+        for n, row in enumerate(grid_rows):
             wins = by_row[row]
             feedback.check_cancelled()
             y0 = wins[0].y_off
@@ -537,7 +540,13 @@ def grid_tiles(input_path, output_dir, tile_size=DEFAULT_TILE_SIZE, stride=0, ed
             sy1 = min(y0 + tile_size, info.height)
             strip = gdalio.read_window(ds, sx0, y0, sx1 - sx0, sy1 - y0)
             strip_valid = validity.valid(strip, sx0, y0, sx1 - sx0, sy1 - y0)
-            ds.FlushCache()  # release the scene's cached blocks: memory stays flat
+            # Release the scene's cached blocks so memory stays flat, unless the next strip needs
+            # some of them again (tall blocks, overlapping strides): then after two strips at most.
+            strips_cached += 1
+            nxt = by_row[grid_rows[n + 1]][0].y_off if n + 1 < len(grid_rows) else None
+            if nxt is None or nxt // block_h > (sy1 - 1) // block_h or strips_cached >= 2:
+                ds.FlushCache()
+                strips_cached = 0
             for win in wins:
                 feedback.check_cancelled()
                 part = win.clip(info.width, info.height)
