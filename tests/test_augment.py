@@ -306,3 +306,42 @@ def test_augment_algorithm_processing_run(rgb_base, tmp_path, run_alg):
     assert manifest["settings"]["brightness"] == [0.9, 1.1]
     assert manifest["settings"]["contrast"] == [0.8, 1.2]  # left empty: the default range
     check_variants(root)
+
+
+def test_split_then_augment_in_a_model(rgb_base, tmp_path, provider):
+    """A graphical model chains splitdataset -> augment through the dataset folder output."""
+    from qgis.core import (
+        QgsProcessingModelAlgorithm,
+        QgsProcessingModelChildAlgorithm,
+        QgsProcessingModelChildParameterSource,
+        QgsProcessingModelParameter,
+        QgsProcessingParameterFile,
+    )
+
+    from gullyseg import compat
+
+    root = copy_of(rgb_base, tmp_path)
+    model = QgsProcessingModelAlgorithm("split_augment", "tests")
+    model.addModelParameter(QgsProcessingParameterFile("dataset", "Dataset", behavior=compat.FILE_FOLDER),
+                            QgsProcessingModelParameter("dataset"))
+    first = QgsProcessingModelChildAlgorithm("gullyseg:splitdataset")
+    first.setChildId("split")
+    first.addParameterSources("DATASET", [QgsProcessingModelChildParameterSource.fromModelParameter("dataset")])
+    first.addParameterSources("RATIOS", [QgsProcessingModelChildParameterSource.fromStaticValue("2:1:1")])
+    model.addChildAlgorithm(first)
+    second = QgsProcessingModelChildAlgorithm("gullyseg:augment")
+    second.setChildId("augment")
+    from_split = QgsProcessingModelChildParameterSource.fromChildOutput("split", "OUTPUT_DIR")
+    second.addParameterSources("DATASET", [from_split])
+    second.addParameterSources("COPIES", [QgsProcessingModelChildParameterSource.fromStaticValue(2)])
+    model.addChildAlgorithm(second)
+    from qgis import processing
+    from qgis.core import QgsProcessingContext, QgsProcessingFeedback, QgsProject
+
+    context = QgsProcessingContext()
+    context.setProject(QgsProject.instance())
+    processing.run(model, {"dataset": str(root)}, feedback=QgsProcessingFeedback(), context=context)
+    train = (root / "train.txt").read_text().split()
+    originals = [s for s in train if "__a" not in s]
+    assert len(originals) == 8 and len(train) == 8 * 3  # 2:1:1 of 16 tiles, 2 variants each
+    assert all((root / "train" / "images" / f"{s}.tif").exists() for s in train)

@@ -403,7 +403,8 @@ def augment_dataset(root, splits=("train",), transforms=DEFAULT_TRANSFORMS, copi
         for ext in exts:
             ranges_by_ext[ext] = radiometric_range(paths, [t for t in tiles if ext in t.images], ext,
                                                    feedback.scaled(0, 5))
-            feedback.info(f"Radiometric range of the .{ext} images: {ranges_by_ext[ext][0]:g}..{ranges_by_ext[ext][1]:g}")
+            lo, hi = ranges_by_ext[ext]
+            feedback.info(f"Radiometric range of the .{ext} images: {lo:g}..{hi:g}")
 
     tmp_root = os.path.join(paths.root, split.AUGMENTED_DIR, f".partial-{uuid.uuid4().hex[:8]}")
     variants = {}
@@ -477,7 +478,8 @@ def augment_dataset(root, splits=("train",), transforms=DEFAULT_TRANSFORMS, copi
         "variants": len(variants),
         "variants_per_split": dict(sorted(per_split.items())),
         "manifest": split.AUGMENT_MANIFEST,
-        "folders": f"{split.AUGMENTED_DIR}/images/<tile_id>__aNN.tif|.jpg, {split.AUGMENTED_DIR}/masks/<tile_id>__aNN.tif",
+        "folders": f"{split.AUGMENTED_DIR}/images/<tile_id>__aNN.tif|.jpg, "
+                   f"{split.AUGMENTED_DIR}/masks/<tile_id>__aNN.tif",
         "georeferenced": False,
         "conventions": "one geometric transform per variant (rot90 = counter-clockwise), then the radiometric ones "
                        "on valid image pixels; masks only geometric; dtype kept, clipped to the radiometric range; "

@@ -149,7 +149,8 @@ def collect_tiles(root, what="DATASET"):
         raise GullySegError(f"{what}: '{root}' is not a folder; give the dataset folder made by gridtiles.")
     paths = dataset.DatasetPaths(root)
     if not os.path.exists(paths.index):
-        raise GullySegError(f"{what}: '{paths.root}' has no tile index ({dataset.INDEX_NAME}); is it a GullySeg dataset folder?")
+        raise GullySegError(
+            f"{what}: '{paths.root}' has no tile index ({dataset.INDEX_NAME}); is it a GullySeg dataset folder?")
     records, _ = dataset.read_index(paths.index)
     work = dataset.tiles_for_work(records)
     if not work:
