@@ -656,7 +656,7 @@ def write_metadata(path, updates, output=None, remove=(), overwrite=False, feedb
 
     updates: {key: value}; non-string values are JSON-encoded (Deepness reads JSON); a value of
     None removes the key. output: where to write (default: ``path`` itself, rewritten atomically).
-    The result is loaded back with onnxruntime and checked before it replaces anything.
+    The result is loaded back (``load_model``: every check) before it replaces anything.
     """
     path = str(path)
     if not os.path.isfile(path):
@@ -689,9 +689,9 @@ def write_metadata(path, updates, output=None, remove=(), overwrite=False, feedb
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)
-        check = _session(tmp, 1, [CPU])
-        got = dict(check.get_modelmeta().custom_metadata_map or {})
-        del check
+        check = load_model(tmp, threads=1, providers=[CPU])  # loads and passes GullySeg's checks
+        got = dict(check.metadata)
+        check = None
         if got != meta:
             raise GullySegError(f"MODEL: writing metadata into '{target}' failed (read back {got}).")
         os.replace(tmp, target)
@@ -782,6 +782,4 @@ def set_model_metadata(path, output=None, model_type="Segmentor", class_names=No
         base = None if clear else existing.get(GULLYSEG_KEY)
         updates[GULLYSEG_KEY] = gullyseg_metadata(input_max, activation, gully_class, parse_bands(bands, "BANDS"),
                                                   base)
-    result = write_metadata(path, updates, output=output, remove=remove, overwrite=overwrite, feedback=feedback)
-    load_model(output or path, threads=1, providers=[CPU])  # the written model must load and pass the checks
-    return result
+    return write_metadata(path, updates, output=output, remove=remove, overwrite=overwrite, feedback=feedback)

@@ -1,0 +1,444 @@
+"""Sliding-window inference engine: blending, nodata, EXTENT, MASK_LAYER, grids, TTA, resampling, cancel.
+
+References are independent of the engine: one whole-image onnxruntime run of the same model,
+numpy re-implementations of the test models (tests/onnx_models.py), GDAL's own tools
+(gdal_rasterize, gdalwarp, gdal_translate) and GDAL's mask bands.
+"""
+
+import importlib.util
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import pytest
+from osgeo import gdal, ogr, osr
+
+from gullyseg.processing.engine import inference, onnx_model
+from gullyseg.processing.engine.errors import Cancelled, GullySegError
+from gullyseg.processing.engine.feedback import Feedback, RecordingFeedback
+
+_spec = importlib.util.spec_from_file_location("onnx_models", Path(__file__).parent / "onnx_models.py")
+om = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(om)
+
+STEP = 1.0 / 254  # one probability step of the uint8 output
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("models")
+    return {
+        "fcn": om.make_fcn_model(d / "fcn.onnx", layers=3, hidden=8, seed=4),
+        "pointwise": om.make_pointwise_model(d / "pw.onnx", weights=(4.0, -3.0, 1.5), bias=-0.8),
+    }
+
+
+def _read(path, band=1):
+    ds = gdal.Open(str(path))
+    return ds.GetRasterBand(band).ReadAsArray()
+
+
+def _scene_array(path):
+    ds = gdal.Open(str(path))
+    return ds.ReadAsArray(), ds.GetRasterBand(1).GetMaskBand().ReadAsArray() > 0
+
+
+def _whole_image(model_path, x):
+    """One onnxruntime run of the model on the whole (C, H, W) normalised image."""
+    sess = onnxruntime.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x[None].astype(np.float32)})[0][0, 0]
+
+
+# --- blending ------------------------------------------------------------------------------------
+
+def test_blended_equals_whole_image_run(scene_factory, models, tmp_path):
+    scene = scene_factory("blend", width=900, height=700, seed=2)  # 5 x 4 windows of 256
+    raw, _ = _scene_array(scene)
+    model = onnx_model.load_model(models["fcn"])
+    reference = _whole_image(models["fcn"], raw.astype(np.float32) / 255)
+    blended = inference.predict_array(model, raw, overlap=64)
+    margin = 8  # "away from the image border"
+    inner = (slice(margin, -margin), slice(margin, -margin))
+    diff = np.abs(blended - reference)
+    assert diff[inner].max() < STEP / 10, diff[inner].max()
+    # also at the image border: border windows are not tapered towards the edge
+    assert diff.max() < STEP / 10
+    # the GeoTIFF output is that probability, rounded to 1/254
+    res = inference.segment_raster(str(scene), model, output_probability=str(tmp_path / "p.tif"))
+    assert res["windows"] == 20
+    prob = _read(tmp_path / "p.tif").astype(int)
+    expected = np.rint(reference * 254).astype(int)
+    assert np.abs(prob - expected).max() <= 1
+    assert (prob != expected).mean() < 0.001  # only values within 1e-4 of a rounding boundary may differ
+
+
+def test_no_seam_at_window_borders(scene_factory, models):
+    scene = scene_factory("blend", width=900, height=700, seed=2)
+    raw, _ = _scene_array(scene)
+    model = onnx_model.load_model(models["fcn"])
+    reference = _whole_image(models["fcn"], raw.astype(np.float32) / 255)
+    grid = inference._Grid(900, 700, (0, 0, 900, 700), (256, 256), 64)
+    borders = sorted(({w.x_off for row in grid.rows for w in row} | {w.x_end for row in grid.rows for w in row})
+                     - {0, 900})
+    assert len(borders) == 8
+    blended = inference.predict_array(model, raw, overlap=64)
+    err = blended - reference
+    # the error across every window border (the columns either side) is as small as anywhere else
+    for x in borders:
+        assert np.abs(err[:, x - 2:x + 2]).max() < STEP / 10
+        jump = np.abs(np.diff(blended[:, x - 2:x + 2], axis=1)).max()
+        ref_jump = np.abs(np.diff(reference[:, x - 2:x + 2], axis=1)).max()
+        assert jump <= ref_jump + STEP / 10
+    # the test can fail: abutting windows (overlap 0, nothing to blend) do leave seams
+    naive = inference.predict_array(model, raw, overlap=0)
+    assert np.abs(naive - reference)[:, 254:258].max() > STEP
+
+
+# --- outputs, grids, nodata, extent, mask ---------------------------------------------------------
+
+def test_outputs_have_the_input_grid(scene_factory, models, tmp_path):
+    scene = scene_factory("grid", width=600, height=520, seed=5)
+    res = inference.segment_raster(str(scene), models["pointwise"], output_probability=str(tmp_path / "p.tif"),
+                                   output_mask=str(tmp_path / "m.tif"))
+    src = gdal.Open(str(scene))
+    for name in ("p.tif", "m.tif"):
+        ds = gdal.Open(str(tmp_path / name))
+        assert (ds.RasterXSize, ds.RasterYSize) == (src.RasterXSize, src.RasterYSize)
+        assert ds.GetGeoTransform() == src.GetGeoTransform()
+        a, b = osr.SpatialReference(ds.GetProjection()), osr.SpatialReference(src.GetProjection())
+        assert a.IsSame(b)
+        band = ds.GetRasterBand(1)
+        assert band.DataType == gdal.GDT_Byte and band.GetNoDataValue() == 255
+        assert band.GetBlockSize() == [256, 256]
+        assert ds.GetMetadata("IMAGE_STRUCTURE").get("COMPRESSION") == "DEFLATE"
+    assert res["provider"] in onnxruntime.get_available_providers()
+
+
+def test_pointwise_exact_and_threshold(scene_factory, models, tmp_path):
+    scene = scene_factory("grid", width=600, height=520, seed=5)
+    raw, _ = _scene_array(scene)
+    res = inference.segment_raster(str(scene), models["pointwise"], output_probability=str(tmp_path / "p.tif"),
+                                   output_mask=str(tmp_path / "m.tif"), threshold=0.3)
+    p_ref = om.reference_pointwise(raw / 255.0, (4.0, -3.0, 1.5), -0.8)
+    prob, mask = _read(tmp_path / "p.tif"), _read(tmp_path / "m.tif")
+    assert np.abs(prob.astype(int) - np.rint(p_ref * 254)).max() <= 1
+    near = np.abs(p_ref - 0.3) < 1e-5
+    np.testing.assert_array_equal(mask[~near], (p_ref >= 0.3)[~near].astype(np.uint8))
+    pixel_area = 0.75 * 0.75
+    assert res["gully_area_m2"] == pytest.approx((mask == 1).sum() * pixel_area)
+    assert res["pixels_processed"] == prob.size
+
+
+def test_nodata_is_honoured_exactly(scene_factory, models, tmp_path):
+    scene = scene_factory("nodata", width=700, height=600, seed=7, nodata_edge=True)
+    _, valid = _scene_array(scene)  # GDAL's own mask band of the input
+    assert 0 < valid.mean() < 1
+    res = inference.segment_raster(str(scene), models["fcn"], output_probability=str(tmp_path / "p.tif"),
+                                   output_mask=str(tmp_path / "m.tif"))
+    prob, mask = _read(tmp_path / "p.tif"), _read(tmp_path / "m.tif")
+    np.testing.assert_array_equal(prob == 255, ~valid)
+    np.testing.assert_array_equal(mask == 255, ~valid)
+    assert set(np.unique(mask[valid])) <= {0, 1}
+    assert res["pixels_processed"] == valid.sum()
+
+
+def test_mask_band_and_all_nodata_windows(tmp_path, models):
+    """A per-dataset mask band (not a nodata value) is honoured; windows with no data are skipped."""
+    path = tmp_path / "masked.tif"
+    drv = gdal.GetDriverByName("GTiff")
+    ds = drv.Create(str(path), 800, 300, 3, gdal.GDT_Byte, ["TILED=YES"])
+    ds.SetGeoTransform((500000, 0.75, 0, 7000000, 0, -0.75))
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32606)
+    ds.SetProjection(srs.ExportToWkt())
+    rng = np.random.default_rng(0)
+    ds.WriteRaster(0, 0, 800, 300, rng.integers(1, 255, (3, 300, 800), dtype=np.uint8).tobytes())
+    ds.CreateMaskBand(gdal.GMF_PER_DATASET)
+    m = np.zeros((300, 800), np.uint8)
+    m[40:260, 20:330] = 255  # data only on the left; the right 470 columns are empty
+    ds.GetRasterBand(1).GetMaskBand().WriteArray(m)
+    ds = None
+    res = inference.segment_raster(str(path), models["pointwise"], output_probability=str(tmp_path / "p.tif"))
+    prob = _read(tmp_path / "p.tif")
+    np.testing.assert_array_equal(prob != 255, m > 0)
+    assert res["windows_skipped"] >= 2  # windows over the empty right part never reach the model
+
+
+def test_extent_snapped_to_the_pixel_grid(scene_factory, models, tmp_path):
+    scene = scene_factory("grid", width=600, height=520, seed=5)
+    src = gdal.Open(str(scene))
+    gt = src.GetGeoTransform()
+    # extent edges inside pixels: cols 100.3 .. 380.6 -> 100..381, rows 50.2 .. 300.9 -> 50..301
+    extent = (gt[0] + 100.3 * gt[1], gt[3] + 300.9 * gt[5], gt[0] + 380.6 * gt[1], gt[3] + 50.2 * gt[5])
+    inference.segment_raster(str(scene), models["pointwise"], output_probability=str(tmp_path / "p.tif"),
+                             extent=extent)
+    ds = gdal.Open(str(tmp_path / "p.tif"))
+    assert (ds.RasterXSize, ds.RasterYSize) == (281, 251)
+    assert ds.GetGeoTransform() == pytest.approx((gt[0] + 100 * gt[1], gt[1], 0, gt[3] + 50 * gt[5], 0, gt[5]))
+    # pixels equal the whole-layer run on the same pixels (gdal_translate -srcwin of the input as reference)
+    sub = gdal.Translate("/vsimem/sub.tif", str(scene), srcWin=[100, 50, 281, 251])
+    raw = sub.ReadAsArray()
+    sub = None
+    gdal.Unlink("/vsimem/sub.tif")
+    p_ref = om.reference_pointwise(raw / 255.0, (4.0, -3.0, 1.5), -0.8)
+    assert np.abs(ds.ReadAsArray().astype(int) - np.rint(p_ref * 254)).max() <= 1
+    with pytest.raises(GullySegError, match="EXTENT"):
+        inference.segment_raster(str(scene), models["pointwise"], output_probability=str(tmp_path / "q.tif"),
+                                 extent=(0, 0, 10, 10))
+    assert not (tmp_path / "q.tif").exists()
+
+
+def test_mask_layer_matches_gdal_rasterize(scene_factory, models, tmp_path, gdal_tool):
+    scene = scene_factory("nodata", width=700, height=600, seed=7, nodata_edge=True)
+    src = gdal.Open(str(scene))
+    gt = src.GetGeoTransform()
+    x0, y0 = gt[0], gt[3]
+    wkts = [
+        f"POLYGON(({x0 + 20.3} {y0 - 30.1},{x0 + 260.7} {y0 - 45.5},{x0 + 200.2} {y0 - 310.9},"
+        f"{x0 + 35.5} {y0 - 250.4},{x0 + 20.3} {y0 - 30.1}))",
+        f"POLYGON(({x0 + 300} {y0 - 200},{x0 + 470} {y0 - 200},{x0 + 470} {y0 - 420},{x0 + 300} {y0 - 420},"
+        f"{x0 + 300} {y0 - 200}),({x0 + 350} {y0 - 250},{x0 + 400} {y0 - 250},{x0 + 400} {y0 - 300},"
+        f"{x0 + 350} {y0 - 300},{x0 + 350} {y0 - 250}))",
+    ]
+    inference.segment_raster(str(scene), models["fcn"], output_probability=str(tmp_path / "p.tif"),
+                             output_mask=str(tmp_path / "m.tif"), mask_wkts=wkts)
+    out = gdal.Open(str(tmp_path / "p.tif"))
+    ogt = out.GetGeoTransform()
+    w, h = out.RasterXSize, out.RasterYSize
+    # the output covers the polygons' bounding box on the input grid
+    assert ogt[1] == gt[1] and ((ogt[0] - gt[0]) / gt[1]).is_integer() and ((ogt[3] - gt[3]) / gt[5]).is_integer()
+    # reference: gdal_rasterize of the same polygons on the output grid (pixel-centre rule)
+    gpkg = tmp_path / "mask.gpkg"
+    vds = ogr.GetDriverByName("GPKG").CreateDataSource(str(gpkg))
+    lyr = vds.CreateLayer("mask", srs=osr.SpatialReference(src.GetProjection()), geom_type=ogr.wkbPolygon)
+    for wkt in wkts:
+        f = ogr.Feature(lyr.GetLayerDefn())
+        f.SetGeometry(ogr.CreateGeometryFromWkt(wkt))
+        lyr.CreateFeature(f)
+    vds = None
+    ref = tmp_path / "ref.tif"
+    subprocess.run([gdal_tool("gdal_rasterize"), "-q", "-burn", "1", "-ot", "Byte", "-te", str(ogt[0]),
+                    str(ogt[3] + h * ogt[5]), str(ogt[0] + w * ogt[1]), str(ogt[3]), "-ts", str(w), str(h),
+                    str(gpkg), str(ref)], check=True)
+    inside = _read(ref) == 1
+    col0, row0 = int(round((ogt[0] - gt[0]) / gt[1])), int(round((ogt[3] - gt[3]) / gt[5]))
+    valid = src.GetRasterBand(1).GetMaskBand().ReadAsArray(col0, row0, w, h) > 0
+    np.testing.assert_array_equal(out.ReadAsArray() != 255, inside & valid)
+    np.testing.assert_array_equal(_read(tmp_path / "m.tif") != 255, inside & valid)
+
+
+# --- preprocessing, bands, 16-bit, K classes -------------------------------------------------------
+
+def test_bands_and_16bit_scaling(scene_factory, tmp_path):
+    scene = scene_factory("bgrn", width=400, height=300, seed=9, bands="bgrn")
+    raw, _ = _scene_array(scene)
+    weights = (2.0, -1.0, 0.5)
+    plain = om.make_pointwise_model(tmp_path / "pw.onnx", weights=weights, bias=-0.3)
+    with pytest.raises(GullySegError, match="input_max"):
+        inference.segment_raster(str(scene), plain, output_probability=str(tmp_path / "x.tif"), bands="3,2,1")
+    meta = {"gullyseg": {"input_max": 1023, "bands": [3, 2, 1]},
+            "standardization_mean": [0.1, 0.2, 0.3], "standardization_std": [0.5, 0.5, 0.25]}
+    model = om.make_pointwise_model(tmp_path / "pw16.onnx", weights=weights, bias=-0.3, metadata=meta)
+    res = inference.segment_raster(str(scene), model, output_probability=str(tmp_path / "p.tif"))
+    assert res["bands"] == [3, 2, 1]
+    x = (raw[[2, 1, 0]] / 1023.0 - np.array([0.1, 0.2, 0.3])[:, None, None]) / np.array([0.5, 0.5, 0.25])[:, None, None]
+    p_ref = om.reference_pointwise(x, weights, -0.3)
+    valid = raw[0] != 0
+    prob = _read(tmp_path / "p.tif").astype(int)
+    assert np.abs(prob[valid] - np.rint(p_ref[valid] * 254)).max() <= 1
+    # BANDS overrides the metadata; wrong counts and missing bands are clear errors
+    inference.segment_raster(str(scene), model, output_probability=str(tmp_path / "q.tif"), bands="4,3,2")
+    with pytest.raises(GullySegError, match="BANDS.*2 band"):
+        inference.segment_raster(str(scene), model, output_probability=str(tmp_path / "r.tif"), bands="1,2")
+    with pytest.raises(GullySegError, match="BANDS.*do not exist"):
+        inference.segment_raster(str(scene), model, output_probability=str(tmp_path / "r.tif"), bands="5,2,1")
+
+
+def test_softmax_k_classes(scene_factory, tmp_path):
+    scene = scene_factory("grid", width=600, height=520, seed=5)
+    raw, _ = _scene_array(scene)
+    weights = (1.0, 2.0, -2.5)
+    model = om.make_pointwise_model(tmp_path / "k3.onnx", weights=weights, bias=0.2, classes=3, activation="none",
+                                    metadata={"gullyseg": {"activation": "softmax", "gully_class": 2},
+                                              "class_names": {0: "background", 1: "dam land", 2: "gully"}})
+    inference.segment_raster(str(scene), model, output_probability=str(tmp_path / "p.tif"))
+    p_ref = om.reference_pointwise(raw / 255.0, weights, 0.2, "softmax", classes=3, gully_class=2)
+    assert np.abs(_read(tmp_path / "p.tif").astype(int) - np.rint(p_ref * 254)).max() <= 1
+
+
+def test_logits_without_activation_are_refused(scene_factory, tmp_path):
+    scene = scene_factory("grid", width=600, height=520, seed=5)
+    model = om.make_pointwise_model(tmp_path / "logits.onnx", weights=(8.0, -6.0, 3.0), bias=-2.0, activation="none")
+    with pytest.raises(GullySegError, match="logits"):
+        inference.segment_raster(str(scene), model, output_probability=str(tmp_path / "p.tif"))
+    assert not list(tmp_path.glob("*.tif")) and not list(tmp_path.glob(".*"))
+
+
+# --- bad models: errors before any pixel is read ----------------------------------------------------
+
+@pytest.mark.parametrize("maker", [om.make_not_onnx, om.make_vector_input_model, om.make_classifier_model,
+                                   om.make_downsampling_model, om.make_int_input_model, "channels"])
+def test_bad_model_fails_before_reading_pixels(scene_factory, tmp_path, monkeypatch, maker):
+    scene = scene_factory("grid", width=600, height=520, seed=5)
+    read = []
+    monkeypatch.setattr(gdal.Dataset, "ReadAsArray", lambda *a, **k: read.append(1))
+    monkeypatch.setattr(gdal.Band, "ReadAsArray", lambda *a, **k: read.append(1))
+    if maker == "channels":
+        path = om.make_fcn_model(tmp_path / "bad.onnx", in_channels=4)  # the scene has 3 bands
+    else:
+        path = maker(tmp_path / "bad.onnx")
+    with pytest.raises(GullySegError, match="MODEL|INPUT"):
+        inference.segment_raster(str(scene), path, output_probability=str(tmp_path / "p.tif"),
+                                 output_mask=str(tmp_path / "m.tif"))
+    assert not read, "pixels were read before the model was refused"
+    assert not list(tmp_path.glob("*.tif")) and not list(tmp_path.glob(".*"))
+
+
+def test_existing_outputs_are_not_overwritten(scene_factory, models, tmp_path):
+    scene = scene_factory("grid", width=600, height=520, seed=5)
+    (tmp_path / "m.tif").write_bytes(b"mine")
+    with pytest.raises(GullySegError, match="already exists"):
+        inference.segment_raster(str(scene), models["pointwise"], output_probability=str(tmp_path / "p.tif"),
+                                 output_mask=str(tmp_path / "m.tif"))
+    assert (tmp_path / "m.tif").read_bytes() == b"mine" and not (tmp_path / "p.tif").exists()
+    inference.segment_raster(str(scene), models["pointwise"], output_probability=str(tmp_path / "p.tif"),
+                             output_mask=str(tmp_path / "m.tif"), overwrite=True)
+    assert gdal.Open(str(tmp_path / "m.tif")).RasterXSize == 600
+
+
+# --- TTA ------------------------------------------------------------------------------------------
+
+def test_tta_is_the_mean_of_transformed_runs(scene_factory, models):
+    scene = scene_factory("blend", width=900, height=700, seed=2)
+    raw, _ = _scene_array(scene)
+    raw = raw[:, :300, :400]
+    x = raw.astype(np.float32) / 255
+    model = onnx_model.load_model(models["fcn"])
+    runs = []
+    for flip_y in (False, True):
+        for flip_x in (False, True):
+            xt = x[:, ::-1] if flip_y else x
+            xt = xt[:, :, ::-1] if flip_x else xt
+            p = _whole_image(models["fcn"], np.ascontiguousarray(xt))
+            p = p[::-1] if flip_y else p
+            runs.append(p[:, ::-1] if flip_x else p)
+    flips = inference.predict_array(model, raw, tta=1)
+    assert np.abs(flips - np.mean(runs, axis=0)).max() < STEP / 10
+    assert np.abs(flips - runs[0]).max() > STEP  # the model is not flip-invariant: TTA changed something
+    rot = []
+    for k in range(4):
+        for flip in (False, True):
+            xt = x[:, :, ::-1] if flip else x
+            p = _whole_image(models["fcn"], np.ascontiguousarray(np.rot90(xt, k, axes=(1, 2))))
+            p = np.rot90(p, -k)
+            rot.append(p[:, ::-1] if flip else p)
+    dihedral = inference.predict_array(model, raw, tta=2)
+    assert np.abs(dihedral - np.mean(rot, axis=0)).max() < STEP / 10
+
+
+# --- resolution -------------------------------------------------------------------------------------
+
+def test_resampled_to_the_model_resolution(scene_factory, tmp_path, gdal_tool):
+    """A model at 150 cm/px on a 75 cm scene: same result as gdalwarp -r average, the model, gdalwarp back."""
+    scene = scene_factory("grid", width=600, height=520, seed=5)
+    weights, bias = (4.0, -3.0, 1.5), -0.8
+    model = om.make_pointwise_model(tmp_path / "pw150.onnx", weights=weights, bias=bias, metadata={"resolution": 150})
+    fb = RecordingFeedback()
+    res = inference.segment_raster(str(scene), model, output_probability=str(tmp_path / "p.tif"),
+                                   output_mask=str(tmp_path / "m.tif"), feedback=fb)
+    assert res["resampled"] and any("warped VRT" in m for m in fb.infos)
+    out = gdal.Open(str(tmp_path / "p.tif"))
+    src = gdal.Open(str(scene))
+    assert out.GetGeoTransform() == src.GetGeoTransform() and out.RasterXSize == 600
+    # independent pipeline with GDAL's command-line tools
+    coarse = tmp_path / "coarse.tif"
+    subprocess.run([gdal_tool("gdalwarp"), "-q", "-tr", "1.5", "1.5", "-r", "average", str(scene), str(coarse)],
+                   check=True)
+    cds = gdal.Open(str(coarse))
+    craw = cds.ReadAsArray()
+    cvalid = cds.GetRasterBand(1).GetMaskBand().ReadAsArray() > 0
+    p = om.reference_pointwise(craw / 255.0, weights, bias)
+    cprob = np.where(cvalid, np.rint(p * 254), 255).astype(np.uint8)
+    drv = gdal.GetDriverByName("GTiff")
+    pds = drv.Create(str(tmp_path / "cprob.tif"), cds.RasterXSize, cds.RasterYSize, 1, gdal.GDT_Byte)
+    pds.SetGeoTransform(cds.GetGeoTransform())
+    pds.SetProjection(cds.GetProjection())
+    pds.GetRasterBand(1).SetNoDataValue(255)
+    pds.GetRasterBand(1).WriteArray(cprob)
+    pds = cds = None
+    gt = src.GetGeoTransform()
+    back = tmp_path / "back.tif"
+    subprocess.run([gdal_tool("gdalwarp"), "-q", "-r", "bilinear", "-ot", "Float32", "-te", str(gt[0]),
+                    str(gt[3] + 520 * gt[5]), str(gt[0] + 600 * gt[1]), str(gt[3]), "-ts", "600", "520",
+                    str(tmp_path / "cprob.tif"), str(back)], check=True)
+    expected = np.rint(_read(back)).astype(int)
+    got = out.ReadAsArray().astype(int)
+    ok = (got != 255) & (expected != 255)
+    assert ok.mean() > 0.97
+    assert np.abs(got[ok] - expected[ok]).max() <= 1
+
+
+# --- cancel --------------------------------------------------------------------------------------
+
+class _CancelAt(Feedback):
+    def __init__(self, delay):
+        self.at = time.monotonic() + delay
+        self.cancelled_at = None
+
+    def is_cancelled(self):
+        if time.monotonic() >= self.at:
+            self.cancelled_at = self.cancelled_at or time.monotonic()
+            return True
+        return False
+
+
+def test_cancel_stops_within_a_second_and_removes_outputs(scene_factory, tmp_path):
+    scene = scene_factory("blend", width=900, height=700, seed=2)
+    slow = om.make_slow_model(tmp_path / "slow.onnx")  # one batch of 8 windows takes seconds on 2 cores
+    out = tmp_path / "out"
+    fb = _CancelAt(1.5)
+    t0 = time.monotonic()
+    with pytest.raises(Cancelled):
+        inference.segment_raster(str(scene), slow, output_probability=str(out / "p.tif"),
+                                 output_mask=str(out / "m.tif"), output_polygons=str(out / "g.gpkg"), feedback=fb)
+    stopped = time.monotonic()
+    assert fb.cancelled_at is not None and stopped - fb.cancelled_at < 1.0, stopped - fb.cancelled_at
+    assert stopped - t0 < 10
+    assert not out.exists() or not list(out.iterdir())
+    assert not [t for t in threading.enumerate() if t.name.startswith("gullyseg-")]
+
+
+# --- tiles (the dock's screening scores) ------------------------------------------------------------
+
+def test_predict_tiles_and_score_tiles(scene_factory, models, tmp_path):
+    scene = scene_factory("grid", width=600, height=520, seed=5)
+    raw, _ = _scene_array(scene)
+    model = onnx_model.load_model(models["pointwise"])
+    tiles = [raw[:, :256, :256], raw[:, 256:512, 256:512], raw[:, :100, :300]]
+    probs = inference.predict_tiles(model, tiles, batch_size=2)
+    for t, p in zip(tiles, probs):
+        ref = om.reference_pointwise(t / 255.0, (4.0, -3.0, 1.5), -0.8)
+        assert p.shape == t.shape[1:] and np.abs(p - ref).max() < 1e-5
+    paths = []
+    for i, (x, y) in enumerate([(0, 0), (256, 256)]):
+        path = tmp_path / f"t{i}.tif"
+        gdal.Translate(str(path), str(scene), srcWin=[x, y, 256, 256])
+        paths.append(str(path))
+    scores = inference.score_tiles(model, paths, threshold=0.5)
+    for s, p in zip(scores, probs[:2]):
+        assert s["gully_share"] == pytest.approx((p >= 0.5).mean(), abs=1e-9)
+        assert s["valid_fraction"] == 1.0
+
+
+def test_progress_reported(scene_factory, models, tmp_path):
+    scene = scene_factory("blend", width=900, height=700, seed=2)
+    fb = RecordingFeedback()
+    inference.segment_raster(str(scene), models["pointwise"], output_probability=str(tmp_path / "p.tif"),
+                             feedback=fb, batch_size=2)
+    assert fb.percents and fb.percents[-1] == 100 and fb.percents == sorted(fb.percents)
+    assert any("CPUExecutionProvider" in m or "CUDAExecutionProvider" in m for m in fb.infos)
+    assert os.path.exists(tmp_path / "p.tif")

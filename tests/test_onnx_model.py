@@ -1,0 +1,176 @@
+"""ONNX model loading, checks and metadata (read: Deepness + GullySeg keys; written: setmodelmetadata)."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import pytest
+
+from gullyseg.processing.engine import onnx_model
+from gullyseg.processing.engine.errors import GullySegError
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("onnx_models", Path(__file__).parent / "onnx_models.py")
+om = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(om)
+
+DEEPNESS = {
+    "model_type": "Segmentor",
+    "class_names": {0: "background", 1: "gully"},
+    "resolution": 75,
+    "tile_size": 128,
+    "tiles_overlap": 25,
+    "standardization_mean": [0.485, 0.456, 0.406],
+    "standardization_std": [0.229, 0.224, 0.225],
+    "seg_thresh": 0.35,
+}
+
+
+def test_deepness_metadata_is_read(tmp_path):
+    path = om.make_fcn_model(tmp_path / "m.onnx", out_channels=2, activation="softmax", metadata=DEEPNESS)
+    m = onnx_model.load_model(path)
+    assert m.class_names == ["background", "gully"]
+    assert m.gully_class == 1
+    assert m.resolution_cm == 75
+    assert m.window == (128, 128) and not m.fixed_size  # dynamic model: tile_size from metadata
+    assert m.overlap == 32  # 25 % of 128
+    assert m.threshold == pytest.approx(0.35) and m.threshold_from_metadata
+    np.testing.assert_allclose(m.mean, DEEPNESS["standardization_mean"], rtol=1e-6)
+    np.testing.assert_allclose(m.std, DEEPNESS["standardization_std"], rtol=1e-6)
+    assert m.activation == "none" and m.output_channels == 2
+    assert m.provider in onnxruntime.get_available_providers()
+    # Deepness' own convention: /255 then (x - mean) / std
+    raw = np.full((3, 2, 2), 200, np.uint8)
+    x = m.normalise(raw, m.input_scale(raw.dtype))
+    np.testing.assert_allclose(x[:, 0, 0], (200 / 255 - np.array(DEEPNESS["standardization_mean"]))
+                               / np.array(DEEPNESS["standardization_std"]), rtol=1e-5)
+
+
+def test_deepness_class_names_as_python_literal(tmp_path):
+    # Deepness also accepts str({0: 'a', 1: 'b'}) (int keys, single quotes)
+    path = om.make_fcn_model(tmp_path / "m.onnx", out_channels=3, activation="softmax",
+                             metadata={"class_names": "{0: 'background', 1: 'dam land', 2: 'gully'}"})
+    m = onnx_model.load_model(path)
+    assert m.class_names == ["background", "dam land", "gully"]
+    assert m.gully_class == 2  # found by name when gullyseg.gully_class is absent
+
+
+def test_gullyseg_key_is_read(tmp_path):
+    own = {"input_max": 1023, "activation": "sigmoid", "gully_class": 0, "bands": [3, 2, 1]}
+    path = om.make_fcn_model(tmp_path / "m.onnx", activation="none", metadata={"gullyseg": own})
+    m = onnx_model.load_model(path)
+    assert m.input_max == 1023 and m.activation == "sigmoid" and m.gully_class == 0 and m.bands == [3, 2, 1]
+    assert m.input_scale(np.uint16) == 1023
+    d = onnx_model.describe(path)
+    assert d["bands"] == [3, 2, 1] and d["normalisation"]["input_max"] == 1023 and d["window"] == 256
+
+
+def test_no_metadata_defaults(tmp_path):
+    m = onnx_model.load_model(om.make_fcn_model(tmp_path / "m.onnx"))
+    assert m.window == (256, 256) and m.overlap == 64 and m.threshold == 0.5 and not m.threshold_from_metadata
+    assert m.gully_class == 0 and m.activation == "none" and m.bands is None
+    assert m.input_scale(np.uint8) == 255
+    with pytest.raises(GullySegError, match="input_max"):
+        m.input_scale(np.uint16)  # 16-bit data needs the model to say how to scale it
+
+
+def test_fixed_size_and_batch(tmp_path):
+    m = onnx_model.load_model(om.make_fcn_model(tmp_path / "m.onnx", size=(96, 128), batch=2))
+    assert m.window == (128, 96) and m.fixed_size and m.fixed_batch == 2
+
+
+@pytest.mark.parametrize("maker, message", [
+    (om.make_not_onnx, "not an ONNX model"),
+    (om.make_vector_input_model, "not an image tensor"),
+    (om.make_classifier_model, "per-pixel output"),
+    (om.make_downsampling_model, "input's N, H and W"),
+    (om.make_int_input_model, "float32"),
+])
+def test_bad_models_are_refused(tmp_path, maker, message):
+    path = maker(tmp_path / "bad.onnx")
+    with pytest.raises(GullySegError, match=message) as err:
+        onnx_model.load_model(path)
+    assert "MODEL" in str(err.value) and "bad.onnx" in str(err.value)
+
+
+def test_missing_file_and_bad_metadata(tmp_path):
+    with pytest.raises(GullySegError, match="does not exist"):
+        onnx_model.load_model(tmp_path / "nope.onnx")
+    path = om.make_fcn_model(tmp_path / "m.onnx", metadata={"gullyseg": {"activation": "relu"}})
+    with pytest.raises(GullySegError, match="activation"):
+        onnx_model.load_model(path)
+    path = om.make_fcn_model(tmp_path / "d.onnx", metadata={"model_type": "Detector"})
+    with pytest.raises(GullySegError, match="Detector"):
+        onnx_model.load_model(path)
+    path = om.make_fcn_model(tmp_path / "s.onnx", metadata={"standardization_mean": [0.5, 0.5]})
+    with pytest.raises(GullySegError, match="2 values for 3 input channels"):
+        onnx_model.load_model(path)
+
+
+def _outputs(path, x):
+    sess = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"input": x})[0]
+
+
+def test_set_model_metadata_roundtrip(tmp_path):
+    src = om.make_fcn_model(tmp_path / "m.onnx", out_channels=2, activation="none",
+                            metadata={"author_note": "keep me"})
+    before = Path(src).read_bytes()
+    out = tmp_path / "with_meta.onnx"
+    onnx_model.set_model_metadata(
+        src, output=str(out), class_names="background,gully", resolution=75, tile_size=128, tiles_overlap=10,
+        mean="0.4,0.4,0.4", std="0.2,0.2,0.2", threshold=0.4, input_max=1023, activation="softmax",
+        gully_class=1, bands="3,2,1")
+    assert Path(src).read_bytes() == before  # the source is untouched when writing a copy
+    meta = om.read_metadata(out)  # read with the onnx package, independent of GullySeg's reader
+    assert meta["author_note"] == "keep me"
+    assert json.loads(meta["model_type"]) == "Segmentor"
+    assert json.loads(meta["class_names"]) == {"0": "background", "1": "gully"}
+    assert json.loads(meta["resolution"]) == 75 and json.loads(meta["tile_size"]) == 128
+    assert json.loads(meta["tiles_overlap"]) == 10 and json.loads(meta["seg_thresh"]) == 0.4
+    assert json.loads(meta["standardization_mean"]) == [0.4] * 3
+    assert json.loads(meta["gullyseg"]) == {"input_max": 1023, "activation": "softmax", "gully_class": 1,
+                                            "bands": [3, 2, 1]}
+    # same graph: identical outputs before and after
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    np.testing.assert_array_equal(_outputs(src, x), _outputs(out, x))
+    m = onnx_model.load_model(out)
+    assert m.activation == "softmax" and m.window == (128, 128) and m.input_max == 1023
+    # update in place, keeping other keys; then clear
+    onnx_model.set_model_metadata(str(out), threshold=0.6)
+    meta = om.read_metadata(out)
+    assert json.loads(meta["seg_thresh"]) == 0.6 and json.loads(meta["resolution"]) == 75
+    onnx_model.set_model_metadata(str(out), clear=True, model_type=None)
+    assert om.read_metadata(out) == {"author_note": "keep me"}
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_set_model_metadata_refuses(tmp_path):
+    src = om.make_fcn_model(tmp_path / "m.onnx")
+    other = tmp_path / "exists.onnx"
+    other.write_bytes(b"x")
+    with pytest.raises(GullySegError, match="already exists"):
+        onnx_model.set_model_metadata(src, output=str(other), resolution=75)
+    assert other.read_bytes() == b"x"
+    with pytest.raises(GullySegError, match="not an ONNX"):
+        onnx_model.set_model_metadata(om.make_not_onnx(tmp_path / "n.onnx"), resolution=75)
+    with pytest.raises(GullySegError, match="gully class 3"):
+        onnx_model.set_model_metadata(src, gully_class=3)  # checked after writing: nothing replaced
+    assert om.read_metadata(src) == {}
+
+
+def test_command_line_tool(tmp_path):
+    src = om.make_fcn_model(tmp_path / "m.onnx")
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "set_model_metadata.py"), src, "--resolution", "75",
+                           "--input-max", "1023", "--bands", "3,2,1"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    meta = om.read_metadata(src)
+    assert json.loads(meta["resolution"]) == 75
+    assert json.loads(meta["gullyseg"]) == {"input_max": 1023, "bands": [3, 2, 1]}
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "set_model_metadata.py"), src, "--show"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and '"resolution_cm": 75.0' in done.stdout
