@@ -302,3 +302,21 @@ def test_written_document_is_labelme_format(tmp_path):
     problems = []
     doc = labelme.read_labelme(path, problems)
     assert problems == [] and doc.shapes[0].points[0] == (1.5, 2.25)
+
+
+def test_bad_mask_png_and_point_counts_are_errors(tmp_path):
+    bad_mask = labelme.labelme_shape("gully", [(1, 1), (4, 4)], "mask")
+    bad_mask["mask"] = base64.b64encode(b"not a png at all").decode()
+    shapes = [
+        bad_mask,
+        labelme.labelme_shape("gully", [(1, 1), (4, 4), (6, 6)], "rectangle"),  # 3 points
+        labelme.labelme_shape("gully", [(1, 1)], "circle"),
+        labelme.labelme_shape("gully", [(1, 1)], "linestrip"),
+    ]
+    path = _write(tmp_path / "bad.json", shapes)
+    problems = []
+    doc = labelme.read_labelme(path, problems)
+    items, ok = labelme.shape_items(doc, 64, 48, labelme.parse_classes("gully=1"), 10, 5, problems)
+    assert not ok and items == []
+    assert [(p.shape_index, p.severity) for p in problems] == [(i, "error") for i in range(4)]
+    assert "PNG" in problems[0].message

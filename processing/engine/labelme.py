@@ -34,6 +34,7 @@ BACKGROUND_LABEL = "_background_"
 DEFAULT_IGNORE_VALUE = 255
 SHAPE_TYPES = ("polygon", "rectangle", "circle", "line", "linestrip", "point", "mask")
 LINE_TYPES = ("line", "linestrip")
+POINT_COUNTS = {"rectangle": 2, "circle": 2, "line": 2, "point": 1, "mask": 2}  # exact counts Labelme writes
 
 ERROR = "error"
 WARNING = "warning"
@@ -223,10 +224,7 @@ def read_labelme(path, problems):
     except ValueError as exc:
         problems.append(Problem(path, f"invalid JSON: {exc}"))
         return None
-    if not isinstance(data, dict) or not isinstance(data.get("shapes", []), list):
-        problems.append(Problem(path, "not a Labelme file (no 'shapes' list)"))
-        return None
-    if "shapes" not in data:
+    if not isinstance(data, dict) or not isinstance(data.get("shapes"), list):
         problems.append(Problem(path, "not a Labelme file (no 'shapes' list)"))
         return None
 
@@ -316,11 +314,11 @@ def decode_mask_png(b64):
             raise GullySegError(f"mask is not a PNG image GDAL can read: {exc}") from None
         if ds is None:
             raise GullySegError("mask is not a PNG image GDAL can read")
-        bands = ds.RasterCount
-        colour = [ds.GetRasterBand(b).ReadAsArray() for b in range(1, min(bands, 3) + 1 if bands >= 3 else 2)]
-        mask = np.zeros(colour[0].shape, dtype=bool)
-        for arr in colour:
-            mask |= arr != 0
+        # Labelme writes 1-bit or 8-bit grey PNGs; for RGB(A) ones any non-zero colour counts (not alpha)
+        colour_bands = [1, 2, 3] if ds.RasterCount >= 3 else [1]
+        mask = np.zeros((ds.RasterYSize, ds.RasterXSize), dtype=bool)
+        for b in colour_bands:
+            mask |= ds.GetRasterBand(b).ReadAsArray() != 0
         ds = None
         return mask
     finally:
@@ -365,7 +363,7 @@ def shape_items(doc, width, height, classes, line_width, point_radius, problems,
         if kind not in SHAPE_TYPES:
             report(shape, f"unknown shape_type '{kind}' (Labelme knows {', '.join(SHAPE_TYPES)})")
             continue
-        need = {"rectangle": 2, "circle": 2, "line": 2, "point": 1, "mask": 2}
+        need = POINT_COUNTS
         if kind == "polygon" and len(pts) < 3:
             report(shape, f"'{label}' polygon has {len(pts)} point(s); a polygon needs at least 3")
             continue
