@@ -150,3 +150,60 @@ def test_qgis_process_with_labels_txt(scene, tmp_path, qgis_process):
         tile = gdal.Open(os.path.join(os.path.dirname(index), rec["image_tif"]))
         assert mask.GetGeoTransform() == tile.GetGeoTransform()
         assert rec["gully_frac"] == pytest.approx(float((mask.ReadAsArray() == 1).mean()), abs=1e-6)
+
+
+def test_in_a_model(scene, tmp_path, provider):
+    """A graphical model chains exportlabelme (prefilled) -> rasterizelabels on a dataset's index."""
+    from qgis import processing
+    from qgis.core import (
+        QgsProcessingContext,
+        QgsProcessingFeedback,
+        QgsProcessingModelAlgorithm,
+        QgsProcessingModelChildAlgorithm,
+        QgsProcessingModelChildDependency,
+        QgsProcessingModelChildParameterSource,
+        QgsProcessingModelParameter,
+        QgsProcessingParameterFeatureSource,
+        QgsProcessingParameterVectorLayer,
+        QgsProject,
+    )
+
+    from gullyseg import compat
+
+    index = make_dataset(scene, tmp_path / "ds")
+    source = QgsProcessingModelChildParameterSource
+    model = QgsProcessingModelAlgorithm("labels_model", "tests")
+    model.addModelParameter(QgsProcessingParameterVectorLayer("tiles", "Tiles", [compat.TYPE_VECTOR_POLYGON]),
+                            QgsProcessingModelParameter("tiles"))
+    model.addModelParameter(QgsProcessingParameterFeatureSource("polygons", "Polygons", [compat.TYPE_VECTOR_POLYGON]),
+                            QgsProcessingModelParameter("polygons"))
+    export = QgsProcessingModelChildAlgorithm("gullyseg:exportlabelme")
+    export.setChildId("export")
+    export.addParameterSources("TILES", [source.fromModelParameter("tiles")])
+    export.addParameterSources("PREFILL", [source.fromModelParameter("polygons")])
+    model.addChildAlgorithm(export)
+    masks = QgsProcessingModelChildAlgorithm("gullyseg:rasterizelabels")
+    masks.setChildId("masks")
+    masks.addParameterSources("TILES", [source.fromModelParameter("tiles")])
+    masks.addParameterSources("ALL_TOUCHED", [source.fromStaticValue(False)])
+    masks.setDependencies([QgsProcessingModelChildDependency("export")])
+    model.addChildAlgorithm(masks)
+    context = QgsProcessingContext()
+    context.setProject(QgsProject.instance())
+
+    class Recorder(QgsProcessingFeedback):
+        errors = []
+
+        def reportError(self, error, fatalError=False):  # noqa: N802
+            self.errors.append(error)
+
+    feedback = Recorder()
+    try:
+        processing.run(model, {"tiles": index, "polygons": gullies(scene)}, feedback=feedback, context=context)
+    except Exception:
+        pytest.fail("model failed: " + " | ".join(feedback.errors))
+    root = os.path.dirname(index)
+    assert len([n for n in os.listdir(os.path.join(root, "labelme")) if n.endswith(".json")]) == 4
+    records = dataset.read_index(index)[0]
+    assert all(r["mask"] and r["labelme"] for r in records)
+    assert sum(array(os.path.join(root, r["mask"])).sum() for r in records) > 1000
