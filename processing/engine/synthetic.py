@@ -57,8 +57,10 @@ BAND_SETS = {
 }
 MIN_SIZE, MAX_SIZE = 16, 100_000
 WINDOW = 512  # generation window (two 256 blocks)
-HALO = 40  # extra pixels around a window for shading and distances (> every effect radius)
+HALO = 56  # extra pixels around a window for shading and distances (> every effect radius)
 CELL = 1024  # feature-generation cell (pixels)
+TERRAIN_SCALE = 800  # pixels: the largest terrain octave (hills)
+MIN_SHARE = 0.04  # scenes get extra networks until the gully polygons cover this share
 FIXED_DATE = "2024-01-01T00:00:00Z"  # pinned GPKG timestamps (determinism)
 
 
@@ -154,7 +156,25 @@ class _Grid:
         wy, fy, my = self._weights("y", float(sy))
         lat = _hash01(np.arange(fx, fx + mx)[None, :], np.arange(fy, fy + my)[:, None],
                       self.seed * 1009 + salt).astype(np.float32)
-        return wy @ lat @ wx.T
+        if min(scale, sy) >= 12:
+            return wy @ lat @ wx.T  # few lattice nodes: two small matrix products
+        # fine lattices: gather the two neighbouring nodes per axis (the same weights)
+        ix, sx = self._sparse("x", float(scale), wx)
+        iy, syw = self._sparse("y", float(sy), wy)
+        top, bottom = lat[iy], lat[iy + 1]
+        a = top[:, ix] * (1 - sx) + top[:, ix + 1] * sx
+        b = bottom[:, ix] * (1 - sx) + bottom[:, ix + 1] * sx
+        return a * (1 - syw)[:, None] + b * syw[:, None]
+
+    def _sparse(self, axis, scale, w):
+        """(first node index, weight of the second node) per pixel, from the weight matrix."""
+        key = ("s", axis, scale)
+        if key not in self._cache:
+            n, origin = (self.w, self.x0) if axis == "x" else (self.h, self.y0)
+            i0 = np.floor((origin + np.arange(n) + 0.5) / scale).astype(np.int64)
+            start = i0 - i0.min()
+            self._cache[key] = (start, w[np.arange(n), start + 1])
+        return self._cache[key]
 
     def fbm(self, scale, octaves, salt, gain=0.5, lacunarity=2.0):
         """Fractal sum of value noise, normalised to about [0, 1] (mean 0.5)."""
@@ -196,20 +216,147 @@ class _Geo:
         return self.x0 + px * self.ps, self.y0 - py * self.ps
 
 
+def _value_points(px, py, scale, salt, seed):
+    """Value noise at arbitrary pixel positions; the same field as ``_Grid.value``."""
+    u, v = np.asarray(px, dtype=np.float64) / scale, np.asarray(py, dtype=np.float64) / scale
+    iu, iv = np.floor(u).astype(np.int64), np.floor(v).astype(np.int64)
+    fu, fv = u - iu, v - iv
+    su, sv = fu * fu * (3 - 2 * fu), fv * fv * (3 - 2 * fv)
+    s = seed * 1009 + salt
+    top = _hash01(iu, iv, s) * (1 - su) + _hash01(iu + 1, iv, s) * su
+    bottom = _hash01(iu, iv + 1, s) * (1 - su) + _hash01(iu + 1, iv + 1, s) * su
+    return top * (1 - sv) + bottom * sv
+
+
+def _terrain_points(px, py, seed):
+    """The large-scale terrain (``_Grid.fbm(TERRAIN_SCALE, 4, salt=1)``) at pixel positions."""
+    total, amp, norm, s = 0.0, 1.0, 0.0, float(TERRAIN_SCALE)
+    for k in range(4):
+        total = total + amp * _value_points(px, py, s, 1 + 7919 * k, seed)
+        norm += amp
+        amp *= 0.5
+        s /= 2.0
+    return total / norm
+
+
+class _Slope:
+    """Uphill directions of the terrain around a network, from a coarse lookup grid (fast)."""
+
+    SPACING = 20.0
+
+    def __init__(self, seed, cx, cy, radius):
+        self.x0 = cx - radius
+        self.y0 = cy - radius
+        n = int(2 * radius / self.SPACING) + 2
+        xs = self.x0 + np.arange(n) * self.SPACING
+        ys = self.y0 + np.arange(n) * self.SPACING
+        gx, gy = np.meshgrid(xs, ys)
+        ty, tx = np.gradient(_terrain_points(gx, gy, seed))
+        self.angle = np.arctan2(ty, tx)
+        self.n = n
+
+    def uphill(self, x, y):
+        i = int(round((y - self.y0) / self.SPACING))
+        j = int(round((x - self.x0) / self.SPACING))
+        if 0 <= i < self.n and 0 <= j < self.n:
+            return float(self.angle[i, j])
+        return None
+
+
+def _angle_diff(a, b):
+    return (a - b + math.pi) % (2 * math.pi) - math.pi
+
+
+def _walk(rng, x, y, heading, length, step, wiggle, slope=None, steer=0.0, max_turn=math.radians(65)):
+    """A meandering polyline (pixels) from (x, y) with a persistent, slowly turning heading.
+
+    With ``steer`` > 0 the heading is pulled towards the terrain's uphill direction (gullies
+    grow headward, up the slope, from their outlet). The heading never strays more than
+    ``max_turn`` from the initial one, so branches fan out instead of looping back.
+    """
+    pts = [(x, y)]
+    base = heading
+    turn = 0.0
+    n = max(2, int(length / step))
+    for _ in range(n):
+        turn = 0.7 * turn + rng.normal(0.0, wiggle)
+        heading += turn
+        if steer > 0 and slope is not None:
+            up = slope.uphill(x, y)
+            if up is not None:
+                heading += steer * _angle_diff(up, heading)
+        dev = _angle_diff(heading, base)
+        if abs(dev) > max_turn:
+            heading = base + math.copysign(max_turn, dev)
+            turn = 0.0
+        x += step * math.cos(heading)
+        y += step * math.sin(heading)
+        pts.append((x, y))
+    return pts
+
+
+def _branch(rng, x, y, heading, length, width, depth, out, slope, trunk=False):
+    """Grow a gully branch upstream (away from its outlet) with tributaries and side bays.
+
+    Appends (points, radii) to ``out``; returns the branch's points and radii.
+    """
+    step = 10.0
+    pts = _walk(rng, x, y, heading, length, step, 0.07 if trunk else 0.1, slope, 0.06 if trunk else 0.0,
+                math.radians(70 if trunk else 40))
+    n = len(pts)
+    t = np.linspace(0.0, 1.0, n)
+    wobble = 1.0 + 0.22 * np.sin(np.cumsum(rng.normal(0, 0.6, n))) + rng.normal(0, 0.07, n)
+    radii = 0.5 * width * (1.0 - 0.6 * t ** 1.2) * wobble
+    radii = np.maximum(radii, 3.5)
+    out.append((pts, radii))
+    # side bays: short lobes that make the rim scalloped, as headward erosion does
+    for k in range(1, n - 1):
+        if rng.random() < 0.12:
+            px, py = pts[k]
+            h = math.atan2(pts[k + 1][1] - py, pts[k + 1][0] - px)
+            side = 1 if rng.random() < 0.5 else -1
+            stub = _walk(rng, px, py, h + side * math.radians(rng.uniform(55, 100)),
+                         rng.uniform(0.6, 1.6) * radii[k] + 4, 5.0, 0.2)
+            r = radii[k] * rng.uniform(0.35, 0.6)
+            out.append((stub, np.linspace(r, r * 0.6, len(stub))))
+    if depth <= 0:
+        return pts, radii
+    # tributaries: alternating sides, 30..75 degrees off the branch, upstream
+    k = int(rng.integers(2, 5))
+    side = 1 if rng.random() < 0.5 else -1
+    while k < n - 3:
+        px, py = pts[k]
+        h = math.atan2(pts[k + 1][1] - py, pts[k + 1][0] - px)
+        angle = h + side * math.radians(rng.uniform(30, 75))
+        remaining = (n - k) * step
+        blen = remaining * rng.uniform(0.35, 0.85)
+        bwidth = 2 * radii[k] * rng.uniform(0.45, 0.75)
+        if blen > 50 and bwidth > 9:
+            _branch(rng, px, py, angle, blen, bwidth, depth - 1, out, slope)
+        side = -side
+        k += int(rng.integers(5, 12))
+    return pts, radii
+
+
+def _polyline_buffer(geo, pts, radii, run=3):
+    """Union of round-capped buffers of short runs of the polyline, each with its mean radius."""
+    multi = ogr.Geometry(ogr.wkbMultiPolygon)
+    n = len(pts)
+    for i in range(0, n - 1, run):
+        chunk = pts[i:i + run + 1]
+        line = ogr.Geometry(ogr.wkbLineString)
+        for x, y in chunk:
+            line.AddPoint_2D(*geo.xy(x, y))
+        r = float(np.mean(radii[i:i + run + 1]))
+        _add_polygons(multi, line.Buffer(r * geo.ps, 3))
+    return multi.UnionCascaded() if multi.GetGeometryCount() else None
+
+
 def _segment_buffer(geo, x1, y1, x2, y2, radius_px):
     line = ogr.Geometry(ogr.wkbLineString)
     line.AddPoint_2D(*geo.xy(x1, y1))
     line.AddPoint_2D(*geo.xy(x2, y2))
     return line.Buffer(radius_px * geo.ps, 3)
-
-
-def _polyline_buffer(geo, pts, radii):
-    """Union of round-capped segment buffers with per-vertex radii (pixels)."""
-    multi = ogr.Geometry(ogr.wkbMultiPolygon)
-    for (x1, y1), (x2, y2), r1, r2 in zip(pts[:-1], pts[1:], radii[:-1], radii[1:]):
-        poly = _segment_buffer(geo, x1, y1, x2, y2, 0.5 * (r1 + r2))
-        _add_polygons(multi, poly)
-    return multi.UnionCascaded() if multi.GetGeometryCount() else None
 
 
 def _add_polygons(multi, geom):
@@ -229,54 +376,8 @@ def _as_multipolygon(geom):
     return multi
 
 
-def _walk(rng, x, y, heading, length, step, wiggle):
-    """A meandering polyline (pixels) from (x, y) with a persistent, slowly turning heading."""
-    pts = [(x, y)]
-    turn = 0.0
-    n = max(2, int(length / step))
-    for _ in range(n):
-        turn = 0.7 * turn + rng.normal(0.0, wiggle)
-        heading += turn
-        x += step * math.cos(heading)
-        y += step * math.sin(heading)
-        pts.append((x, y))
-    return pts
-
-
-def _branch(rng, x, y, heading, length, width, depth, out):
-    """Grow a gully branch upstream (away from its outlet) and its tributaries recursively.
-
-    Appends (points, radii) to ``out``; returns the trunk's points and radii.
-    """
-    step = 10.0
-    pts = _walk(rng, x, y, heading, length, step, 0.10 if depth > 0 else 0.16)
-    n = len(pts)
-    t = np.linspace(0.0, 1.0, n)
-    wobble = 1.0 + 0.18 * np.sin(np.cumsum(rng.normal(0, 0.5, n))) + rng.normal(0, 0.05, n)
-    radii = 0.5 * width * (1.0 - 0.65 * t ** 1.3) * wobble
-    radii = np.maximum(radii, 2.5)
-    out.append((pts, radii))
-    if depth <= 0:
-        return pts, radii
-    # tributaries: alternating sides, angles 30..75 degrees upstream
-    k = int(rng.integers(2, 5))
-    side = 1 if rng.random() < 0.5 else -1
-    while k < n - 3:
-        px, py = pts[k]
-        h = math.atan2(pts[k + 1][1] - py, pts[k + 1][0] - px)
-        angle = h + side * math.radians(rng.uniform(30, 75))
-        remaining = (n - k) * step
-        blen = remaining * rng.uniform(0.35, 0.8)
-        bwidth = 2 * radii[k] * rng.uniform(0.45, 0.75)
-        if blen > 40 and bwidth > 5:
-            _branch(rng, px, py, angle, blen, bwidth, depth - 1, out)
-        side = -side
-        k += int(rng.integers(4, 10))
-    return pts, radii
-
-
 def _halfplane_box(geo, px, py, dx, dy, size):
-    """Polygon covering the side of the line through (px, py) ⟂ (dx, dy) that (dx, dy) points to."""
+    """Polygon covering the side of the line through (px, py) perpendicular to (dx, dy) that (dx, dy) points to."""
     nx, ny = -dy, dx
     corners = [
         (px + nx * size, py + ny * size),
@@ -292,59 +393,81 @@ def _halfplane_box(geo, px, py, dx, dy, size):
     return poly
 
 
-def _cell_features(seed, row, col, geo, density, root=None):
-    """Gully networks rooted in one cell: list of dicts(gully=, damland=[...], dambody=[...]).
+def _network(seed, rng, ox, oy, geo, extent):
+    """One dendritic gully network rooted (outlet) at pixel (ox, oy), or None if it misses ``extent``.
 
+    Returns dict(gully=MultiPolygon incl. dam land minus dam bodies, damland=[...], dambody=[...]).
+    """
+    length = rng.uniform(350, 950)
+    reach = length + 120.0  # no part of the network is farther than this from its outlet
+    if (ox + reach < extent[0] or ox - reach > extent[2] or oy + reach < extent[1] or oy - reach > extent[3]):
+        return None
+    slope = _Slope(seed, ox, oy, reach)
+    up = slope.uphill(ox, oy)
+    heading = (up if up is not None else 0.0) + rng.normal(0, 0.5)
+    width = rng.uniform(20, 52)
+    depth = 2 if length > 700 else 1
+    branches = []
+    trunk_pts, trunk_r = _branch(rng, ox, oy, heading, length, width, depth, branches, slope, trunk=True)
+    # dams are drawn from the random stream before any early exit (keeps the stream aligned)
+    n = len(trunk_pts)
+    n_dams = int(rng.choice([0, 1, 1, 2, 3], p=[0.25, 0.3, 0.2, 0.15, 0.1])) if n > 20 else 0
+    dam_draws = [(int(rng.integers(2, max(3, int(n * 0.6)))), rng.uniform(2.5, 4.0), int(rng.integers(5, 14)))
+                 for _ in range(n_dams)]
+    xs = [x for pts, _ in branches for x, _ in pts]
+    ys = [y for pts, _ in branches for _, y in pts]
+    reach = 40.0
+    if (max(xs) + reach < extent[0] or min(xs) - reach > extent[2]
+            or max(ys) + reach < extent[1] or min(ys) - reach > extent[3]):
+        return None
+    parts = ogr.Geometry(ogr.wkbMultiPolygon)
+    for pts, radii in branches:
+        _add_polygons(parts, _polyline_buffer(geo, pts, radii))
+    gully = parts.UnionCascaded()
+    damlands, dambodies, used = [], [], []
+    for i, body_r, run in dam_draws:
+        if any(abs(i - j) < 10 for j in used) or i + 1 >= n:
+            continue
+        used.append(i)
+        (ax, ay), (bx, by) = trunk_pts[i], trunk_pts[i + 1]
+        dl = math.hypot(bx - ax, by - ay) or 1.0
+        dx, dy = (bx - ax) / dl, (by - ay) / dl  # upstream direction
+        r = float(trunk_r[i])
+        half = r * 1.35 + 6.0
+        body = _segment_buffer(geo, ax - dy * half, ay + dx * half, ax + dy * half, ay - dx * half, body_r)
+        k = min(n, i + run)
+        land = _polyline_buffer(geo, trunk_pts[i:k], np.asarray(trunk_r[i:k]) * 1.1 + 2.0)
+        if land is None:
+            continue
+        land = land.Intersection(_halfplane_box(geo, ax, ay, dx, dy, 500.0))
+        if land is None or land.IsEmpty():
+            continue
+        gully = gully.Union(land)
+        damlands.append(land)
+        dambodies.append(body)
+    for body in dambodies:
+        gully = gully.Difference(body)
+    return {"gully": gully, "damland": damlands, "dambody": dambodies}
+
+
+def _cell_features(seed, row, col, geo, density, extent, root=None):
+    """Gully networks rooted in one CELL x CELL cell (each seeded by seed, row, col, k).
+
+    ``extent``: (xmin, ymin, xmax, ymax) pixels of the scene; networks that miss it are skipped.
     ``root``: grow exactly one network from this pixel position instead.
     """
     rng = np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, 7, row + 1000, col + 1000]))
     count = 1 if root is not None else rng.poisson(density)
     networks = []
-    for _ in range(count):
+    for k in range(count):
         ox = (col + rng.random()) * CELL
         oy = (row + rng.random()) * CELL
         if root is not None:
             ox, oy = root
-        heading = rng.uniform(0, 2 * math.pi)
-        length = rng.uniform(350, 900)
-        width = rng.uniform(22, 60)
-        depth = 2 if length > 500 else 1
-        branches = []
-        trunk_pts, trunk_r = _branch(rng, ox, oy, heading, length, width, depth, branches)
-        parts = ogr.Geometry(ogr.wkbMultiPolygon)
-        for pts, radii in branches:
-            _add_polygons(parts, _polyline_buffer(geo, pts, radii))
-        gully = parts.UnionCascaded()
-        damlands, dambodies = [], []
-        n = len(trunk_pts)
-        n_dams = int(rng.choice([0, 1, 1, 2], p=[0.3, 0.35, 0.2, 0.15])) if n > 20 else 0
-        used = []
-        for _ in range(n_dams):
-            i = int(rng.integers(3, max(4, n // 2)))
-            if any(abs(i - j) < 12 for j in used):
-                continue
-            used.append(i)
-            (ax, ay), (bx, by) = trunk_pts[i], trunk_pts[i + 1]
-            dl = math.hypot(bx - ax, by - ay) or 1.0
-            dx, dy = (bx - ax) / dl, (by - ay) / dl  # upstream direction
-            r = float(trunk_r[i])
-            half = r * 1.25 + 6.0
-            body = _segment_buffer(geo, ax - dy * half, ay + dx * half, ax + dy * half, ay - dx * half,
-                                   rng.uniform(2.5, 4.0))
-            k = min(n, i + int(rng.integers(8, 22)))
-            upstream = trunk_pts[i:k]
-            land = _polyline_buffer(geo, upstream, np.asarray(trunk_r[i:k]) * 1.18 + 2.0)
-            if land is None:
-                continue
-            land = land.Intersection(_halfplane_box(geo, ax, ay, dx, dy, 400.0))
-            if land is None or land.IsEmpty():
-                continue
-            gully = gully.Union(land)
-            damlands.append(land)
-            dambodies.append(body)
-        for body in dambodies:
-            gully = gully.Difference(body)
-        networks.append({"gully": gully, "damland": damlands, "dambody": dambodies})
+        nrng = np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, 8, row + 1000, col + 1000, k]))
+        net = _network(seed, nrng, ox, oy, geo, extent)
+        if net is not None:
+            networks.append(net)
     return networks
 
 
@@ -369,22 +492,35 @@ def _footprint(width, height, nodata_edge, seed, geo):
 # Rendering of one window
 # --------------------------------------------------------------------------------------
 
-# Surface reflectances (blue, green, red, NIR)
-_LOESS = np.array([0.135, 0.185, 0.245, 0.295], dtype=np.float32)
-_LOESS_DARK = np.array([0.105, 0.140, 0.180, 0.245], dtype=np.float32)
-_SEDIMENT = np.array([0.165, 0.215, 0.275, 0.310], dtype=np.float32)
-_CROP = np.array([0.060, 0.105, 0.085, 0.380], dtype=np.float32)
-_SHRUB = np.array([0.045, 0.075, 0.060, 0.300], dtype=np.float32)
-_ROAD = np.array([0.170, 0.205, 0.250, 0.285], dtype=np.float32)
-_DAMLAND = np.array([0.150, 0.200, 0.230, 0.330], dtype=np.float32)
-_SUN_AZ, _SUN_EL = math.radians(150.0), math.radians(38.0)
+# Surface reflectances (blue, green, red, NIR) of the materials
+_LOESS = np.array([0.150, 0.200, 0.265, 0.310], dtype=np.float32)  # bare loess, dry
+_LOESS_DARK = np.array([0.115, 0.150, 0.195, 0.260], dtype=np.float32)  # ploughed / moist loess
+_FRESH = np.array([0.175, 0.230, 0.300, 0.330], dtype=np.float32)  # fresh loess on gully walls
+_SEDIMENT = np.array([0.165, 0.215, 0.270, 0.305], dtype=np.float32)  # gully floor
+_CROP = np.array([0.055, 0.100, 0.080, 0.400], dtype=np.float32)
+_GRASS = np.array([0.090, 0.135, 0.150, 0.300], dtype=np.float32)  # fallow / grassland, yellowish
+_SHRUB = np.array([0.040, 0.068, 0.055, 0.290], dtype=np.float32)
+_ROAD = np.array([0.185, 0.225, 0.275, 0.300], dtype=np.float32)
+_SUN_AZ, _SUN_EL = math.radians(150.0), math.radians(40.0)
+# one pixel towards the sun in image axes (x east, y down): azimuth 150 = SSE
+_SUN_DX, _SUN_DY = math.sin(_SUN_AZ), -math.cos(_SUN_AZ)
 
 
 def _mix(weight, a, b):
-    """Per-pixel blend of materials a and b ((4,) or (4, h, w)) by weight (h, w) -> (4, h, w)."""
-    a = a[:, None, None] if a.ndim == 1 else a
-    b = b[:, None, None] if b.ndim == 1 else b
-    return a + (b - a) * weight[None]
+    """Per-pixel blend of materials a and b ((4,) or (4, h, w)) by weight (h, w) -> (4, h, w).
+
+    When ``a`` is already a (4, h, w) array it is updated in place (and returned).
+    """
+    weight = np.asarray(weight, dtype=np.float32)
+    if a.ndim == 1:
+        out = np.empty((4,) + weight.shape, dtype=np.float32)
+        out[:] = a[:, None, None]
+    else:
+        out = a
+    for i in range(4):
+        bi = b[i] if b.ndim == 1 else b[i]
+        out[i] += (bi - out[i]) * weight
+    return out
 
 
 def _rasterize(layer, geotransform, w, h, bounds):
@@ -397,89 +533,141 @@ def _rasterize(layer, geotransform, w, h, bounds):
     return ds.GetRasterBand(1).ReadAsArray()
 
 
-def _distance_inside(mask, cap):
-    """Distance (pixels) from each pixel of ``mask`` to the nearest pixel outside it (capped)."""
+def _proximity(mask, cap):
+    """Distance (pixels) from every pixel to the nearest pixel where ``mask`` is set (capped)."""
     h, w = mask.shape
-    ds = gdal.GetDriverByName("MEM").Create("", w, h, 1, gdal.GDT_Byte)
-    ds.GetRasterBand(1).WriteArray((mask == 0).astype(np.uint8))
-    out = gdal.GetDriverByName("MEM").Create("", w, h, 1, gdal.GDT_Float32)
+    mem = gdal.GetDriverByName("MEM")
+    ds = mem.Create("", w, h, 1, gdal.GDT_Byte)
+    ds.GetRasterBand(1).WriteArray(mask.astype(np.uint8))
+    out = mem.Create("", w, h, 1, gdal.GDT_Float32)
     gdal.ComputeProximity(ds.GetRasterBand(1), out.GetRasterBand(1),
                           ["VALUES=1", f"MAXDIST={cap}", f"NODATA={cap}", "DISTUNITS=PIXEL"])
     return np.minimum(out.GetRasterBand(1).ReadAsArray(), cap)
 
 
-def _render(grid, gully, damland, dambody, valid):
-    """Surface reflectance (4, h, w) for a haloed window."""
-    g = grid
-    # terrain: rolling loess hills (metres) + gully incision
-    hills = g.fbm(900, 4, salt=1) * 60.0 + g.fbm(140, 3, salt=2) * 6.0
-    d_in = _distance_inside(gully, 16.0)
-    wall = _smoothstep(0.0, 9.0, d_in)  # 0 at the rim, 1 on the floor
-    floor_depth = 12.0 + 10.0 * g.value(300, salt=3)
+def _shift(a, dx, dy, fill=0):
+    """a shifted so that out[y, x] = a[y + dy, x + dx] (integer shifts, ``fill`` outside)."""
+    out = np.full_like(a, fill)
+    h, w = a.shape
+    ys, yd = (slice(dy, h), slice(0, h - dy)) if dy >= 0 else (slice(0, h + dy), slice(-dy, h))
+    xs, xd = (slice(dx, w), slice(0, w - dx)) if dx >= 0 else (slice(0, w + dx), slice(-dx, w))
+    out[yd, xd] = a[ys, xs]
+    return out
+
+
+def _lines(field, half_width):
+    """1 on the zero crossings of a smooth field, ``half_width`` pixels wide (soft edges)."""
+    gy, gx = np.gradient(field)
+    dist = np.abs(field) / (np.hypot(gx, gy) + 1e-7)
+    return 1.0 - _smoothstep(half_width - 0.7, half_width + 0.7, dist)
+
+
+def _render(g, gully, damland, dambody):
+    """Surface reflectance times illumination, (4, h, w), for a haloed window ``g``."""
+    is_g = gully > 0
     land = damland > 0
-    z = hills - np.where(gully > 0, floor_depth * wall, 0.0)
-    z = np.where(land, hills - floor_depth * 0.55, z)  # silted: flat, shallower
+    body = dambody > 0
+    channel = is_g & ~land
+    # --- relief: rolling hills, micro-relief, incised gullies and their flanks ----------
+    hills = g.fbm(TERRAIN_SCALE, 4, salt=1)
+    z = hills * 140.0 + g.fbm(48, 3, salt=2) * 1.5
+    d_in = _proximity(~is_g, 16.0)  # inside a gully: distance to its rim
+    d_out = _proximity(is_g, 44.0)  # outside: distance to the nearest gully
+    depth = 12.0 + 14.0 * g.value(350, salt=3)
+    wall = _smoothstep(0.5, 9.0, d_in)  # 0 at the rim .. 1 on the floor
+    z = z - np.where(channel, depth * wall, 0.0)
+    z = z - np.where(is_g, 0.0, 0.45 * depth * (1.0 - _smoothstep(0.0, 44.0, d_out)) ** 2)
+    z = np.where(land, hills * 140.0 - 0.7 * depth, z)  # silted dam land: flat
+    z = z + np.where(body, 1.5, 0.0)
     dzdy, dzdx = np.gradient(z.astype(np.float32), 0.75)
     slope = np.arctan(np.hypot(dzdx, dzdy))
-    aspect = np.arctan2(-dzdx, dzdy)
+    aspect = np.arctan2(dzdx, -dzdy)  # downslope direction, clockwise from north (image y is down)
     shade = np.sin(_SUN_EL) * np.cos(slope) + np.cos(_SUN_EL) * np.sin(slope) * np.cos(_SUN_AZ - aspect)
-    illum = 0.35 + 0.85 * np.clip(shade, 0.0, None)
+    illum = 0.28 + 0.95 * np.clip(shade, 0.0, None)
+    # cast shadow inside gullies: the rim towards the sun hides it (shadow length ~ depth / tan(el))
+    shadow = np.zeros_like(illum)
+    for k in (3, 6, 9, 12):
+        behind = _shift(is_g.astype(np.uint8), int(round(k * _SUN_DX)), int(round(k * _SUN_DY)), fill=1)
+        shadow = np.maximum(shadow, (channel & (behind == 0)) * (1.0 - k / 16.0))
+    illum = illum * (1.0 - 0.55 * shadow)
 
-    # farmland: terraces follow the contours of the smooth hills
-    farm = _smoothstep(0.42, 0.55, g.fbm(1400, 2, salt=4))
-    smooth = g.fbm(900, 2, salt=1)
-    sy, sx = np.gradient(smooth)
-    grad = np.hypot(sx, sy) + 1e-7
-    step = 0.012
+    # --- land cover outside the gullies ------------------------------------------------
+    farm = _smoothstep(0.45, 0.56, g.fbm(1500, 2, salt=4)) * ~is_g
+    smooth = g.fbm(TERRAIN_SCALE, 2, salt=1)
+    sgy, sgx = np.gradient(smooth)
+    grad = np.hypot(sgx, sgy) + 1e-7
+    step = 0.011
     phase = smooth / step
-    frac = np.abs(phase - np.round(phase)) * step / grad  # pixels to the nearest contour line
-    riser = (frac < 1.6).astype(np.float32) * farm
-    field_id = np.floor(phase)
-    field_tone = _hash01(field_id.astype(np.int64), np.floor(g.fbm(700, 1, salt=5) * 6).astype(np.int64),
-                         g.seed * 31 + 5).astype(np.float32)
+    dist_riser = np.abs(phase - np.round(phase)) * step / grad  # pixels to the nearest terrace riser
+    riser = (1.0 - _smoothstep(0.8, 1.8, dist_riser)) * farm
+    # riser faces: the downslope face is lit when the slope faces the sun
+    facing = (sgx * _SUN_DX + sgy * _SUN_DY) / grad  # > 0: terrain rises towards the sun
+    segment = np.floor(g.value(160, salt=5) * 5.0)
+    tone = _hash01(np.floor(phase).astype(np.int64), segment.astype(np.int64), g.seed * 31 + 5).astype(np.float32)
+    rows = 0.5 + 0.5 * np.sin(phase * (2 * math.pi * 5))  # crop rows along the contours
+    texture = g.fbm(32, 4, salt=6)
+    grain = g.white(7)
+    base = _mix(np.clip(texture * 0.9 + 0.25 * grain - 0.25, 0, 1), _LOESS, _LOESS_DARK)
+    # natural slopes: grass and shrub mottle
+    wild = 1.0 - farm
+    grass = _smoothstep(0.45, 0.65, g.fbm(90, 3, salt=8)) * 0.85
+    refl = _mix(wild * grass, base.copy(), _GRASS)
+    clumps = _smoothstep(0.68, 0.8, g.value(5, salt=19)) * _smoothstep(0.35, 0.6, g.fbm(220, 2, salt=20))
+    refl = _mix(wild * clumps * 0.9, refl, _SHRUB)
+    # fields: bare ploughed, green crop or fallow grass, one tone per terrace segment
+    crop = np.clip((tone - 0.4) * 3.0, 0, 1) * (tone < 0.78)
+    fallow = (tone >= 0.78).astype(np.float32)
+    bare = (tone < 0.4).astype(np.float32)
+    field_refl = _mix(crop * (0.75 + 0.25 * rows), base, _CROP)
+    field_refl = _mix(fallow * 0.8, field_refl, _GRASS)
+    field_refl = _mix(bare * 0.5 * rows, field_refl, _LOESS_DARK)
+    refl = _mix(farm, refl, field_refl)
+    refl = refl * (1.0 + riser * np.where(facing > 0, 0.25, -0.45))[None]
+    # tree plantations (black locust): crowns with shadows away from the sun
+    grove = _smoothstep(0.62, 0.7, g.fbm(300, 3, salt=9)) * ~is_g
+    crowns = _smoothstep(0.55, 0.75, g.value(4, salt=10)) * grove
+    crown_shadow = np.clip(_shift(crowns, -int(round(3 * _SUN_DX)), -int(round(3 * _SUN_DY))) - crowns, 0, 1)
+    refl = _mix(crowns, refl, _SHRUB)
+    illum = illum * (1.0 - 0.5 * crown_shadow)
 
-    # base material: loess with texture, fields with per-field tone
-    tex = g.fbm(40, 4, salt=6)
-    base = _mix(tex * 0.6 + 0.2 * g.white(7), _LOESS, _LOESS_DARK)
-    crop_w = farm * np.clip((field_tone - 0.45) * 2.2, 0, 1) * (0.6 + 0.4 * g.value(25, salt=8))
-    refl = _mix(crop_w, base, _CROP)
-    refl = _mix(farm * (field_tone < 0.25) * 0.35, refl, _LOESS_DARK)
-    # shrubs and trees: patches + scattered crowns
-    veg = _smoothstep(0.62, 0.72, g.fbm(260, 4, salt=9))
-    crowns = _smoothstep(0.80, 0.9, g.value(4, salt=10)) * _smoothstep(0.45, 0.6, g.fbm(500, 2, salt=11))
-    refl = _mix(np.clip(veg * 0.9 + crowns * 0.8, 0, 1), refl, _SHRUB)
-
-    # roads (on the ridges) and tracks: zero crossings of smooth fields
-    rd = g.fbm(1600, 2, salt=12) - 0.5
-    ry, rx = np.gradient(rd)
-    road_d = np.abs(rd) / (np.hypot(rx, ry) + 1e-7)
-    road = 1.0 - _smoothstep(2.5, 4.0, road_d)
-    tr = g.fbm(450, 2, salt=13) - 0.5
-    ty, tx = np.gradient(tr)
-    track_d = np.abs(tr) / (np.hypot(tx, ty) + 1e-7)
-    track = (1.0 - _smoothstep(0.8, 1.8, track_d)) * _smoothstep(0.5, 0.6, g.value(700, salt=14))
-    lane = np.clip(road + track * 0.8, 0, 1) * (gully == 0)
+    # --- roads along the ridges and field tracks (look like gully floors: bright loess) -----
+    road_field = g.fbm(1700, 2, salt=12) - 0.5
+    road = _lines(road_field, 2.6) * _smoothstep(0.3, 0.4, g.value(2500, salt=21))
+    track = _lines(g.fbm(420, 2, salt=13) - 0.5, 1.1) * _smoothstep(0.55, 0.62, g.value(600, salt=14))
+    lane = np.clip(road + 0.9 * track, 0, 1) * ~is_g
+    ditch = np.clip(_lines(road_field, 4.2) - road, 0, 1) * ~is_g
     refl = _mix(lane, refl, _ROAD)
+    refl = refl * (1.0 - 0.25 * ditch)[None]
 
-    # gully: floor sediment lighter, walls textured rills, some vegetation in the channel
-    is_g = (gully > 0) & ~land
-    rills = g.value(3, salt=15, scale_y=12) * 0.5 + g.value(12, salt=16, scale_y=3) * 0.5
-    gw = np.where(is_g, 1.0, 0.0).astype(np.float32)
-    refl = _mix(gw * (wall * 0.75), refl, _SEDIMENT)
-    refl = refl * (1.0 - 0.18 * gw * (1.0 - wall) * rills)[None]
-    gveg = _smoothstep(0.6, 0.75, g.fbm(60, 3, salt=17)) * gw
-    refl = _mix(gveg * 0.8, refl, _SHRUB)
-    # dam land: flat silted fields (bare or cropped), dam bodies compacted soil
+    # --- gullies: fresh loess walls with rills, lighter sediment floor, some shrubs ------------
+    gw = channel.astype(np.float32)
+    rills = g.value(2.5, salt=15, scale_y=9) * 0.5 + g.value(9, salt=16, scale_y=2.5) * 0.5
+    refl = _mix(gw * (1.0 - wall), refl, _FRESH)
+    refl = _mix(gw * wall, refl, _SEDIMENT)
+    refl = refl * (1.0 - 0.22 * gw * (1.0 - wall) * rills)[None]
+    floor_tex = g.fbm(24, 3, salt=23)
+    refl = _mix(gw * wall * _smoothstep(0.45, 0.7, floor_tex) * 0.6, refl, _LOESS_DARK)
+    gveg = _smoothstep(0.5, 0.68, g.fbm(70, 3, salt=17)) * gw
+    grass_floor = _smoothstep(0.4, 0.6, g.fbm(200, 2, salt=24)) * gw * wall
+    refl = _mix(grass_floor * 0.7, refl, _GRASS)
+    refl = _mix(gveg * 0.9, refl, _SHRUB)
+    # dam land: flat silted fields, cropped or bare, rows across the channel; dam bodies compacted
     lw = land.astype(np.float32)
-    land_tone = g.value(80, salt=18)
-    refl = _mix(lw, refl, _mix(land_tone, _DAMLAND, _CROP))
-    refl = _mix((dambody > 0).astype(np.float32), refl, _ROAD * 1.05)
-    illum = np.where(land, 0.35 + 0.85 * math.sin(_SUN_EL) * 1.05, illum)
-
-    # risers: steep terrace walls, dark when facing away from the sun
-    refl = refl * (1.0 - 0.35 * riser)[None]
-    # cast shadows of tree crowns (offset away from the sun)
+    land_crop = _smoothstep(0.35, 0.65, g.value(160, salt=18))
+    land_rows = 0.5 + 0.5 * np.sin((g.value(400, salt=22) * 40.0 + hills * 900.0))
+    land_refl = _mix(land_crop * (0.7 + 0.3 * land_rows), _SEDIMENT, _CROP)
+    refl = _mix(lw, refl, land_refl)
+    refl = _mix(body.astype(np.float32), refl, _ROAD * 1.08)
     return refl * illum[None]
+
+
+def _blur(a):
+    """A light [1, 2, 1] smoothing (the point spread of a pan-sharpened sensor), per band."""
+    out = a.copy()
+    out[..., 1:-1, :] = 0.25 * a[..., :-2, :] + 0.5 * a[..., 1:-1, :] + 0.25 * a[..., 2:, :]
+    tmp = out.copy()
+    out[..., :, 1:-1] = 0.25 * tmp[..., :, :-2] + 0.5 * tmp[..., :, 1:-1] + 0.25 * tmp[..., :, 2:]
+    return out
 
 
 def _encode(refl, bands, valid, white):
@@ -488,12 +676,12 @@ def _encode(refl, bands, valid, white):
     if bands == "bgrn":
         out = np.empty((4,) + refl.shape[1:], dtype=np.uint16)
         for i in range(4):
-            dn = refl[i] * 2300.0 + 40.0 + noise * 14.0
+            dn = refl[i] * 2400.0 + 45.0 + noise * 12.0
             out[i] = np.clip(np.rint(dn), 1, 1023)
     else:
         out = np.empty((3,) + refl.shape[1:], dtype=np.uint8)
         for i, src in enumerate((2, 1, 0)):  # red, green, blue
-            v = np.clip(refl[src] / 0.36, 0.0, 1.0) ** (1 / 1.15) * 255.0 + noise * 5.0
+            v = np.clip(refl[src] / 0.38, 0.0, 1.0) ** (1 / 1.2) * 255.0 + noise * 4.0
             out[i] = np.clip(np.rint(v), 1, 255)
     out[:, ~valid] = IMAGE_NODATA
     return out
@@ -630,12 +818,15 @@ def _write_features(gpkg_path, render_path, srs, width, height, seed, geo, footp
     out.StartTransaction()
     aux.StartTransaction()
 
+    area = 0.0
+
     def emit(net):
-        nonlocal network
+        nonlocal network, area
         gully = _as_multipolygon(net["gully"].Intersection(footprint))
         if gully.IsEmpty():
             return
         network += 1
+        area += gully.GetArea()
         feat = ogr.Feature(layer.GetLayerDefn())
         feat.SetField("label", GULLY_LABEL)
         feat.SetField("network", network)
@@ -652,12 +843,18 @@ def _write_features(gpkg_path, render_path, srs, width, height, seed, geo, footp
 
     for n, (r, c) in enumerate(cells):
         feedback.check_cancelled()
-        for net in _cell_features(seed, r, c, geo, density):
+        for net in _cell_features(seed, r, c, geo, density, (0, 0, width, height)):
             emit(net)
         feedback.progress(100.0 * (n + 1) / len(cells))
-    if network == 0:
-        # a small scene that no network reached: grow one from its centre (deterministic)
-        for net in _cell_features(seed, -7, -7, geo, 0, root=(width / 2.0, height / 2.0)):
+    # a scene that few networks reached (small scenes): grow more from inside it, so every
+    # scene has a realistic gully share (deterministic: positions from the seed)
+    extra = np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, 9]))
+    fp_area = footprint.GetArea()
+    for i in range(8):
+        if area / fp_area >= MIN_SHARE:
+            break
+        root = (extra.uniform(0.15, 0.85) * width, extra.uniform(0.15, 0.85) * height)
+        for net in _cell_features(seed, -50 - i, -50, geo, 0, (0, 0, width, height), root=root):
             emit(net)
     out.CommitTransaction()
     aux.CommitTransaction()
@@ -711,7 +908,7 @@ def _write_rasters(img_path, mask_path, gpkg_path, render_path, footprint, width
         body = _rasterize(body_layer, hgt, hw, hh, bounds)
         valid = _rasterize(fp_layer, hgt, hw, hh, bounds).astype(bool)
         grid = _Grid(hx, hy, hw, hh, seed)
-        refl = _render(grid, gully, land, body, valid)
+        refl = _blur(_render(grid, gully, land, body))
         white = grid.white(99)
         inner = (slice(HALO, HALO + h), slice(HALO, HALO + w))
         data = _encode(refl[:, inner[0], inner[1]], bands, valid[inner], white[inner])
