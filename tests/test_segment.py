@@ -1,0 +1,185 @@
+"""gullyseg:segment and gullyseg:setmodelmetadata through processing.run and qgis_process; polygons."""
+
+import importlib.util
+import json
+import subprocess
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from osgeo import gdal, ogr
+
+from gullyseg.processing.engine import inference
+from gullyseg.processing.engine.errors import GullySegError
+
+_spec = importlib.util.spec_from_file_location("onnx_models", Path(__file__).parent / "onnx_models.py")
+om = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(om)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    d = tmp_path_factory.mktemp("segmodels")
+    return om.make_fcn_model(d / "fcn.onnx", layers=2, hidden=8, seed=11,
+                             metadata={"class_names": {0: "gully"}, "seg_thresh": 0.45})
+
+
+def _read(path):
+    ds = gdal.Open(str(path))  # keep the dataset alive while its band is read (GDAL 3.6 bindings)
+    return ds.GetRasterBand(1).ReadAsArray()
+
+
+def test_processing_run_with_mask_layer_in_another_crs(run_alg, scene_factory, model, tmp_path):
+    from qgis.core import (
+        QgsCoordinateReferenceSystem,
+        QgsCoordinateTransform,
+        QgsFeature,
+        QgsGeometry,
+        QgsProject,
+        QgsVectorLayer,
+    )
+
+    scene = scene_factory("segalg", width=640, height=512, seed=13, nodata_edge=True)
+    gt = gdal.Open(str(scene)).GetGeoTransform()
+    x0, y0 = gt[0], gt[3]
+    wkt = (f"POLYGON(({x0 + 30.2} {y0 - 20.7},{x0 + 400.1} {y0 - 60.3},{x0 + 350.6} {y0 - 330.2},"
+           f"{x0 + 60.9} {y0 - 300.8},{x0 + 30.2} {y0 - 20.7}))")
+    # the same polygon in EPSG:4326, as a memory layer
+    layer = QgsVectorLayer("Polygon?crs=EPSG:4326", "area", "memory")
+    geom = QgsGeometry.fromWkt(wkt)
+    geom.transform(QgsCoordinateTransform(QgsCoordinateReferenceSystem("EPSG:32606"),
+                                          QgsCoordinateReferenceSystem("EPSG:4326"), QgsProject.instance()))
+    feat = QgsFeature()
+    feat.setGeometry(geom)
+    layer.dataProvider().addFeatures([feat])
+    results = run_alg("segment", {
+        "INPUT": str(scene), "MODEL": model, "MASK_LAYER": layer, "TTA": 1, "BATCH_SIZE": 4,
+        "OUTPUT_PROBABILITY": str(tmp_path / "p.tif"), "OUTPUT_MASK": str(tmp_path / "m.tif"),
+        "OUTPUT_POLYGONS": str(tmp_path / "g.gpkg"), "MIN_AREA": 2.0,
+    })
+    # the engine run with the polygon in the raster's CRS gives the same pixels
+    ref = inference.segment_raster(str(scene), model, output_probability=str(tmp_path / "ref_p.tif"),
+                                   output_mask=str(tmp_path / "ref_m.tif"), mask_wkts=[wkt], tta=1)
+    np.testing.assert_array_equal(_read(tmp_path / "p.tif"), _read(tmp_path / "ref_p.tif"))
+    np.testing.assert_array_equal(_read(tmp_path / "m.tif"), _read(tmp_path / "ref_m.tif"))
+    assert results["PIXELS_PROCESSED"] == ref["pixels_processed"] > 0
+    assert results["GULLY_AREA_M2"] == pytest.approx(ref["gully_area_m2"])
+    assert results["PROVIDER"] == ref["provider"]
+    # THRESHOLD -1 = the model's seg_thresh (0.45)
+    prob, mask = _read(tmp_path / "p.tif"), _read(tmp_path / "m.tif")
+    ok = prob != 255
+    assert set(np.unique(mask[ok])) <= {0, 1}
+    assert mask[ok & (prob >= 116)].min() == 1 and mask[ok & (prob <= 113)].max() == 0  # 0.45 * 254 = 114.3
+
+
+def test_polygons_match_the_mask(scene_factory, model, tmp_path, gdal_tool):
+    scene = scene_factory("segalg", width=640, height=512, seed=13, nodata_edge=True)
+    inference.segment_raster(str(scene), model, output_probability=str(tmp_path / "p0.tif"))
+    p0 = _read(tmp_path / "p0.tif")
+    thr = float(np.percentile(p0[p0 != 255], 85)) / 254 + 0.5 / 254  # ~15 % gully pixels, many polygons
+    res = inference.segment_raster(str(scene), model, output_probability=str(tmp_path / "p.tif"),
+                                   output_mask=str(tmp_path / "m.tif"), output_polygons=str(tmp_path / "g.gpkg"),
+                                   threshold=thr)
+    mask, prob = _read(tmp_path / "m.tif"), _read(tmp_path / "p.tif")
+    assert res["polygons"] > 3
+    ds = ogr.Open(str(tmp_path / "g.gpkg"))
+    lyr = ds.GetLayer(0)
+    assert lyr.GetName() == "g"
+    assert [lyr.GetLayerDefn().GetFieldDefn(i).GetName() for i in range(3)] == ["area_m2", "perimeter_m", "mean_prob"]
+    areas = {f.GetFID(): (f["area_m2"], f["perimeter_m"], f["mean_prob"], f.GetGeometryRef().Clone()) for f in lyr}
+    assert len(areas) == res["polygons"]
+    # rasterising the polygons with gdal_rasterize (fid as value) gives back the mask's gully pixels
+    src = gdal.Open(str(tmp_path / "m.tif"))
+    gt = src.GetGeoTransform()
+    w, h = src.RasterXSize, src.RasterYSize
+    labels = tmp_path / "labels.tif"
+    subprocess.run([gdal_tool("gdal_rasterize"), "-q", "-sql", "SELECT fid * 1 AS label, geom FROM g", "-a", "label", "-ot", "Int32", "-init", "0", "-te", str(gt[0]),
+                    str(gt[3] + h * gt[5]), str(gt[0] + w * gt[1]), str(gt[3]), "-ts", str(w), str(h),
+                    str(tmp_path / "g.gpkg"), str(labels)], check=True)
+    lab = _read(labels)
+    np.testing.assert_array_equal(lab > 0, mask == 1)
+    pixel_area = abs(gt[1] * gt[5])
+    counts = np.bincount(lab.ravel())
+    sums = np.bincount(lab.ravel(), weights=prob.ravel().astype(np.float64))
+    for fid, (area, perim, mean, geom) in areas.items():
+        assert area == pytest.approx(counts[fid] * pixel_area)
+        assert mean == pytest.approx(sums[fid] / counts[fid] / 254.0, abs=1e-9)
+        assert perim == pytest.approx(geom.Boundary().Length()) and perim >= 4 * 0.75
+        assert mean >= thr - 1 / 254
+    assert sum(a for a, *_ in areas.values()) == pytest.approx(res["gully_area_m2"])
+    # MIN_AREA drops exactly the small ones; SIMPLIFY keeps valid, simpler outlines
+    inference.segment_raster(str(scene), model, output_polygons=str(tmp_path / "big.gpkg"), threshold=thr,
+                             min_area=5.0, simplify=0.75)
+    big_ds = ogr.Open(str(tmp_path / "big.gpkg"))
+    big = [f for f in big_ds.GetLayer(0)]
+    assert len(big) == sum(1 for a, *_ in areas.values() if a >= 5.0)
+    assert all(f.GetGeometryRef().IsValid() for f in big)
+    assert not list(tmp_path.glob(".*"))  # no temporary probability/mask left behind
+
+
+def test_geographic_crs_refused(tmp_path, model):
+    path = tmp_path / "geo.tif"
+    gdal.Translate(str(path), gdal.GetDriverByName("MEM").Create("", 300, 300, 3, gdal.GDT_Byte),
+                   outputSRS="EPSG:4326", outputBounds=[-150, 62, -149.99, 61.99])
+    with pytest.raises(GullySegError, match="geographic"):
+        inference.segment_raster(str(path), model, output_mask=str(tmp_path / "m.tif"))
+    assert not (tmp_path / "m.tif").exists()
+
+
+def test_extent_parameter(run_alg, scene_factory, model, tmp_path):
+    scene = scene_factory("segalg", width=640, height=512, seed=13, nodata_edge=True)
+    gt = gdal.Open(str(scene)).GetGeoTransform()
+    xmin, xmax = gt[0] + 100 * 0.75, gt[0] + 400 * 0.75
+    ymax, ymin = gt[3] - 50 * 0.75, gt[3] - 350 * 0.75
+    run_alg("segment", {"INPUT": str(scene), "MODEL": model,
+                        "EXTENT": f"{xmin},{xmax},{ymin},{ymax} [EPSG:32606]",
+                        "OUTPUT_PROBABILITY": str(tmp_path / "p.tif"), "OUTPUT_MASK": str(tmp_path / "m.tif")})
+    ds = gdal.Open(str(tmp_path / "p.tif"))
+    assert (ds.RasterXSize, ds.RasterYSize) == (300, 300)
+    assert ds.GetGeoTransform()[0] == pytest.approx(xmin) and ds.GetGeoTransform()[3] == pytest.approx(ymax)
+
+
+def test_cancel_through_processing(run_alg, scene_factory, tmp_path):
+    from qgis.core import QgsProcessingException, QgsProcessingFeedback
+
+    scene = scene_factory("segalg", width=640, height=512, seed=13, nodata_edge=True)
+    slow = om.make_slow_model(tmp_path / "slow.onnx")
+    feedback = QgsProcessingFeedback()
+    threading.Timer(1.0, feedback.cancel).start()
+    out = tmp_path / "out"
+    with pytest.raises(QgsProcessingException):
+        run_alg("segment", {"INPUT": str(scene), "MODEL": str(slow), "OUTPUT_PROBABILITY": str(out / "p.tif"),
+                            "OUTPUT_MASK": str(out / "m.tif")}, feedback=feedback)
+    assert not out.exists() or not list(out.iterdir())
+
+
+def test_setmodelmetadata_in_place(run_alg, tmp_path):
+    path = om.make_fcn_model(tmp_path / "m.onnx")
+    results = run_alg("setmodelmetadata", {"MODEL": path, "RESOLUTION": 75, "ACTIVATION": 0, "INPUT_MAX": 1023,
+                                           "BANDS": "3,2,1", "CLASS_NAMES": "gully"})
+    meta = om.read_metadata(path)
+    assert json.loads(meta["resolution"]) == 75
+    assert json.loads(meta["gullyseg"]) == {"input_max": 1023, "bands": [3, 2, 1]}
+    assert json.loads(results["METADATA"]) == meta
+    assert results["OUTPUT_MODEL"] == path
+
+
+def test_qgis_process(qgis_process, scene_factory, model, tmp_path):
+    scene = scene_factory("segalg", width=640, height=512, seed=13, nodata_edge=True)
+    out = qgis_process("gullyseg:segment", {
+        "INPUT": str(scene), "MODEL": model, "BANDS": "1,2,3", "TTA": 0,
+        "OUTPUT_PROBABILITY": str(tmp_path / "p.tif"), "OUTPUT_MASK": str(tmp_path / "m.tif"),
+        "OUTPUT_POLYGONS": str(tmp_path / "g.gpkg"),
+    })
+    res = out["results"]
+    assert res["PROVIDER"] in ("CPUExecutionProvider", "CUDAExecutionProvider")
+    mask = _read(tmp_path / "m.tif")
+    assert res["PIXELS_PROCESSED"] == int((mask != 255).sum())
+    assert res["GULLY_AREA_M2"] == pytest.approx((mask == 1).sum() * 0.5625)
+    gds = ogr.Open(str(tmp_path / "g.gpkg"))
+    assert gds.GetLayer(0).GetFeatureCount() == res["POLYGON_COUNT"]
+    meta = qgis_process("gullyseg:setmodelmetadata", {"MODEL": model, "RESOLUTION": 75,
+                                                      "OUTPUT_MODEL": str(tmp_path / "copy.onnx")})
+    assert json.loads(om.read_metadata(tmp_path / "copy.onnx")["resolution"]) == 75
+    assert "resolution" in json.loads(meta["results"]["METADATA"])
