@@ -301,3 +301,44 @@ def test_failed_write_changes_nothing():
         session.keep()
     assert session.current.tile_id == "s_r0000_c0000" and tiles[0].status == "unscreened"
     assert session.undo_stack == []
+
+
+def test_model_scores_order_the_queue(make_tab, index_path, tmp_path):
+    """Optional help: tiles scored by predicted gully share in a background task, likely ones first."""
+    import importlib.util
+    from pathlib import Path
+
+    from qgis.core import QgsApplication
+
+    from gullyseg.ui.tasks import wait_for
+
+    spec = importlib.util.spec_from_file_location("onnx_models", Path(__file__).parent / "onnx_models.py")
+    onnx_models = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(onnx_models)
+    # per-pixel model: p = sigmoid(red / 255 - 0.5) >= 0.5  <=>  red >= 127.5
+    model = onnx_models.make_pointwise_model(str(tmp_path / "red.onnx"), weights=(1.0, 0.0, 0.0), bias=-0.5)
+    tab = make_tab(index_path)
+    first = tab.session.current.tile_id
+    task = tab.start_scoring(model)
+    assert task is not None, tab.messageLabel.text()
+    assert wait_for(task, timeout=60)
+    end = __import__("time").monotonic() + 5
+    while tab.score_task is not None and __import__("time").monotonic() < end:
+        QgsApplication.processEvents()
+    assert tab.score_task is None and "Scored 16 tiles" in tab.messageLabel.text(), tab.messageLabel.text()
+
+    # independent reference: the share of valid pixels whose red band is >= 127.5, from GDAL
+    records, _ = dataset.read_index(str(index_path))
+    expected = {}
+    for rec in records:
+        ds = gdal.Open(str(index_path.parent / rec["image_tif"]))
+        red = ds.GetRasterBand(1).ReadAsArray().astype(float)
+        valid = ds.GetRasterBand(1).GetMaskBand().ReadAsArray() > 0
+        expected[rec["tile_id"]] = float((red[valid] >= 127.5).mean()) if valid.any() else 0.0
+        assert rec["score"] == pytest.approx(expected[rec["tile_id"]], abs=1e-6)  # written to disk
+    order = [t.tile_id for t in tab.session.queue]
+    assert order == sorted(expected, key=lambda k: (-expected[k], k))
+    assert tab.orderCombo.currentData() == "score"
+    assert tab.session.current.tile_id == order[0]
+    assert statuses(index_path)[first] == "unscreened"  # scoring decides nothing
+    assert "score" in tab.tileIdLabel.text()

@@ -1,6 +1,7 @@
 """The GullySeg dock: a tab for screening tiles and a tab for ONNX inference."""
 
-from qgis.PyQt.QtWidgets import QDockWidget, QTabWidget
+from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtWidgets import QDockWidget, QFrame, QScrollArea, QTabWidget
 
 from ..metadata import NAME
 
@@ -19,14 +20,35 @@ class GullySegDock(QDockWidget):
         self.screening.setObjectName("GullySegScreeningTab")
         self.inference = InferenceTab(iface, self.tabs)
         self.inference.setObjectName("GullySegInferenceTab")
-        self.tabs.addTab(self.screening, "Screening")
-        self.tabs.addTab(self.inference, "Inference")
+        # each tab scrolls when the dock is shorter than the tab's minimum height
+        self.tabs.addTab(self._scrolling(self.screening), "Screening")
+        self.tabs.addTab(self._scrolling(self.inference), "Inference")
         self.tabs.setTabToolTip(0, "Step 2: keep or reject tiles with the keyboard (K, R, S, U, arrows, G)")
         self.tabs.setTabToolTip(1, "Map gullies over a raster layer with an ONNX model")
         self.tabs.currentChanged.connect(self._on_tab_changed)
 
+    def _scrolling(self, widget):
+        area = QScrollArea(self.tabs)
+        area.setWidgetResizable(True)
+        area.setFrameShape(QFrame.Shape.NoFrame)
+        area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # labels wrap instead
+        area.setWidget(widget)
+        return area
+
+    def tab_page(self, widget):
+        """The page of the tab widget that holds ``widget`` (its scroll area)."""
+        for i in range(self.tabs.count()):
+            page = self.tabs.widget(i)
+            if page is widget or (isinstance(page, QScrollArea) and page.widget() is widget):
+                return page
+        return None
+
+    def show_tab(self, widget):
+        self.tabs.setCurrentWidget(self.tab_page(widget))
+
     def _on_tab_changed(self, index):
-        if self.tabs.widget(index) is self.screening:
+        page = self.tabs.widget(index)
+        if page is not None and page is self.tab_page(self.screening):
             self.screening.tileView.setFocus()
 
     def shutdown(self):

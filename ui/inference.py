@@ -27,6 +27,7 @@ from qgis.PyQt.QtWidgets import QWidget
 from .. import compat
 from ..metadata import NAME, resource_path
 from . import settings
+from .tasks import EngineTask
 
 FORM_CLASS, _ = uic.loadUiType(os.path.join(os.path.dirname(__file__), "inference.ui"))
 
@@ -69,8 +70,8 @@ class RunFeedback(QgsProcessingFeedback):
         super().pushInfo(info)
 
 
-def describe_model(path):
-    """``onnx_model.describe(path)`` (dict), or raises GullySegError/ImportError."""
+def describe_model(path, feedback=None):
+    """``onnx_model.describe(path)`` (dict; loads the model and probes it once), or raises."""
     from ..processing.engine import onnx_model
 
     return onnx_model.describe(path)
@@ -101,17 +102,19 @@ def model_summary_html(info):
         window += " (model takes any size)"
     resolution = info.get("resolution_cm")
     if isinstance(resolution, (int, float)):
-        resolution = f"{resolution / 100.0:g} m/px (input resampled if the layer differs by more than 10 %)"
+        resolution = f"{resolution / 100.0:g} m/px"
     else:
         resolution = info.get("resolution")
     norm = info.get("normalisation") or info.get("normalization")
     if isinstance(norm, dict):
         scale = norm.get("input_max")
+        if isinstance(scale, str) and scale.startswith("255 for 8-bit"):
+            scale = "255 (8-bit input)"
         parts = [f"÷ {fmt(scale)}" if scale not in (None, "") else ""]
         mean, std = norm.get("mean"), norm.get("std")
         if mean is not None and std is not None:
-            parts.append(f"mean {fmt(mean)}, std {fmt(std)}")
-        norm = "; ".join(p for p in parts if p)
+            parts.append(f"mean {fmt(mean)} · std {fmt(std)}")
+        norm = "<br>".join(p for p in parts if p)
     rows = [
         ("Classes", fmt(classes)),
         ("Window", fmt(window)),
@@ -130,6 +133,7 @@ class InferenceTab(QWidget, FORM_CLASS):
     """Inference from a panel. ``run()`` returns the task; ``taskFinished(ok)`` when done."""
 
     taskFinished = pyqtSignal(bool)
+    modelDescribed = pyqtSignal(str)
 
     def __init__(self, iface, parent=None):
         super().__init__(parent)
@@ -139,6 +143,8 @@ class InferenceTab(QWidget, FORM_CLASS):
         self.context = None
         self.feedback = None
         self.model_info = None
+        self._describe_tasks = []
+        self._closing = False
         self.last_layers = []  # layers added by the last successful run
         self.last_outputs = {}  # requested output paths of the last run
 
@@ -218,6 +224,7 @@ class InferenceTab(QWidget, FORM_CLASS):
         self.cancelButton.setEnabled(running)
 
     def _on_model_changed(self, path):
+        """Describe the model in a background task (loading and probing a big model takes time)."""
         self.model_info = None
         if not path:
             self.modelInfoLabel.setText(
@@ -226,18 +233,40 @@ class InferenceTab(QWidget, FORM_CLASS):
             )
             return
         if not os.path.isfile(path):
-            self.modelInfoLabel.setText(f"<span style='color:#c83232'>No such file: {path}</span>")
+            self.modelInfoLabel.setText(f"<span style='color:#c83232'>No such file: {_html(path)}</span>")
             return
-        try:
-            self.model_info = describe_model(path)
-        except ImportError:
-            self.modelInfoLabel.setText("The ONNX engine is not available in this installation.")
+        self.modelInfoLabel.setText(f"Reading {_html(os.path.basename(path))} …")
+        task = EngineTask(f"{NAME}: reading model {os.path.basename(path)}", describe_model, path,
+                          on_done=lambda t, p=path: self._on_model_described(p, t))
+        self._describe_tasks.append(task)
+        QgsApplication.taskManager().addTask(task)
+
+    def _on_model_described(self, path, task):
+        if task in self._describe_tasks:
+            self._describe_tasks.remove(task)
+        if self._closing:
             return
-        except Exception as exc:  # noqa: BLE001 (GullySegError and onnx errors: shown, not raised)
-            self.modelInfoLabel.setText(f"<span style='color:#c83232'>{_html(str(exc))}</span>")
+        if path != self.modelWidget.filePath():
+            return  # the person chose another model meanwhile
+        if task.error or task.result is None:
+            error = task.error or "the model could not be read"
+            self.modelInfoLabel.setText(f"<span style='color:#c83232'>{_html(error)}</span>")
             return
+        self.model_info = task.result
         self.modelInfoLabel.setText(model_summary_html(self.model_info))
         settings.set_value("inference/model", path)
+        self.modelDescribed.emit(path)
+
+    def wait_for_model_info(self, timeout=30.0):
+        """Process events until the model panel is filled in (tests, scripts)."""
+        import time
+
+        end = time.monotonic() + timeout
+        while self._describe_tasks and time.monotonic() < end:
+            QgsApplication.processEvents()
+            time.sleep(0.01)
+        QgsApplication.processEvents()
+        return not self._describe_tasks
 
     def _message(self, text, level=compat.MSG_INFO, bar=False):
         colour = {compat.MSG_CRITICAL: "#c83232", compat.MSG_WARNING: "#b06000", compat.MSG_SUCCESS: "#1a8c2e"}
@@ -456,6 +485,8 @@ class InferenceTab(QWidget, FORM_CLASS):
         return added
 
     def shutdown(self):
+        self._closing = True
+        self._describe_tasks = []
         if self.task is not None:
             self.cancel()
             try:

@@ -476,8 +476,8 @@ class ScreeningTab(QWidget, FORM_CLASS):
         self.countersLabel.setText(
             f"<span style='color:{STATUS_COLOURS[STATUS_KEEP]}'>Kept <b>{c['kept']}</b></span> · "
             f"<span style='color:{STATUS_COLOURS[STATUS_REJECT]}'>Rejected <b>{c['rejected']}</b></span> · "
-            f"Remaining <b>{c['remaining']}</b> · Total <b>{c['total']}</b> · "
-            f"<b>{c['rate']:.1f}</b> tiles/min"
+            f"Remaining <b>{c['remaining']}</b> · Total <b>{c['total']}</b><br>"
+            f"Rate <b>{c['rate']:.1f}</b> tiles/min"
         )
 
     def _picture_path(self, tile):

@@ -80,8 +80,8 @@ class ScreeningSession:
         return queue
 
     def set_filter(self, filter_name=None, order=None, keep_current=True):
-        """Apply a filter and/or order. Stays on the current tile when it is still listed,
-        else goes to the first unscreened tile of the new queue (resume), else the first."""
+        """Apply a filter and/or order. Stays on the current tile when it is still listed (and the
+        order is unchanged), else goes to the first unscreened tile of the new queue (resume)."""
         if filter_name is not None:
             if filter_name not in FILTERS:
                 raise ValueError(f"unknown filter {filter_name!r}; one of {FILTERS}")
@@ -89,6 +89,8 @@ class ScreeningSession:
         if order is not None:
             if order not in ORDERS:
                 raise ValueError(f"unknown order {order!r}; one of {ORDERS}")
+            if order != self.order:
+                keep_current = False  # a new order starts at its top (likely gully tiles first)
             self.order = order
         current = self.current if keep_current else None
         self.queue = self._build_queue()
@@ -110,7 +112,7 @@ class ScreeningSession:
             if tile is not None:
                 tile.score = None if score is None else float(score)
         if self.order == ORDER_SCORE:
-            self.set_filter()
+            self.set_filter(keep_current=False)
 
     @property
     def current(self):
