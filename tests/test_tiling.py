@@ -353,6 +353,7 @@ def test_non_empty_folder_and_overwrite(tmp_path):
     (out / "labelme").mkdir()
     (out / "labelme" / "s_r0000_c0000.json").write_text("{}")
     (out / "notes.txt").write_text("mine")
+    (out / "index.html").write_text("mine: shares the index's stem")
     (out / "images" / "readme.txt").write_text("mine too")
     before = _files(out)
     with pytest.raises(GullySegError, match="not empty.*OVERWRITE"):
@@ -363,6 +364,7 @@ def test_non_empty_folder_and_overwrite(tmp_path):
     result = tiling.grid_tiles(scene, out, tile_size=256, fmt=0, overwrite=True, feedback=fb)
     after = _files(out)
     assert "notes.txt" in after and "images/readme.txt" in after and "labelme/s_r0000_c0000.json" in after
+    assert "index.html" in after
     assert not [f for f in after if f.endswith((".jpg", ".jgw"))]
     tifs = sorted(f for f in after if f.endswith(".tif"))
     assert tifs == sorted(r["image_tif"] for r in dataset.read_index(result.index_path)[0])

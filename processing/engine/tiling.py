@@ -318,10 +318,9 @@ def _owned_files(root, index_path):
     """Files of ``root`` that grid division owns (replaced by OVERWRITE)."""
     paths = dataset.DatasetPaths(root)
     owned = []
-    for p in (paths.index, index_path, paths.card, paths.card_md):
-        if os.path.exists(p):
-            owned.append(p)
-            owned += gdalio._side_files(p) if p in (paths.index, index_path) else []
+    for p in (paths.index, index_path):  # the GeoPackage and SQLite's own side files, nothing else
+        owned += [q for q in (p, p + "-journal", p + "-wal", p + "-shm", p + ".aux.xml") if os.path.exists(q)]
+    owned += [p for p in (paths.card, paths.card_md) if os.path.exists(p)]
     if os.path.isdir(paths.images):
         for name in sorted(os.listdir(paths.images)):
             full = os.path.join(paths.images, name)
@@ -509,7 +508,7 @@ def grid_tiles(input_path, output_dir, tile_size=DEFAULT_TILE_SIZE, stride=0, ed
     if overwrite:
         old = [p for p in _owned_files(root, index_path) if os.path.abspath(p) != os.path.abspath(input_path)]
         for p in old:
-            gdalio.remove_with_side_files(p) if p.endswith((".gpkg",)) else _remove(p)
+            _remove(p)
         if old:
             feedback.info(f"OVERWRITE: removed {len(old)} file(s) of the earlier run in '{root}'.")
         kept = [d for d in (dataset.MASKS_DIR, dataset.LABELME_DIR) if os.path.isdir(os.path.join(root, d))
@@ -605,7 +604,9 @@ def grid_tiles(input_path, output_dir, tile_size=DEFAULT_TILE_SIZE, stride=0, ed
     except BaseException as exc:
         writer.abort()  # waits for the tiles being written, so none is renamed into place later
         for path in written:
-            gdalio.remove_with_side_files(path)
+            stem = os.path.splitext(path)[0]
+            for side in [path] + [stem + suffix for suffix in (_TIF_SIDES + _JPG_SIDES)]:
+                _remove(side)
         for folder in reversed(created):  # folders this run created, if left empty
             with contextlib.suppress(OSError):
                 os.rmdir(folder)
