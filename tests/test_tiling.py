@@ -260,6 +260,23 @@ def test_jpeg_tiles_georeferenced_and_stretched_once(scene_factory, tmp_path):
     assert float(jgw[4]) == pytest.approx(gt[0] + gt[1] / 2) and float(jgw[5]) == pytest.approx(gt[3] + gt[5] / 2)
 
 
+def test_stretch_sampling_of_large_scenes(tmp_path, monkeypatch):
+    """Above STRETCH_FULL_READ_PIXELS one block in sqrt(blocks) is read; the percentiles stay close."""
+    scene = _geo_scene(tmp_path / "u.tif", size=(1024, 1024), bands=1, dtype=gdal.GDT_UInt16, nodata=0)
+    ds = gdal.Open(str(scene))
+    data = ds.ReadAsArray()
+    validity = tiling._Validity(ds, gdalio.raster_info(ds))
+    monkeypatch.setattr(tiling, "STRETCH_FULL_READ_PIXELS", 1000)
+    reads = []
+    original = gdalio.read_window
+    monkeypatch.setattr(gdalio, "read_window",
+                        lambda d, x, y, w, h, b=None: reads.append(h) or original(d, x, y, w, h, b))
+    sampled = tiling.compute_stretch(ds, [1], validity)
+    assert sum(reads) < 1024 / 4  # a sample of the scene's blocks, not the scene
+    lo, hi = np.percentile(data[data != 0], (2, 98))
+    assert sampled["low"][0] == pytest.approx(lo, rel=0.1) and sampled["high"][0] == pytest.approx(hi, rel=0.05)
+
+
 def test_jpeg_bands_parameter(tmp_path):
     scene = _geo_scene(tmp_path / "s.tif", size=(256, 256), bands=4)
     with pytest.raises(GullySegError, match="JPEG_BANDS"):

@@ -38,6 +38,7 @@ FORMAT_NAMES = {FORMAT_GTIFF: ["tif"], FORMAT_JPEG: ["jpg"], FORMAT_BOTH: ["tif"
 DEFAULT_TILE_SIZE = 256
 DEFAULT_MAX_NODATA = 0.999
 STRETCH_PERCENTILES = (2.0, 98.0)
+STRETCH_FULL_READ_PIXELS = 16_000_000  # scenes up to this size are read entirely for the stretch
 JPEG_QUALITY = 90
 # GeoTIFF tiles: DEFLATE, one strip per tile (a 256x256 tile is a single block). The benchmark
 # gives gdal_retile.py the same compression so both write the same kind of file.
@@ -169,10 +170,11 @@ def compute_stretch(ds, bands, validity, percentiles=STRETCH_PERCENTILES, max_sa
         return {"method": "none", "reason": "8-bit data are written as they are", "bands": bands}
     width, height = ds.RasterXSize, ds.RasterYSize
     bw, bh = ds.GetRasterBand(1).GetBlockSize()
-    if width * height <= 16_000_000:
+    small = width * height <= STRETCH_FULL_READ_PIXELS
+    if small:
         bw, bh = width, min(height, max(bh, 256))
     blocks = list(windows.iter_blocks(width, height, bw, bh))
-    rate = 1 if width * height <= 16_000_000 else max(1, int(math.sqrt(len(blocks))))
+    rate = 1 if small else max(1, int(math.sqrt(len(blocks))))
     picked = blocks[::rate]
     total = sum(w * h for _, _, w, h in picked)
     step = max(1, math.ceil(total / max_samples))
