@@ -36,13 +36,16 @@ Groups and leakage
 
 Allocation
     Groups are sorted by id, then (STRATIFY) put in bins of gully pixel share (bin 0: no gully
-    pixels; the others: equal-count quantile bins of the positive shares, about ten groups or
-    more per bin, at most ten bins). Each bin is shuffled with ``numpy.random.default_rng(SEED)``
-    and the bins are concatenated (without STRATIFY: one shuffled list). Groups are then dealt
-    out in that order by sequential largest-remainder apportionment: each group goes to the
-    split that is furthest below its quota ``ratio * tiles dealt so far`` (in tiles). Every prefix
-    of the order, hence every bin, is therefore split by the ratios, and the final split sizes are
-    within one group of ``ratio * tiles``. Same data and seed, same split.
+    pixels; the others: equal-count quantile bins of the positive shares, each about one dealing
+    cycle of 1 / (smallest non-zero ratio) groups, i.e. 5 for 6:2:2). Each bin is shuffled with
+    ``numpy.random.default_rng(SEED)`` and the bins are concatenated (without STRATIFY: one
+    shuffled list). Groups are then dealt out in that order by sequential largest-remainder
+    apportionment: each group goes to the split that is furthest below its quota
+    ``ratio * tiles dealt so far`` (in tiles). Every prefix of the order, hence every bin, is
+    therefore split by the ratios, and the final split sizes are within one group of
+    ``ratio * tiles``. With STRATIFY, 32 such allocations are drawn from the seeded generator and
+    the one whose splits' gully pixel shares are closest to the overall share is kept (the
+    largest deviation is minimised). Same data and seed, same split.
 
 Gully share
     From the masks: gully pixels are mask values 1..254 (every class but background 0; with the
@@ -52,6 +55,7 @@ Gully share
 
 import errno
 import json
+import math
 import os
 import re
 import shutil
@@ -241,10 +245,15 @@ def group_of(tile, strategy, block_size):
     return f"{scene}_b{int(tile.row) // block_size:04d}_{int(tile.col) // block_size:04d}"
 
 
-def stratum_bins(shares):
-    """Bin per group: 0 for no gully pixels, 1..n equal-count quantile bins of the positive shares."""
+def stratum_bins(shares, ratios):
+    """Bin per group: 0 for no gully pixels, 1..n equal-count quantile bins of the positive shares.
+
+    A bin holds about one dealing cycle, 1 / (smallest non-zero ratio) groups (5 for 6:2:2), so
+    every split gets a share of every narrow range of gully shares.
+    """
     positive = sorted((s, i) for i, s in enumerate(shares) if s > 0)
-    n_bins = max(1, min(10, len(positive) // 10))
+    cycle = max(2, math.ceil(1.0 / min(r for r in ratios if r > 0) - 1e-9))
+    n_bins = max(1, len(positive) // cycle)
     bins = [0] * len(shares)
     for rank, (_, i) in enumerate(positive):
         bins[i] = 1 + rank * n_bins // len(positive)
@@ -265,21 +274,50 @@ def deal(order, weights, ratios):
     return out
 
 
-def allocate(group_ids, weights, shares, ratios, seed, stratify):
-    """{group id: split name}, and the stratification bins used."""
+CANDIDATES = 32  # stratified allocations tried per run; the best balanced one is kept
+
+
+def share_spread(assigned, pixels, ratios):
+    """Largest |gully share of a split - overall share| over the non-empty splits with a ratio."""
+    gully = [0.0] * len(SPLITS)
+    labelled = [0.0] * len(SPLITS)
+    for g, k in assigned.items():
+        gully[k] += pixels[g][0]
+        labelled[k] += pixels[g][1]
+    total = sum(labelled)
+    if not total:
+        return 0.0
+    overall = sum(gully) / total
+    return max((abs(gully[k] / labelled[k] - overall) for k in range(len(SPLITS))
+                if ratios[k] > 0 and labelled[k] > 0), default=0.0)
+
+
+def allocate(group_ids, weights, shares, ratios, seed, stratify, pixels=None, candidates=CANDIDATES):
+    """{group id: split name}, and the number of stratification bins used.
+
+    Without ``stratify``: one seeded shuffle, dealt out. With it: the groups are binned by gully
+    share, each bin shuffled, and dealt out; ``candidates`` such allocations are drawn from the
+    seeded generator and the one whose splits' gully pixel shares are closest to the overall
+    share (``pixels``: {group: (gully, labelled)}) is kept. Every candidate meets the ratios within
+    one group, so the choice only improves the balance. Same inputs and seed, same result.
+    """
     ids = sorted(group_ids)
     rng = np.random.default_rng(int(seed))
-    if stratify:
-        bins, n_bins = stratum_bins([shares[g] for g in ids])
-        order = []
-        for b in range(n_bins + 1):
-            members = [g for g, gb in zip(ids, bins) if gb == b]
-            order += [members[i] for i in rng.permutation(len(members))]
-    else:
-        bins, n_bins = [0] * len(ids), 0
+    if not stratify:
         order = [ids[i] for i in rng.permutation(len(ids))]
-    assigned = deal(order, weights, ratios)
-    return {g: SPLITS[k] for g, k in zip(order, assigned)}, n_bins
+        return {g: SPLITS[k] for g, k in zip(order, deal(order, weights, ratios))}, 0
+    bins, n_bins = stratum_bins([shares[g] for g in ids], ratios)
+    members = [[g for g, gb in zip(ids, bins) if gb == b] for b in range(n_bins + 1)]
+    best, best_spread = None, None
+    for _ in range(max(1, candidates if pixels else 1)):
+        order = []
+        for group in members:
+            order += [group[i] for i in rng.permutation(len(group))]
+        assigned = dict(zip(order, deal(order, weights, ratios)))
+        spread = share_spread(assigned, pixels, ratios) if pixels else 0.0
+        if best is None or spread < best_spread - 1e-12:
+            best, best_spread = assigned, spread
+    return {g: SPLITS[k] for g, k in best.items()}, n_bins
 
 
 # --- variants (written by augment.py) --------------------------------------------------
@@ -606,7 +644,8 @@ def split_dataset(root, ratios="6:2:2", seed=42, strategy=STRATEGY_TILE, block_s
         gully[g] = gully.get(g, 0) + t.gully
         labelled[g] = labelled.get(g, 0) + t.labelled
     shares = {g: (gully[g] / labelled[g] if labelled[g] else 0.0) for g in weights}
-    split_of_group, n_bins = allocate(list(weights), weights, shares, ratio_values, seed, stratify)
+    pixels = {g: (gully[g], labelled[g]) for g in weights}
+    split_of_group, n_bins = allocate(list(weights), weights, shares, ratio_values, seed, stratify, pixels)
     for t in tiles:
         t.split = split_of_group[groups[t.tile_id]]
     if strategy == STRATEGY_TILE:
@@ -628,6 +667,7 @@ def split_dataset(root, ratios="6:2:2", seed=42, strategy=STRATEGY_TILE, block_s
         "block_size": block_size if strategy == STRATEGY_BLOCK else None,
         "stratify": bool(stratify),
         "stratify_bins": n_bins if stratify else 0,
+        "stratify_candidates": CANDIDATES if stratify else 0,
         "materialize": bool(materialize),
         "ignore_value": ignore,
     }
