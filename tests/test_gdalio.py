@@ -121,3 +121,16 @@ def test_atomic_output_moves_side_files(tmp_path):
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names in (["tile.jpg", "tile.jpg.aux.xml", "tile.wld"], ["tile.jgw", "tile.jpg", "tile.jpg.aux.xml"])
     assert gdal.Open(str(target)).GetGeoTransform()[0] == 420000.0
+
+
+def test_overwrite_leaves_sibling_files_of_other_formats(tmp_path):
+    """Replacing x.tif must not touch x.jpg / x.jgw (a tile's JPEG twin), only x.tif's own files."""
+    for name in ("x.jpg", "x.jgw", "x.jpg.aux.xml", "x.tif", "x.tif.aux.xml"):
+        (tmp_path / name).write_text(name)
+    with gdalio.atomic_output(tmp_path / "x.tif", overwrite=True) as tmp:
+        with open(tmp, "w") as fh:
+            fh.write("new tif")
+    assert (tmp_path / "x.tif").read_text() == "new tif"
+    assert not (tmp_path / "x.tif.aux.xml").exists()  # the old tif's stale side file went with it
+    for name in ("x.jpg", "x.jgw", "x.jpg.aux.xml"):
+        assert (tmp_path / name).read_text() == name

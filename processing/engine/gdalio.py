@@ -178,13 +178,26 @@ def numpy_to_gdal_type(dtype):
     return gdal_array.NumericTypeCodeToGDALTypeCode(np.dtype(dtype).type)
 
 
+# World files GDAL writes beside an image, by the image's extension.
+_WORLD_FILES = {
+    ".tif": (".tfw", ".tifw", ".wld"),
+    ".tiff": (".tfw", ".tiffw", ".wld"),
+    ".jpg": (".jgw", ".jpgw", ".wld"),
+    ".jpeg": (".jgw", ".jpegw", ".wld"),
+    ".png": (".pgw", ".pngw", ".wld"),
+}
+
+
 def _side_files(path):
-    """Files GDAL/OGR may write beside ``path`` (aux.xml, world files, sqlite journals)."""
-    base, _ = os.path.splitext(path)
-    found = [p for p in glob.glob(glob.escape(path) + ".*")]
-    found += [p for p in glob.glob(glob.escape(base) + ".*") if p != path and p not in found]
-    found += [p for p in (path + "-journal", path + "-wal", path + "-shm") if os.path.exists(p)]
-    return [p for p in found if os.path.exists(p)]
+    """Files GDAL/OGR writes beside ``path``: ``<file>.aux.xml/.ovr/.msk``, its world file, journals.
+
+    Only files that belong to ``path`` itself: ``x.jpg`` is never a side file of ``x.tif``.
+    """
+    base, ext = os.path.splitext(path)
+    found = glob.glob(glob.escape(path) + ".*")
+    found += [base + suffix for suffix in _WORLD_FILES.get(ext.lower(), (".wld",))]
+    found += [path + "-journal", path + "-wal", path + "-shm"]
+    return [p for p in dict.fromkeys(found) if os.path.exists(p)]
 
 
 def remove_with_side_files(path):
