@@ -73,7 +73,8 @@ def main():
 
     QgsSettings().setValue("locale/userLocale", "en_GB")
     Processing.initialize()
-    QgsApplication.processingRegistry().addProvider(GullySegProvider())
+    provider = GullySegProvider()  # keep a reference: the registry does not keep the Python object
+    QgsApplication.processingRegistry().addProvider(provider)
     work = tempfile.mkdtemp(prefix="gullyseg_shots_")
     scene = os.path.join(work, "demo_scene.tif")
     synthetic.make_scene(scene, width=1536, height=1536, seed=11)
@@ -83,10 +84,11 @@ def main():
     model = resource_path("models", "gullyseg_demo_unet.onnx")
     if not os.path.exists(model):
         onnx_models = _load("onnx_models", os.path.join(ROOT, "tests", "onnx_models.py"))
-        model = onnx_models.make_fcn_model(
-            os.path.join(work, "gully_fcn.onnx"), in_channels=3, hidden=8, layers=3,
-            metadata={"model_type": "Segmentor", "class_names": {"0": "background", "1": "gully"},
-                      "resolution": 75, "tile_size": 256, "seg_thresh": 0.5,
+        # a toy per-pixel model (dark pixels -> gully), only so that the picture shows something
+        model = onnx_models.make_pointwise_model(
+            os.path.join(work, "toy_dark_pixels.onnx"), weights=(-12.0, -12.0, -12.0), bias=11.0,
+            metadata={"model_type": "Segmentor", "class_names": {"0": "gully"}, "resolution": 75,
+                      "tile_size": 256, "seg_thresh": 0.5,
                       "standardization_mean": [0.0, 0.0, 0.0], "standardization_std": [1.0, 1.0, 1.0]})
 
     for key in settings.DEFAULTS:
@@ -139,7 +141,10 @@ def main():
     inf.rasterCombo.setLayer(scene_layer)
     inf.modelWidget.setFilePath(model)
     inf.wait_for_model_info()
-    if QgsApplication.processingRegistry().algorithmById("gullyseg:segment") is not None:
+    inf.minAreaSpin.setValue(20.0)
+    if QgsApplication.processingRegistry().algorithmById("gullyseg:segment") is None:
+        print("gullyseg:segment is not available: the inference screenshot shows no result")
+    else:
         done = []
         inf.taskFinished.connect(done.append)
         if inf.run() is not None:
@@ -147,9 +152,12 @@ def main():
             while not done and time.monotonic() < end:
                 app.processEvents()
                 time.sleep(0.05)
+        print("inference:", inf.messageLabel.text())
         group_layers = [layer for layer in inf.last_layers]
         canvas.setLayers(group_layers + [scene_layer])
-        canvas.setExtent(scene_layer.extent())
+        extent = scene_layer.extent()
+        extent.scale(0.6)
+        canvas.setExtent(extent)
     settle()
     shot = os.path.join(args.out, "dock_inference.png")
     window.grab().save(shot)

@@ -613,6 +613,16 @@ class ScreeningTab(QWidget, FORM_CLASS):
             return True
         return False
 
+    def showEvent(self, event):  # noqa: N802
+        if self.rubber_band is not None and self.session is not None and self.session.current is not None:
+            self.rubber_band.show()
+        super().showEvent(event)
+
+    def hideEvent(self, event):  # noqa: N802
+        if self.rubber_band is not None:
+            self.rubber_band.hide()  # the outline belongs to screening, not to the other tab
+        super().hideEvent(event)
+
     def shutdown(self):
         if self.score_task is not None:
             try:

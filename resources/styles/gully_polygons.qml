@@ -30,7 +30,7 @@
             <Option name="offset" type="QString" value="0,0"/>
             <Option name="offset_map_unit_scale" type="QString" value="3x:0,0,0,0,0,0"/>
             <Option name="offset_unit" type="QString" value="MM"/>
-            <Option name="outline_color" type="QString" value="255,220,0,255"/>
+            <Option name="outline_color" type="QString" value="0,229,255,255"/>
             <Option name="outline_style" type="QString" value="solid"/>
             <Option name="outline_width" type="QString" value="0.5"/>
             <Option name="outline_width_unit" type="QString" value="MM"/>
@@ -42,7 +42,7 @@
           <prop v="0,0" k="offset"/>
           <prop v="3x:0,0,0,0,0,0" k="offset_map_unit_scale"/>
           <prop v="MM" k="offset_unit"/>
-          <prop v="255,220,0,255" k="outline_color"/>
+          <prop v="0,229,255,255" k="outline_color"/>
           <prop v="solid" k="outline_style"/>
           <prop v="0.5" k="outline_width"/>
           <prop v="MM" k="outline_width_unit"/>
