@@ -288,6 +288,8 @@ def test_export_writes_labelme_files_and_never_overwrites(scene, index):
         image = os.path.join(lm, doc["imagePath"])
         assert open(image, "rb").read() == open(os.path.join(root, "images", f"{tid}.jpg"), "rb").read()
     assert open(os.path.join(lm, "labels.txt")).read().split() == ["__ignore__", "_background_", "gully"]
+    card = dataset.read_card(root)["labelme"]
+    assert card["files"] == 2 and card["label"] == "gully" and card["folder"] == "labelme"
     # an annotator's work is never overwritten
     edited = os.path.join(lm, f"{ids[0]}.json")
     with open(edited, "w") as handle:

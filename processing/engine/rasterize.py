@@ -681,6 +681,15 @@ def export_labelme(index_path, only_kept=True, prefill=None, label="gully", outp
                 handle.write(label + "\n")
             feedback.info(f"Added '{label}' to the existing {labels_file}.")
     dataset.update_index(index_path, updates)
+    dataset.update_card(paths.root, labelme={
+        "folder": _rel_or_abs(paths, out_dir),
+        "label": label,
+        "labels_file": _rel_or_abs(paths, labels_file),
+        "files": sum(1 for n in os.listdir(out_dir) if n.lower().endswith(".json")),
+        "only_kept": bool(only_kept),
+        "prefilled": prefill is not None,
+        "coordinates": "Labelme pixel coordinates, pixel-corner based: (0, 0) is the tile's top-left corner",
+    })
     if skipped:
         feedback.warn(f"{skipped} tile(s) already had a Labelme file; kept as they are (annotators' work).")
     feedback.progress(100.0)
