@@ -342,3 +342,48 @@ def test_model_scores_order_the_queue(make_tab, index_path, tmp_path):
     assert tab.session.current.tile_id == order[0]
     assert statuses(index_path)[first] == "unscreened"  # scoring decides nothing
     assert "score" in tab.tileIdLabel.text()
+
+
+def test_session_stays_consistent_under_random_use():
+    """Random keys, filters and undos: the written statuses, the counters and undo agree throughout."""
+    import random
+
+    rng = random.Random(8)
+    disk = {}
+    tiles = [Tile(fid=i, tile_id=f"s_r{i // 7:04d}_c{i % 7:04d}") for i in range(40)]
+
+    def write(tile, status):
+        disk[tile.tile_id] = status
+
+    session = ScreeningSession(tiles, write)
+    history = []  # what undo must restore, newest last
+    for _ in range(600):
+        op = rng.choice(["keep", "reject", "skip", "undo", "next", "previous", "filter"])
+        if op == "filter":
+            session.set_filter(rng.choice(["unscreened", "keep", "reject", "all"]))
+        elif op in ("keep", "reject"):
+            tile = session.current
+            before = tile.status if tile else None
+            done = getattr(session, op)()
+            if tile is not None:
+                assert done is tile and disk[tile.tile_id] == tile.status == op
+                history.append((tile, before))
+        elif op == "undo":
+            tile = session.undo()
+            if history:
+                expected_tile, before = history.pop()
+                assert tile is expected_tile and tile.status == before and disk[tile.tile_id] == before
+                assert session.current is tile
+            else:
+                assert tile is None
+        else:
+            getattr(session, op)()
+        counts = session.counts()
+        assert counts["kept"] == sum(t.status == "keep" for t in tiles)
+        assert counts["rejected"] == sum(t.status == "reject" for t in tiles)
+        assert counts["remaining"] == sum(t.status == "unscreened" for t in tiles)
+        assert all(disk.get(t.tile_id, "unscreened") == t.status for t in tiles)
+        if session.filter == "unscreened" and op in ("keep", "reject", "skip") and session.current is not None:
+            assert session.current.status == "unscreened"  # deciding moves on to undecided tiles only
+        if session.filter == "unscreened" and op in ("keep", "reject", "skip") and session.current is None:
+            assert not any(t.status == "unscreened" for t in session.queue)  # done means done

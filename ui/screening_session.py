@@ -27,7 +27,7 @@ ORDERS = (ORDER_ID, ORDER_SCORE)
 RATE_WINDOW_S = 300.0  # tiles per minute over the last five minutes of work
 
 
-@dataclass
+@dataclass(eq=False)  # identity: two tiles are never "equal" (fast `in`/`index` on the queue)
 class Tile:
     fid: int
     tile_id: str
@@ -64,6 +64,9 @@ class ScreeningSession:
         self._write = write
         self._clock = clock
         self.undo_stack = []  # (tile, old status, new status)
+        self._counts = {STATUS_UNSCREENED: 0, STATUS_KEEP: 0, STATUS_REJECT: 0}
+        for tile in self.tiles:
+            self._counts[tile.status] = self._counts.get(tile.status, 0) + 1
         self._decisions = deque()  # times of recent decisions (for the rate)
         self.filter = FILTER_UNSCREENED
         self.order = ORDER_ID
@@ -165,12 +168,17 @@ class ScreeningSession:
             return None
         old = tile.status
         self._write(tile, status)  # raises -> nothing changed
-        tile.status = status
+        self._set_status(tile, status)
         self.undo_stack.append((tile, old, status))
         now = self._clock()
         self._decisions.append(now)
         self._advance()
         return tile
+
+    def _set_status(self, tile, status):
+        self._counts[tile.status] -= 1
+        tile.status = status
+        self._counts[status] = self._counts.get(status, 0) + 1
 
     def keep(self):
         return self.decide(STATUS_KEEP)
@@ -185,7 +193,7 @@ class ScreeningSession:
         tile, old, _new = self.undo_stack[-1]
         self._write(tile, old)
         self.undo_stack.pop()
-        tile.status = old
+        self._set_status(tile, old)
         if self._decisions:
             self._decisions.pop()
         if tile in self.queue:
@@ -229,8 +237,8 @@ class ScreeningSession:
 
     # --- numbers ------------------------------------------------------------------
     def counts(self):
-        kept = sum(1 for t in self.tiles if t.status == STATUS_KEEP)
-        rejected = sum(1 for t in self.tiles if t.status == STATUS_REJECT)
+        kept = self._counts[STATUS_KEEP]
+        rejected = self._counts[STATUS_REJECT]
         total = len(self.tiles)
         return {
             "kept": kept,
