@@ -256,20 +256,23 @@ class ModelInfo:
 
     def normalise(self, raw, scale, valid=None):
         """(N, C, H, W) or (C, H, W) raw values -> float32 model input; invalid pixels -> 0."""
-        x = np.asarray(raw, dtype=np.float32)
-        squeeze = x.ndim == 3
+        raw = np.asarray(raw)
+        squeeze = raw.ndim == 3
         if squeeze:
-            x = x[None]
-        x = x * np.float32(1.0 / scale)
-        mean = self.mean.reshape(1, -1, 1, 1)
-        std = self.std.reshape(1, -1, 1, 1)
-        x = (x - mean) / std
+            raw = raw[None]
+        # (v / scale - mean) / std folded into one multiply-add: v * a + b
+        a = (1.0 / (float(scale) * self.std.astype(np.float64))).astype(np.float32).reshape(1, -1, 1, 1)
+        b = (-self.mean.astype(np.float64) / self.std.astype(np.float64)).astype(np.float32).reshape(1, -1, 1, 1)
+        x = raw.astype(np.float32)  # a new, contiguous array
+        x *= a
+        if b.any():
+            x += b
         if valid is not None:
             v = np.asarray(valid, dtype=bool)
-            if v.ndim == 2:
-                v = v[None]
-            x *= v[:, None, :, :]
-        x = np.ascontiguousarray(x, dtype=np.float32)
+            if not v.all():
+                if v.ndim == 2:
+                    v = v[None]
+                x *= v[:, None, :, :]
         return x[0] if squeeze else x
 
     def gully_probability(self, output):
@@ -290,7 +293,10 @@ class ModelInfo:
                 "channel, softmax for K classes) with gullyseg:setmodelmetadata or "
                 "tools/set_model_metadata.py --activation sigmoid."
             )
-        return np.clip(channel, 0.0, 1.0)
+        channel = channel.astype(np.float32, copy=False)  # in place: the output array is ours
+        np.maximum(channel, 0.0, out=channel)  # (np.clip is slow in numpy 1.24)
+        np.minimum(channel, 1.0, out=channel)
+        return channel
 
     def describe(self):
         return {
@@ -356,6 +362,8 @@ def _session(path, threads, providers):
     options.intra_op_num_threads = int(threads or 0)  # 0 = onnxruntime's default: all physical cores
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    # no busy-waiting between runs: the reader and writer threads need those cycles
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own exception types

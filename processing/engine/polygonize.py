@@ -173,3 +173,22 @@ def polygonize(mask_path, prob_path, out_path, min_area=0.0, simplify=0.0, layer
     )
     feedback.progress(100)
     return written
+
+
+def polygonize_bounded(*args, cache_mb=256, **kwargs):
+    """``polygonize`` with GDAL's block cache capped at ``cache_mb`` while it runs.
+
+    gdal.Polygonize and the mean_prob reads go through GDAL's block cache, whose default size is
+    5 % of the RAM: on a 31,000 x 31,000 scene it would fill up and peak memory would grow with
+    the scene. The cap is process-wide while polygons are traced (it only evicts cached blocks,
+    never changes results) and the previous size is restored afterwards.
+    """
+    previous = gdal.GetCacheMax()
+    limit = int(cache_mb) * 1024 * 1024
+    if previous > limit:
+        gdal.SetCacheMax(limit)
+    try:
+        return polygonize(*args, **kwargs)
+    finally:
+        if previous > limit:
+            gdal.SetCacheMax(previous)

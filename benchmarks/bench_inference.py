@@ -1,0 +1,230 @@
+"""Benchmark: ONNX inference over scenes (engine.inference.segment_raster), throughput and peak memory.
+
+    .venv/bin/python benchmarks/bench_inference.py [--quick] [--sizes 8000,31000] [--throughput-size 3072]
+
+1. Throughput, in this process: segment_raster end to end (reading in a background thread,
+   normalising, the model in batches, Hann blending, writing two compressed GeoTIFFs) against the
+   peer, bare ``session.run`` of the same onnxruntime session on the same windows and batch size
+   (only the run calls are timed; the peer's input batches are prepared outside the clock).
+   Both count the same pixels (windows x window area), so the ratio is t_bare / t_engine; target
+   >= 0.9. Model: tests/onnx_models.make_benchmark_model (4 convs 3x3, 16 channels, sigmoid),
+   256 px windows, overlap 64, batch 8. Best of three runs each, alternating; the process CPU time
+   (all threads) is reported too, as wall-clock ratios are noisy on a shared machine.
+2. Peak memory: segment_raster (probability + mask) on S x S scenes in child processes (peak
+   RSS from wait4's ru_maxrss), default S = 8,000 and 31,000 (the users' scene size); target
+   < 1.5 GB and flat (the largest / the smallest). Scenes: a 2,048 px synthetic scene repeated
+   (VRT mosaic) into a tiled DEFLATE GeoTIFF with gdal_translate. A lighter model (2 convs, 8
+   channels) is used here so that the 31,000 px run takes minutes, not an hour; memory does not
+   depend on the model's depth.
+--quick: throughput on 1,024 px, memory on 2,000 and 4,000 px.
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _engine():
+    if "gullyseg" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("gullyseg", os.path.join(ROOT, "__init__.py"),
+                                                      submodule_search_locations=[ROOT])
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["gullyseg"] = mod
+        spec.loader.exec_module(mod)
+    from gullyseg.processing.engine import inference, onnx_model, synthetic, windows
+
+    return inference, onnx_model, synthetic, windows
+
+
+def _onnx_models():
+    spec = importlib.util.spec_from_file_location("onnx_models", os.path.join(ROOT, "tests", "onnx_models.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def run_measured(args):
+    """Run a command in a child process; return (seconds, peak RSS of that child in MB, stdout)."""
+    start = time.perf_counter()
+    out_fd, out_path = tempfile.mkstemp(suffix=".out")
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.dup2(out_fd, 1)
+            os.execvp(args[0], args)
+        finally:
+            os._exit(127)
+    _, status, usage = os.wait4(pid, 0)
+    seconds = time.perf_counter() - start
+    os.close(out_fd)
+    with open(out_path) as fh:
+        out = fh.read()
+    os.remove(out_path)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"command failed: {' '.join(args)}\n{out}")
+    return seconds, usage.ru_maxrss / 1024.0, out
+
+
+def throughput(size, workdir, threads=0, batch=8, overlap=64):
+    import numpy as np
+    from osgeo import gdal
+
+    inference, onnx_model, synthetic, windows = _engine()
+    om = _onnx_models()
+    scene = os.path.join(workdir, f"tp_{size}.tif")
+    synthetic.make_scene(scene, width=size, height=size, seed=3)
+    path = om.make_benchmark_model(os.path.join(workdir, "bench.onnx"))
+    model = onnx_model.load_model(path, threads=threads or None)
+    ds = gdal.Open(scene)
+    raw = ds.ReadAsArray()
+    ds = None
+    wins = list(windows.iter_windows(size, size, 256, 256 - overlap, windows.EDGE_SHIFT))
+    npx = len(wins) * 256 * 256
+    sess = model.session
+    name = sess.get_inputs()[0].name
+
+    def bare():
+        total = cpu = 0.0
+        for i in range(0, len(wins), batch):
+            x = np.stack([raw[:, w.y_off:w.y_end, w.x_off:w.x_end] for w in wins[i:i + batch]]).astype(np.float32)
+            x *= np.float32(1 / 255)
+            c, t = time.process_time(), time.perf_counter()
+            sess.run(None, {name: x})
+            total += time.perf_counter() - t
+            cpu += time.process_time() - c
+        return total, cpu
+
+    def engine(k):
+        out = os.path.join(workdir, f"tp_out_{k}")
+        c, t = time.process_time(), time.perf_counter()
+        inference.segment_raster(scene, model, output_probability=out + "_p.tif", output_mask=out + "_m.tif",
+                                 batch_size=batch, overlap=overlap, overwrite=True)
+        return time.perf_counter() - t, time.process_time() - c
+
+    bare()  # warm-up
+    t_bare, t_engine = [], []
+    for k in range(3):
+        t_bare.append(bare())
+        t_engine.append(engine(k))
+    tb, cb = min(t[0] for t in t_bare), min(t[1] for t in t_bare)
+    te, ce = min(t[0] for t in t_engine), min(t[1] for t in t_engine)
+    return {
+        "size": size, "windows": len(wins), "provider": model.provider,
+        "bare_mpx_s": npx / tb / 1e6, "engine_mpx_s": npx / te / 1e6, "ratio": tb / te,
+        "scene_mpx_s": size * size / te / 1e6, "cpu_ratio": cb / ce, "load": os.getloadavg()[0],
+    }
+
+
+def make_big_scene(size, workdir):
+    """A size x size tiled DEFLATE GeoTIFF: a 2,048 px synthetic scene repeated through a VRT mosaic."""
+    _, _, synthetic, _ = _engine()
+    base = os.path.join(workdir, "base_2048.tif")
+    if not os.path.exists(base):
+        synthetic.make_scene(base, width=2048, height=2048, seed=5)
+    n = -(-size // 2048)
+    vrt = os.path.join(workdir, f"mosaic_{size}.vrt")
+    x0, y0 = 420000.0, 7010000.0
+    sources = []
+    for r in range(n):
+        for c in range(n):
+            w, h = min(2048, size - c * 2048), min(2048, size - r * 2048)
+            sources.append((c * 2048, r * 2048, w, h))
+    bands = []
+    for b in range(1, 4):
+        srcs = "".join(
+            f"<SimpleSource><SourceFilename relativeToVRT='0'>{base}</SourceFilename><SourceBand>{b}</SourceBand>"
+            f"<SrcRect xOff='0' yOff='0' xSize='{w}' ySize='{h}'/><DstRect xOff='{x}' yOff='{y}' xSize='{w}' "
+            f"ySize='{h}'/></SimpleSource>" for x, y, w, h in sources)
+        bands.append(f"<VRTRasterBand dataType='Byte' band='{b}'>{srcs}</VRTRasterBand>")
+    from osgeo import osr
+
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32606)
+    with open(vrt, "w") as fh:
+        fh.write(f"<VRTDataset rasterXSize='{size}' rasterYSize='{size}'><SRS>{srs.ExportToWkt()}</SRS>"
+                 f"<GeoTransform>{x0}, 0.75, 0, {y0}, 0, -0.75</GeoTransform>{''.join(bands)}</VRTDataset>")
+    out = os.path.join(workdir, f"scene_{size}.tif")
+    subprocess.run(["gdal_translate", "-q", "-co", "TILED=YES", "-co", "COMPRESS=DEFLATE", "-co", "BIGTIFF=YES",
+                    "-co", "NUM_THREADS=ALL_CPUS", vrt, out], check=True)
+    return out
+
+
+CHILD = r"""
+import importlib.util, json, os, sys, time, resource
+root, scene, model, out = sys.argv[1:5]
+spec = importlib.util.spec_from_file_location("gullyseg", root + "/__init__.py", submodule_search_locations=[root])
+mod = importlib.util.module_from_spec(spec); sys.modules["gullyseg"] = mod; spec.loader.exec_module(mod)
+from gullyseg.processing.engine import inference
+t = time.perf_counter()
+r = inference.segment_raster(scene, model, output_probability=out + "_p.tif", output_mask=out + "_m.tif",
+                             batch_size=8, overwrite=True)
+print(json.dumps({"seconds": time.perf_counter() - t, "pixels": r["pixels_processed"], "windows": r["windows"]}))
+"""
+
+
+def memory(sizes, workdir):
+    om = _onnx_models()
+    model = om.make_fcn_model(os.path.join(workdir, "light.onnx"), layers=2, hidden=8)
+    child = os.path.join(workdir, "child.py")
+    with open(child, "w") as fh:
+        fh.write(CHILD)
+    rows = []
+    for size in sizes:
+        t = time.perf_counter()
+        scene = make_big_scene(size, workdir)
+        made = time.perf_counter() - t
+        seconds, rss, out = run_measured([sys.executable, child, ROOT, scene, model, os.path.join(workdir, f"o{size}")])
+        info = json.loads(out.strip().splitlines()[-1])
+        rows.append({"size": size, "peak_rss_mb": rss, "seconds": seconds, "scene_seconds": made,
+                     "mpx_s": size * size / info["seconds"] / 1e6, "windows": info["windows"]})
+        for f in os.listdir(workdir):
+            if f.startswith(f"o{size}") or f == f"scene_{size}.tif":
+                os.remove(os.path.join(workdir, f))
+        print(f"  {size:>6} x {size:<6} peak RSS {rss:7.0f} MB   {seconds:6.1f} s   "
+              f"{rows[-1]['mpx_s']:5.2f} scene Mpx/s   ({info['windows']} windows; scene made in {made:.0f} s)",
+              flush=True)
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes only")
+    parser.add_argument("--sizes", help="comma-separated scene sizes for the memory runs")
+    parser.add_argument("--throughput-size", type=int)
+    parser.add_argument("--workdir")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else ([2000, 4000] if args.quick else [8000, 31000])
+    tp_size = args.throughput_size or (1024 if args.quick else 3072)
+    workdir = args.workdir or tempfile.mkdtemp(prefix="gullyseg_bench_inference_")
+    os.makedirs(workdir, exist_ok=True)
+    try:
+        print(f"== throughput ({tp_size} x {tp_size} synthetic scene, benchmark model, batch 8, overlap 64)")
+        tp = throughput(tp_size, workdir)
+        print(f"  provider {tp['provider']}, {tp['windows']} windows")
+        print(f"  bare session.run   {tp['bare_mpx_s']:6.2f} Mpx/s (window pixels)")
+        print(f"  segment_raster     {tp['engine_mpx_s']:6.2f} Mpx/s (window pixels), "
+              f"{tp['scene_mpx_s']:.2f} Mpx/s of scene")
+        print(f"  ratio engine / bare = {tp['ratio']:.3f}  (target >= 0.9)  {'OK' if tp['ratio'] >= 0.9 else 'BELOW'}")
+        print(f"  CPU-time ratio bare / engine = {tp['cpu_ratio']:.3f} (all threads; load average "
+              f"{tp['load']:.1f} on {os.cpu_count()} cores: wall-clock ratios are noisy on a busy machine)")
+        print("== peak memory (light model, probability + mask outputs)")
+        rows = memory(sizes, workdir)
+        peak = max(r["peak_rss_mb"] for r in rows)
+        flat = rows[-1]["peak_rss_mb"] / rows[0]["peak_rss_mb"]
+        print(f"  largest peak {peak:.0f} MB (target < 1536 MB) {'OK' if peak < 1536 else 'ABOVE'}; "
+              f"{rows[-1]['size']} / {rows[0]['size']} px peak ratio {flat:.2f} (flat = ~1)")
+    finally:
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
