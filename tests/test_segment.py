@@ -94,7 +94,8 @@ def test_polygons_match_the_mask(scene_factory, model, tmp_path, gdal_tool):
     gt = src.GetGeoTransform()
     w, h = src.RasterXSize, src.RasterYSize
     labels = tmp_path / "labels.tif"
-    subprocess.run([gdal_tool("gdal_rasterize"), "-q", "-sql", "SELECT fid * 1 AS label, geom FROM g", "-a", "label", "-ot", "Int32", "-init", "0", "-te", str(gt[0]),
+    subprocess.run([gdal_tool("gdal_rasterize"), "-q", "-sql", "SELECT fid * 1 AS label, geom FROM g", "-a", "label",
+                    "-ot", "Int32", "-init", "0", "-te", str(gt[0]),
                     str(gt[3] + h * gt[5]), str(gt[0] + w * gt[1]), str(gt[3]), "-ts", str(w), str(h),
                     str(tmp_path / "g.gpkg"), str(labels)], check=True)
     lab = _read(labels)

@@ -30,7 +30,7 @@ def _engine():
 
 
 def main(argv=None):
-    onnx_model, GullySegError, PrintFeedback = _engine()
+    onnx_model, gullyseg_error, print_feedback = _engine()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="the .onnx file")
     p.add_argument("--output", help="write a copy instead of updating the model in place")
@@ -60,8 +60,8 @@ def main(argv=None):
             resolution=args.resolution, tile_size=args.tile_size, tiles_overlap=args.tiles_overlap, mean=args.mean,
             std=args.std, threshold=args.threshold, input_max=args.input_max, activation=args.activation,
             gully_class=args.gully_class, bands=args.bands, clear=args.clear, overwrite=args.overwrite,
-            feedback=PrintFeedback())
-    except GullySegError as exc:
+            feedback=print_feedback())
+    except gullyseg_error as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(meta, indent=2, sort_keys=True))

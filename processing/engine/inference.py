@@ -144,7 +144,8 @@ class _Runner:
             if isinstance(exc, GullySegError):
                 raise
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise GullySegError(f"MODEL: '{self.model.path}' failed on a batch of shape {list(x.shape)}: {text}") from None
+            raise GullySegError(
+                f"MODEL: '{self.model.path}' failed on a batch of shape {list(x.shape)}: {text}") from None
 
     def predict(self, x):
         """(n, C, H, W) float32 -> (n, H, W) float32 gully probability."""
@@ -545,7 +546,7 @@ def _blend(model, grid, reader, scale, runner, sink, feedback, stop, progress=(0
             except queue.Empty:
                 if stop.is_set():
                     feedback.check_cancelled()
-                    raise Cancelled()
+                    raise Cancelled() from None
                 continue
             if item is _DONE:
                 if batch:

@@ -89,7 +89,8 @@ def _class_names(value, path):
         try:
             items = sorted((int(k), str(v)) for k, v in value.items())
         except (TypeError, ValueError):
-            raise GullySegError(f"MODEL: '{path}': metadata class_names keys must be class ids, got {value!r}.")
+            raise GullySegError(
+                f"MODEL: '{path}': metadata class_names keys must be class ids, got {value!r}.") from None
         if [k for k, _ in items] != list(range(len(items))):
             raise GullySegError(f"MODEL: '{path}': metadata class_names ids are not 0..K-1: {value!r}.")
         return [v for _, v in items]
@@ -309,7 +310,8 @@ class ModelInfo:
             "output_channels": self.output_channels,
             "classes": list(self.class_names),
             "gully_class": self.gully_class,
-            "gully_class_name": self.class_names[self.gully_class] if self.gully_class < len(self.class_names) else None,
+            "gully_class_name": (self.class_names[self.gully_class]
+                                 if self.gully_class < len(self.class_names) else None),
             "activation": self.activation,
             "threshold": self.threshold,
             "resolution_cm": self.resolution_cm,

@@ -100,7 +100,8 @@ def polygonize(mask_path, prob_path, out_path, min_area=0.0, simplify=0.0, layer
 
     vrt = _gully_band_vrt(mask_path)
     # raw polygons go to a temporary GeoPackage on disk (a whole scene's polygons may not fit in memory)
-    raw_path = os.path.join(os.path.dirname(os.path.abspath(str(out_path))), f".gullyseg-raw-{uuid.uuid4().hex[:8]}.gpkg")
+    raw_path = os.path.join(os.path.dirname(os.path.abspath(str(out_path))),
+                            f".gullyseg-raw-{uuid.uuid4().hex[:8]}.gpkg")
     raw_ds = None
     try:
         gully = gdal.Open(vrt)
