@@ -87,6 +87,7 @@ def main():
     from qgis.PyQt.QtCore import QEventLoop, QSize, QTimer
     from qgis.PyQt.QtGui import QPixmap
 
+    from gullyseg import compat
     from gullyseg.processing.engine import dataset, synthetic, tiling
     from gullyseg.ui.screening import ScreeningTab
 
@@ -102,7 +103,8 @@ def main():
     canvas.resize(900, 700)
     canvas.show()
     scene_layer = QgsRasterLayer(scene, "scene")
-    QgsProject.instance().addMapLayer(scene_layer)
+    if QgsProject.instance().addMapLayer(scene_layer) is None:
+        raise SystemExit(f"cannot add {scene} to the project")
     canvas.setDestinationCrs(scene_layer.crs())
     iface = _Iface(canvas)
 
@@ -110,7 +112,7 @@ def main():
         loop = QEventLoop()
         canvas.mapCanvasRefreshed.connect(loop.quit)
         QTimer.singleShot(timeout_ms, loop.quit)
-        loop.exec_() if hasattr(loop, "exec_") else loop.exec()
+        compat.exec_dialog(loop)
         canvas.mapCanvasRefreshed.disconnect(loop.quit)
 
     def pause(ms):

@@ -62,7 +62,7 @@ def model(tmp_path_factory):
 def add_raster(path, name="scene"):
     layer = QgsRasterLayer(str(path), name)
     assert layer.isValid()
-    QgsProject.instance().addMapLayer(layer)
+    assert QgsProject.instance().addMapLayer(layer) is layer
     return layer
 
 
@@ -155,7 +155,7 @@ def test_outputs_to_files_never_overwrite(make_tab, segment, model, scene_factor
     stem = f"my_scene_{Path(model).stem}"
     assert f"{stem}_probability_2.tif" in names and f"{stem}_mask.tif" in names
     assert not any(n.endswith(".gpkg") for n in names)  # polygons not asked for
-    sources = sorted(os.path.basename(l.source()) for l in tab.last_layers)
+    sources = sorted(os.path.basename(lyr.source()) for lyr in tab.last_layers)
     assert sources == [f"{stem}_mask.tif", f"{stem}_probability_2.tif"]
 
 
@@ -219,7 +219,7 @@ def test_area_choices_become_parameters(make_tab, model, scene_factory, qgis_ifa
     layer = add_raster(scene)
     polygons = QgsVectorLayer(str(Path(scene).with_name("infer_gullies.gpkg")), "aoi", "ogr")
     assert polygons.isValid()
-    QgsProject.instance().addMapLayer(polygons)
+    assert QgsProject.instance().addMapLayer(polygons) is polygons
     qgis_canvas.setDestinationCrs(layer.crs())
     qgis_canvas.setExtent(layer.extent())
     tab = make_tab()

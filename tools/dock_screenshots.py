@@ -110,7 +110,8 @@ def main():
     window.setCentralWidget(canvas)
     iface = _Iface(canvas, window)
     scene_layer = QgsRasterLayer(scene, "demo scene")
-    QgsProject.instance().addMapLayer(scene_layer)
+    if QgsProject.instance().addMapLayer(scene_layer) is None:
+        raise SystemExit(f"cannot add {scene} to the project")
     canvas.setDestinationCrs(scene_layer.crs())
     dock = GullySegDock(iface, window)
     window.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)

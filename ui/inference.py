@@ -478,7 +478,9 @@ class InferenceTab(QWidget, FORM_CLASS):
             style = STYLES[key]
             if os.path.exists(style):
                 layer.loadNamedStyle(style)
-            project.addMapLayer(layer, False)
+            if project.addMapLayer(layer, False) is None:
+                self._log("warning", f"{key}: the layer could not be added to the project")
+                continue
             group.addLayer(layer)
             added.append(layer)
         self.last_layers = added

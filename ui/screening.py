@@ -260,7 +260,9 @@ class ScreeningTab(QWidget, FORM_CLASS):
         if not layer.isValid():
             self._message(f"Cannot open '{path}' as a tile index.", compat.MSG_CRITICAL, bar=True)
             return False
-        QgsProject.instance().addMapLayer(layer)
+        if QgsProject.instance().addMapLayer(layer) is None:
+            self._message(f"Cannot add '{path}' to the project.", compat.MSG_CRITICAL, bar=True)
+            return False
         self.indexCombo.setLayer(layer)  # -> _on_layer_chosen -> set_layer
         if self.layer is not layer:
             self.set_layer(layer)
