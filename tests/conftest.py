@@ -42,22 +42,31 @@ def shared_data():
     return SHARED_DATA
 
 
-@pytest.fixture(scope="session")
-def provider(qgis_app, qgis_processing):
-    """The GullySeg provider registered in the test QGIS session (as initProcessing does)."""
+_KEEP_ALIVE = []  # the registry does not keep the Python provider object alive
+
+
+def ensure_provider():
+    """The registered GullySeg provider, registering one (as initProcessing does) when absent.
+
+    Checked on every use: plugin load/unload tests remove the provider, and QGIS deletes a
+    removed provider, so no test may hold on to one across tests.
+    """
     from qgis.core import QgsApplication
 
     from gullyseg.processing.provider import GullySegProvider
 
     registry = QgsApplication.processingRegistry()
-    existing = registry.providerById("gullyseg")
-    if existing is not None:
-        yield existing
-        return
-    prov = GullySegProvider()
-    assert registry.addProvider(prov)
-    yield prov
-    registry.removeProvider(prov)
+    if registry.providerById("gullyseg") is None:
+        prov = GullySegProvider()
+        assert registry.addProvider(prov)
+        _KEEP_ALIVE[:] = [prov]
+    return registry.providerById("gullyseg")
+
+
+@pytest.fixture
+def provider(qgis_app, qgis_processing):
+    """The GullySeg provider registered in the test QGIS session."""
+    return ensure_provider()
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """Plugin life cycle with the stub iface, and with iface=None as qgis_process loads it."""
 
+import pytest
 from qgis.core import QgsApplication
 
 import gullyseg
@@ -36,6 +37,16 @@ class RecordingIface:
 
 def _provider_registered():
     return QgsApplication.processingRegistry().providerById("gullyseg") is not None
+
+
+@pytest.fixture(autouse=True)
+def no_provider_registered(qgis_processing):
+    """These tests register and remove the provider themselves: start without one (other tests'
+    fixture registers it again when they need it)."""
+    registry = QgsApplication.processingRegistry()
+    if registry.providerById("gullyseg") is not None:
+        registry.removeProvider("gullyseg")
+    yield
 
 
 def test_load_and_unload_with_stub_iface(qgis_iface, qgis_processing):
