@@ -160,9 +160,10 @@ def compute_stretch(ds, bands, validity, percentiles=STRETCH_PERCENTILES, max_sa
                     feedback=None):
     """Per-band (low, high) for the whole scene, from a block-aligned sample of valid pixels.
 
-    Small scenes (<= 16 Mpx) are read entirely; larger ones are sampled one block in every
-    sqrt(number of blocks) (GDAL's own sampling rule for approximate histograms). 8-bit data
-    are not stretched. Returns the dict recorded in the dataset card.
+    Small scenes (<= 16 Mpx) are read entirely; larger ones are sampled: about sqrt(number of
+    blocks) of the scene's own blocks (as many as GDAL's approximate histograms read), on an even
+    lattice of block rows and columns over the whole scene. 8-bit data are not stretched.
+    Returns the dict recorded in the dataset card.
     """
     feedback = feedback or Feedback()
     dtype = np.dtype(gdalio.raster_info(ds).dtype)
@@ -174,8 +175,16 @@ def compute_stretch(ds, bands, validity, percentiles=STRETCH_PERCENTILES, max_sa
     if small:
         bw, bh = width, min(height, max(bh, 256))
     blocks = list(windows.iter_blocks(width, height, bw, bh))
-    rate = 1 if small else max(1, int(math.sqrt(len(blocks))))
-    picked = blocks[::rate]
+    if small:
+        picked = blocks
+    else:  # about sqrt(n) blocks on an even lattice over the whole scene (rows and columns)
+        nbx, nby = math.ceil(width / bw), math.ceil(height / bh)
+        target = max(1, math.ceil(math.sqrt(nbx * nby)))
+        kx = min(nbx, max(1, round(math.sqrt(target * nbx / nby))))
+        ky = min(nby, max(1, math.ceil(target / kx)))
+        cols = sorted({round(i * (nbx - 1) / max(1, kx - 1)) for i in range(kx)})
+        rows = sorted({round(j * (nby - 1) / max(1, ky - 1)) for j in range(ky)})
+        picked = [blocks[r * nbx + c] for r in rows for c in cols]
     total = sum(w * h for _, _, w, h in picked)
     step = max(1, math.ceil(total / max_samples))
     samples = [[] for _ in bands]
