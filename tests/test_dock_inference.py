@@ -275,3 +275,51 @@ def test_dock_has_both_tabs(qgis_iface):
     finally:
         dock.shutdown()
         dock.deleteLater()
+
+
+@pytest.mark.parametrize("area", ["canvas", "polygons"])
+def test_area_runs_match_the_algorithm(area, make_tab, segment, model, scene_factory, run_alg, tmp_path,
+                                       qgis_canvas):
+    """Canvas extent and polygon area give what processing.run gives with the same EXTENT / MASK_LAYER."""
+    from qgis.core import QgsRectangle
+
+    scene = scene_factory("infer", width=512, height=384, seed=5)
+    layer = add_raster(scene)
+    tab = make_tab()
+    tab.rasterCombo.setLayer(layer)
+    tab.modelWidget.setFilePath(model)
+    tab.polygonsCheck.setChecked(False)
+    extra = {}
+    if area == "canvas":
+        e = layer.extent()
+        qgis_canvas.setDestinationCrs(layer.crs())
+        x0, y0 = e.xMinimum(), e.yMinimum()
+        qgis_canvas.setExtent(QgsRectangle(x0 + 40, y0 + 60, x0 + 200, y0 + 220))
+        tab.areaCombo.setCurrentIndex(tab.areaCombo.findData(AREA_CANVAS))
+    else:
+        gullies = str(Path(scene).with_name("infer_gullies.gpkg"))
+        polygons = QgsVectorLayer(gullies, "aoi", "ogr")
+        assert QgsProject.instance().addMapLayer(polygons) is polygons
+        tab.areaCombo.setCurrentIndex(tab.areaCombo.findData(AREA_POLYGONS))
+        tab.maskCombo.setLayer(polygons)
+        extra["MASK_LAYER"] = gullies
+    params = tab.parameters()
+    if area == "canvas":
+        extra["EXTENT"] = params["EXTENT"]
+    assert tab.run() is not None, tab.messageLabel.text()
+    assert wait_until_done(tab) is True, tab.messageLabel.text() + tab.logView.toPlainText()
+    mask = next(lyr for lyr in tab.last_layers if lyr.name() == "gully mask")
+    direct = run_alg(segment, dict({
+        "INPUT": str(scene), "MODEL": model, "BATCH_SIZE": 8, "TTA": 0,
+        "OUTPUT_PROBABILITY": str(tmp_path / "p.tif"), "OUTPUT_MASK": str(tmp_path / "m.tif"),
+    }, **extra))
+    ours, theirs = read(mask.source()), read(direct["OUTPUT_MASK"])
+    np.testing.assert_array_equal(ours, theirs)
+    if area == "canvas":  # the area really limited the result: cropped to the extent ...
+        canvas_extent = qgis_canvas.extent()  # what the tab passed (the canvas keeps its aspect ratio)
+        part = canvas_extent.intersect(layer.extent())
+        assert ours.shape[1] == pytest.approx(part.width() / 0.75, abs=2)
+        assert ours.shape[0] == pytest.approx(part.height() / 0.75, abs=2)
+        assert ours.shape[0] * ours.shape[1] < 512 * 384
+    else:  # ... or nodata outside the polygons
+        assert (ours == 255).any() and (ours != 255).any()
