@@ -117,8 +117,8 @@ def run_demo(out, size, seed, quick=False, overwrite=False, project=True, model=
     report = out / "evaluation" / "evaluation.html"
     summary = {"scene": {"size": size, "seed": seed, "crs": "EPSG:32606", "pixel_size_m": 0.75}}
 
-    with QgisProcess() as qp:
-        steps.run("qgis_process: enable the plugin (done)", lambda: None)
+    qp = steps.run("0 qgis_process.bin plugins enable gullyseg (private profile)", QgisProcess)
+    with qp:
 
         def synthetic():
             res, _ = qp.run("gullyseg:syntheticscene", {
@@ -261,9 +261,10 @@ def write_comparison(scene, truth_mask, pred_mask, path, max_side=1024):
         img = rgb.copy()
         sel = mask == 1
         img[sel] = 0.45 * img[sel] + 0.55 * np.asarray(colour, np.float32)
-        img[mask == 255] = 255.0
         return img.clip(0, 255).astype(np.uint8)
 
+    outside = truth == 255  # outside the scene's footprint: white in every panel
+    rgb[outside] = 255.0
     panels = [rgb.clip(0, 255).astype(np.uint8), overlay(truth, (255, 40, 40)), overlay(pred, (0, 230, 255))]
     titles = ["Synthetic scene (RGB)", "Ground truth: gully (red)", "Demo model: gully (cyan)"]
     gap, head = 12, 34

@@ -432,7 +432,8 @@ def main(argv=None):
     ap.add_argument("--crop", type=int, default=128)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=7, help="training seed (weights, batches)")
-    ap.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1 is fastest on a busy 2-core machine; more on an idle one)")
     ap.add_argument("--skip-heldout", action="store_true", help="do not run the held-out evaluation")
     ap.add_argument("--heldout-only", action="store_true",
                     help="only (re)run the held-out evaluation of --out and update its record")
