@@ -323,3 +323,11 @@ def test_area_runs_match_the_algorithm(area, make_tab, segment, model, scene_fac
         assert ours.shape[0] * ours.shape[1] < 512 * 384
     else:  # ... or nodata outside the polygons
         assert (ours == 255).any() and (ours != 255).any()
+
+
+def test_tracebacks_are_reduced_to_their_message():
+    from gullyseg.ui.inference import user_message
+
+    text = 'Traceback (most recent call last):\n  File "x.py", line 1, in f\nValueError: bad window\n'
+    assert user_message(text) == "ValueError: bad window (details in the log)"
+    assert user_message("MODEL: 'a.onnx' is not an ONNX file.") == "MODEL: 'a.onnx' is not an ONNX file."

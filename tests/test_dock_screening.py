@@ -387,3 +387,16 @@ def test_session_stays_consistent_under_random_use():
             assert session.current.status == "unscreened"  # deciding moves on to undecided tiles only
         if session.filter == "unscreened" and op in ("keep", "reject", "skip") and session.current is None:
             assert not any(t.status == "unscreened" for t in session.queue)  # done means done
+
+
+def test_not_an_index_is_refused_with_a_message(make_tab, tmp_path, qgis_iface):
+    from qgis.core import QgsVectorLayer
+
+    tab = make_tab()
+    assert tab.open_index(str(tmp_path / "missing" / "index.gpkg")) is False
+    assert "Cannot open" in tab.messageLabel.text()
+    other = QgsVectorLayer("Polygon?crs=EPSG:32606&field=name:string", "not tiles", "memory")
+    assert QgsProject.instance().addMapLayer(other) is other
+    tab.indexCombo.setLayer(other)
+    assert tab.session is None and "lacks the fields" in tab.messageLabel.text()
+    assert not tab.keepButton.isEnabled()

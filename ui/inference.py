@@ -172,8 +172,8 @@ class InferenceTab(QWidget, FORM_CLASS):
     # --- settings ---------------------------------------------------------------
     def _restore_settings(self):
         model = settings.value("inference/model")
-        if not model and os.path.exists(DEFAULT_MODEL):
-            model = DEFAULT_MODEL
+        if (not model or not os.path.isfile(model)) and os.path.exists(DEFAULT_MODEL):
+            model = DEFAULT_MODEL  # first use, or the remembered model was moved/deleted
         self.modelWidget.setFilePath(model)
         self.folderWidget.setFilePath(settings.value("inference/last_folder"))
         index = self.areaCombo.findData(settings.value("inference/area"))
@@ -421,7 +421,7 @@ class InferenceTab(QWidget, FORM_CLASS):
             return
         if not successful:
             errors = feedback.errors if feedback is not None else []
-            text = errors[-1] if errors else "The algorithm failed; see the log below."
+            text = user_message(errors[-1]) if errors else "The algorithm failed; see the log below."
             self._message(f"Inference failed: {text}", compat.MSG_CRITICAL, bar=True)
             QgsMessageLog.logMessage(f"Inference failed: {text}", NAME, compat.MSG_CRITICAL)
             self.taskFinished.emit(False)
@@ -496,6 +496,16 @@ class InferenceTab(QWidget, FORM_CLASS):
             except (TypeError, RuntimeError):
                 pass
             self.task = None
+
+
+def user_message(text):
+    """An error for people: a Python traceback (an unexpected bug) is reduced to its last line;
+    the full text stays in the tab's log and QGIS's log panel."""
+    text = str(text).strip()
+    if "Traceback (most recent call last)" in text:
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        return (lines[-1] if lines else text) + " (details in the log)"
+    return text
 
 
 def _safe(text):
