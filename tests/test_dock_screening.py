@@ -106,6 +106,21 @@ def test_keep_reject_undo_change_the_index_on_disk(make_tab, index_path):
     assert tab.layer.renderer().classAttribute() == "status"
 
 
+def test_held_down_decision_keys_do_not_repeat(make_tab, index_path):
+    """Auto-repeat (a key held down) decides one tile only; moving keys may repeat."""
+    tab = make_tab(index_path)
+    ids = sorted(statuses(index_path))
+    press(tab, Qt.Key.Key_K)
+    for _ in range(5):
+        event = QKeyEvent(QEvent.Type.KeyPress, Qt.Key.Key_K, Qt.KeyboardModifier.NoModifier, "k", True)
+        QApplication.sendEvent(tab.tileView, event)
+    assert [s for s in statuses(index_path).values() if s != "unscreened"] == ["keep"]
+    for _ in range(3):
+        event = QKeyEvent(QEvent.Type.KeyPress, Qt.Key.Key_Right, Qt.KeyboardModifier.NoModifier, "", True)
+        QApplication.sendEvent(tab.tileView, event)
+    assert tab.session.current.tile_id == ids[4]
+
+
 def test_skip_and_moving_do_not_write(make_tab, index_path):
     tab = make_tab(index_path)
     ids = sorted(statuses(index_path))

@@ -80,6 +80,9 @@ KEY_ACTIONS = {
 }
 
 
+DECISIONS = ("keep", "reject", "skip", "undo")
+
+
 def layer_file_path(layer):
     """The file behind a vector layer ('' for memory layers and the like)."""
     parts = QgsProviderRegistry.instance().decodeUri(layer.providerType(), layer.source())
@@ -146,6 +149,8 @@ class _KeyFilter(QObject):
         if kind == QEvent.Type.ShortcutOverride:
             event.accept()  # ours: QGIS's own single-key shortcuts must not take it
             return True
+        if event.isAutoRepeat() and action in DECISIONS:
+            return True  # a held-down K must not keep a run of tiles nobody looked at
         self._tab.trigger(action)
         return True
 
