@@ -33,6 +33,7 @@ def segment(provider):
 
 @pytest.fixture
 def make_tab(qgis_iface, qgis_new_project):
+    saved = settings.snapshot()  # the person's own dock settings survive the tests
     settings.reset()
     qgis_iface.messageBar().clear_messages()
     tabs = []
@@ -50,7 +51,7 @@ def make_tab(qgis_iface, qgis_new_project):
         tab.deleteLater()
     QgsApplication.taskManager().cancelAll()
     QgsProject.instance().clear()
-    settings.reset()
+    settings.restore(saved)
 
 
 @pytest.fixture(scope="module")
@@ -331,3 +332,16 @@ def test_tracebacks_are_reduced_to_their_message():
     text = 'Traceback (most recent call last):\n  File "x.py", line 1, in f\nValueError: bad window\n'
     assert user_message(text) == "ValueError: bad window (details in the log)"
     assert user_message("MODEL: 'a.onnx' is not an ONNX file.") == "MODEL: 'a.onnx' is not an ONNX file."
+
+
+def test_settings_snapshot_and_restore():
+    saved = settings.snapshot()
+    try:
+        settings.set_value("inference/batch_size", 5)
+        inner = settings.snapshot()
+        settings.reset()
+        assert settings.value("inference/batch_size") == settings.DEFAULTS["inference/batch_size"]
+        settings.restore(inner)
+        assert settings.value("inference/batch_size") == 5
+    finally:
+        settings.restore(saved)

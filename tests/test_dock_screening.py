@@ -48,6 +48,7 @@ def statuses(index_path):
 
 @pytest.fixture
 def make_tab(qgis_iface, qgis_new_project):
+    saved = settings.snapshot()  # the person's own dock settings survive the tests
     settings.reset()
     tabs = []
 
@@ -65,7 +66,7 @@ def make_tab(qgis_iface, qgis_new_project):
         tab.shutdown()
         tab.deleteLater()
     QgsProject.instance().clear()
-    settings.reset()
+    settings.restore(saved)
 
 
 def press(tab, key, times=1):

@@ -102,8 +102,8 @@ def main():
                       "tile_size": 256, "seg_thresh": 0.5,
                       "standardization_mean": [0.0, 0.0, 0.0], "standardization_std": [1.0, 1.0, 1.0]})
 
-    for key in settings.DEFAULTS:
-        settings.reset(key)
+    saved = settings.snapshot()  # put the person's own dock settings back at the end
+    settings.reset()
     window = QMainWindow()
     window.resize(1400, 1000)
     canvas = QgsMapCanvas(window)
@@ -176,6 +176,7 @@ def main():
     print(shot)
     dock.shutdown()
     QgsProject.instance().clear()
+    settings.restore(saved)
     return 0
 
 

@@ -70,3 +70,19 @@ def reset(name=None):
             settings.remove(_key(key))
     else:
         settings.remove(_key(name))
+
+
+def snapshot():
+    """The dock's raw stored settings ({key: value or None}), for ``restore`` (tests, scripts)."""
+    settings = QgsSettings()
+    return {name: settings.value(_key(name)) if settings.contains(_key(name)) else None for name in DEFAULTS}
+
+
+def restore(saved):
+    """Put back what ``snapshot`` returned (unset keys are removed)."""
+    settings = QgsSettings()
+    for name, stored in saved.items():
+        if stored is None:
+            settings.remove(_key(name))
+        else:
+            settings.setValue(_key(name), stored)
