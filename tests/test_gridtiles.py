@@ -135,6 +135,33 @@ def test_in_a_graphical_model(provider, scene_factory, tmp_path):
     assert (tmp_path / "model_ds" / "index.gpkg").exists()
 
 
+def test_index_stays_in_the_dataset_folder_when_a_model_chains_it(provider, scene_factory, tmp_path):
+    """A model wiring OUTPUT_INDEX into a later step gets a temporary index path from QGIS; the index
+    must still be written as <dataset>/index.gpkg, where its relative image paths resolve."""
+    from qgis import processing
+
+    model = QgsProcessingModelAlgorithm("tiles_then_labelme", "test")
+    model.addModelParameter(QgsProcessingParameterRasterLayer("scene", "scene"),
+                            QgsProcessingModelParameter("scene"))
+    grid = QgsProcessingModelChildAlgorithm("gullyseg:gridtiles")
+    grid.setChildId("grid")
+    grid.addParameterSources("INPUT", [QgsProcessingModelChildParameterSource.fromModelParameter("scene")])
+    grid.addParameterSources("FORMAT", [QgsProcessingModelChildParameterSource.fromStaticValue(2)])
+    grid.addParameterSources("OUTPUT_DIR", [QgsProcessingModelChildParameterSource.fromStaticValue(
+        str(tmp_path / "chained"))])
+    model.addChildAlgorithm(grid)
+    export = QgsProcessingModelChildAlgorithm("gullyseg:exportlabelme")
+    export.setChildId("export")
+    export.addParameterSources(
+        "TILES", [QgsProcessingModelChildParameterSource.fromChildOutput("grid", "OUTPUT_INDEX")])
+    export.addParameterSources("ONLY_KEPT", [QgsProcessingModelChildParameterSource.fromStaticValue(False)])
+    model.addChildAlgorithm(export)
+    res = processing.run(model, {"scene": str(scene_factory("rgb", width=512, height=512))})
+    assert res is not None
+    assert (tmp_path / "chained" / "index.gpkg").exists()
+    assert len(list((tmp_path / "chained" / "labelme").glob("*.json"))) == 4
+
+
 def test_qgis_process(qgis_process, scene_factory, tmp_path):
     scene = scene_factory("bgrn", bands="bgrn", nodata_edge=True, width=600, height=520)
     out = tmp_path / "cli_ds"

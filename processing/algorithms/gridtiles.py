@@ -106,6 +106,10 @@ class GridTilesAlgorithm(GullySegAlgorithm):
         aoi = self._aoi_wkt(parameters, context, layer.crs())
         output_dir = self.output_folder(self.parameterAsFileOutput(parameters, self.OUTPUT_DIR, context))
         index = self.parameterAsFileOutput(parameters, self.OUTPUT_INDEX, context) or None
+        if index and _is_temporary_output(index, output_dir):
+            # A graphical model hands out a temporary file when OUTPUT_INDEX feeds a later step; the
+            # index must stay in the dataset folder (its image paths are relative to it).
+            index = None
         result = tiling.grid_tiles(
             source,
             output_dir,
@@ -159,3 +163,13 @@ class GridTilesAlgorithm(GullySegAlgorithm):
         if not wkts:
             raise GullySegError("AOI: the layer has no polygons; give polygons or leave AOI empty.")
         return wkts
+
+
+def _is_temporary_output(path, output_dir):
+    """True for a Processing temporary file outside the dataset folder."""
+    from qgis.core import QgsProcessingUtils
+
+    path = os.path.abspath(path)
+    temp = os.path.abspath(QgsProcessingUtils.tempFolder())
+    inside = lambda folder: os.path.commonpath([path, folder]) == folder  # noqa: E731
+    return inside(temp) and not inside(os.path.abspath(output_dir))
