@@ -316,8 +316,8 @@ def _branch(rng, x, y, heading, length, width, depth, out, slope, trunk=False):
             h = math.atan2(pts[k + 1][1] - py, pts[k + 1][0] - px)
             side = 1 if rng.random() < 0.5 else -1
             stub = _walk(rng, px, py, h + side * math.radians(rng.uniform(55, 100)),
-                         rng.uniform(0.6, 1.6) * radii[k] + 4, 5.0, 0.2)
-            r = radii[k] * rng.uniform(0.35, 0.6)
+                         rng.uniform(0.5, 1.1) * radii[k] + 3, 5.0, 0.2)
+            r = radii[k] * rng.uniform(0.55, 0.8)
             out.append((stub, np.linspace(r, r * 0.6, len(stub))))
     if depth <= 0:
         return pts, radii
@@ -493,14 +493,14 @@ def _footprint(width, height, nodata_edge, seed, geo):
 # --------------------------------------------------------------------------------------
 
 # Surface reflectances (blue, green, red, NIR) of the materials
-_LOESS = np.array([0.150, 0.200, 0.265, 0.310], dtype=np.float32)  # bare loess, dry
-_LOESS_DARK = np.array([0.115, 0.150, 0.195, 0.260], dtype=np.float32)  # ploughed / moist loess
-_FRESH = np.array([0.175, 0.230, 0.300, 0.330], dtype=np.float32)  # fresh loess on gully walls
-_SEDIMENT = np.array([0.165, 0.215, 0.270, 0.305], dtype=np.float32)  # gully floor
+_LOESS = np.array([0.160, 0.215, 0.250, 0.310], dtype=np.float32)  # bare loess, dry
+_LOESS_DARK = np.array([0.120, 0.160, 0.185, 0.255], dtype=np.float32)  # ploughed / moist loess
+_FRESH = np.array([0.190, 0.245, 0.285, 0.330], dtype=np.float32)  # fresh loess on gully walls
+_SEDIMENT = np.array([0.170, 0.220, 0.255, 0.300], dtype=np.float32)  # gully floor
 _CROP = np.array([0.055, 0.100, 0.080, 0.400], dtype=np.float32)
-_GRASS = np.array([0.090, 0.135, 0.150, 0.300], dtype=np.float32)  # fallow / grassland, yellowish
+_GRASS = np.array([0.095, 0.140, 0.145, 0.300], dtype=np.float32)  # fallow / grassland, yellowish
 _SHRUB = np.array([0.040, 0.068, 0.055, 0.290], dtype=np.float32)
-_ROAD = np.array([0.185, 0.225, 0.275, 0.300], dtype=np.float32)
+_ROAD = np.array([0.195, 0.240, 0.275, 0.300], dtype=np.float32)
 _SUN_AZ, _SUN_EL = math.radians(150.0), math.radians(40.0)
 # one pixel towards the sun in image axes (x east, y down): azimuth 150 = SSE
 _SUN_DX, _SUN_DY = math.sin(_SUN_AZ), -math.cos(_SUN_AZ)
@@ -576,7 +576,7 @@ def _render(g, gully, damland, dambody):
     depth = 12.0 + 14.0 * g.value(350, salt=3)
     wall = _smoothstep(0.5, 9.0, d_in)  # 0 at the rim .. 1 on the floor
     z = z - np.where(channel, depth * wall, 0.0)
-    z = z - np.where(is_g, 0.0, 0.45 * depth * (1.0 - _smoothstep(0.0, 44.0, d_out)) ** 2)
+    z = z - np.where(is_g, 0.0, 0.3 * depth * (1.0 - _smoothstep(0.0, 28.0, d_out)) ** 2)
     z = np.where(land, hills * 140.0 - 0.7 * depth, z)  # silted dam land: flat
     z = z + np.where(body, 1.5, 0.0)
     dzdy, dzdx = np.gradient(z.astype(np.float32), 0.75)
@@ -643,7 +643,9 @@ def _render(g, gully, damland, dambody):
     gw = channel.astype(np.float32)
     rills = g.value(2.5, salt=15, scale_y=9) * 0.5 + g.value(9, salt=16, scale_y=2.5) * 0.5
     refl = _mix(gw * (1.0 - wall), refl, _FRESH)
-    refl = _mix(gw * wall, refl, _SEDIMENT)
+    # wide floors carry light sediment; narrow, deep channels stay dark (shade, moist soil, shrubs)
+    refl = _mix(gw * wall * _smoothstep(5.0, 12.0, d_in), refl, _SEDIMENT)
+    refl = _mix(gw * (1.0 - _smoothstep(3.0, 9.0, d_in)) * _smoothstep(0.5, 3.0, d_in) * 0.5, refl, _SHRUB)
     refl = refl * (1.0 - 0.22 * gw * (1.0 - wall) * rills)[None]
     floor_tex = g.fbm(24, 3, salt=23)
     refl = _mix(gw * wall * _smoothstep(0.45, 0.7, floor_tex) * 0.6, refl, _LOESS_DARK)
