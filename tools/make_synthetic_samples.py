@@ -48,7 +48,7 @@ def _outline(mask):
     return edge
 
 
-def _save(rgb, path, colours=192):
+def _save(rgb, path, colours=128):
     image = Image.fromarray(np.moveaxis(rgb, 0, -1))
     image.quantize(colours, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(path, optimize=True)
     print(f"{path}: {os.path.getsize(path) // 1024} KB")
