@@ -416,3 +416,23 @@ def test_not_an_index_is_refused_with_a_message(make_tab, tmp_path, qgis_iface):
     tab.indexCombo.setLayer(other)
     assert tab.session is None and "lacks the fields" in tab.messageLabel.text()
     assert not tab.keepButton.isEnabled()
+
+
+def test_four_band_view_matches_gridtiles_jpegs(make_tab, tmp_path, scene_factory):
+    """A 4-band dataset: the view of GeoTIFF-only tiles (bands 3,2,1, one stretch for the dataset)
+    looks like the JPEG quick-looks gridtiles writes for the same tiles (up to JPEG compression)."""
+    scene = scene_factory("bgrn", width=256, height=256, seed=4, bands="bgrn")
+    both, tif_only = tmp_path / "both", tmp_path / "tif"
+    tiling.grid_tiles(str(scene), str(both), tile_size=TILE)
+    tiling.grid_tiles(str(scene), str(tif_only), tile_size=TILE, fmt=tiling.FORMAT_GTIFF)
+    tab = make_tab(tif_only / dataset.INDEX_NAME)  # no JPEG: no stretch in the card, sampled from the tiles
+    assert tab.prefetcher.bands in (None, [3, 2, 1]) and tab.prefetcher.stretch is not None
+    tile = tab.session.current
+    shown = tab.prefetcher.get(tile.tile_id, str(tif_only / tile.image_tif)).astype(int)
+    jpeg = np.transpose(gdal.Open(str(both / "images" / f"{tile.tile_id}.jpg")).ReadAsArray(), (1, 2, 0))
+    assert np.abs(shown - jpeg.astype(int)).mean() < 4.0
+    # and the dataset with JPEGs shows the JPEG itself, channels in order
+    tab2 = make_tab(both / dataset.INDEX_NAME)
+    assert tab2.prefetcher.stretch is not None  # the card's scene-wide stretch (for its GeoTIFFs)
+    picture = tab2.prefetcher.get(tile.tile_id, str(both / "images" / f"{tile.tile_id}.jpg"))
+    np.testing.assert_array_equal(picture, jpeg)

@@ -48,7 +48,7 @@ from .screening_session import (
     normalise_status,
 )
 from .tasks import EngineTask
-from .tile_image import TilePrefetcher, estimate_stretch, image_path, to_qimage
+from .tile_image import PICTURE_SUFFIXES, TilePrefetcher, estimate_stretch, image_path, to_qimage
 
 FORM_CLASS, _ = uic.loadUiType(os.path.join(os.path.dirname(__file__), "screening.ui"))
 
@@ -308,7 +308,8 @@ class ScreeningTab(QWidget, FORM_CLASS):
         self.session = ScreeningSession(
             tiles, self._write_status, filter_name=self.filterCombo.currentData(), order=self.orderCombo.currentData()
         )
-        self.prefetcher = TilePrefetcher(stretch=self._dataset_stretch(tiles))
+        stretch, bands = self._picture_settings(tiles)
+        self.prefetcher = TilePrefetcher(stretch=stretch, bands=bands)
         if path:
             settings.set_value("screening/last_index", path)
         self.layer.willBeDeleted.connect(self._on_layer_deleted)
@@ -318,15 +319,29 @@ class ScreeningTab(QWidget, FORM_CLASS):
         self.tileView.setFocus()
         return True
 
-    def _dataset_stretch(self, tiles):
-        """One stretch for the dataset when tiles are only GeoTIFFs of 16-bit data."""
+    def _picture_settings(self, tiles):
+        """(stretch, bands) for GeoTIFF-only tiles: the dataset card's JPEG bands and scene-wide
+        stretch when gridtiles recorded them (so the view matches the JPEGs it would have made),
+        else the default bands and percentiles from a sample of tiles. Never per tile."""
+        bands, stretch = None, None
+        try:
+            tiling = dataset.read_card(self.root).get("tiling") or {}
+        except GullySegError:
+            tiling = {}
+        if tiling.get("jpeg_bands"):
+            bands = [int(b) for b in tiling["jpeg_bands"]]
+        recorded = tiling.get("stretch") or {}
+        if recorded.get("low") and recorded.get("high") and (bands is None or recorded.get("bands") == bands):
+            bands = [int(b) for b in recorded.get("bands") or bands or []] or None
+            return list(zip(recorded["low"], recorded["high"])), bands
         step = max(1, len(tiles) // 12)
         sample = [image_path(self.root, t, prefer_jpeg=True) for t in tiles[::step][:12]]
-        sample = [p for p in sample if p and not p.lower().endswith((".jpg", ".jpeg", ".png"))]
+        sample = [p for p in sample if p and not p.lower().endswith(PICTURE_SUFFIXES)]
         try:
-            return estimate_stretch(sample) if sample else None
+            stretch = estimate_stretch(sample, bands) if sample else None
         except RuntimeError:
-            return None
+            stretch = None
+        return stretch, bands
 
     def _on_layer_deleted(self):
         self.layer = None

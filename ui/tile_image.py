@@ -93,8 +93,17 @@ def _to_uint8(data, valid, stretch):
     return out
 
 
+PICTURE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
 def load_rgb(path, stretch=None, bands=None):
-    """(h, w, 3) uint8 C-contiguous array of the picture at ``path``."""
+    """(h, w, 3) uint8 C-contiguous array of the picture at ``path``.
+
+    ``bands`` and ``stretch`` apply to data rasters (GeoTIFF); a JPEG/PNG quick-look is
+    already an 8-bit RGB picture and is shown as it is.
+    """
+    if str(path).lower().endswith(PICTURE_SUFFIXES):
+        bands, stretch = None, None
     data, valid = _read(path, bands)
     rgb = _to_uint8(data, valid, stretch)
     if rgb.shape[0] == 1:
