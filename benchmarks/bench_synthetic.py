@@ -14,7 +14,6 @@ Full run: 2,048 / 8,192 / 16,384 / 31,000 pixels (the last takes a long time on 
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
