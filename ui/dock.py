@@ -31,7 +31,7 @@ class GullySegDock(QDockWidget):
         area = QScrollArea(self.tabs)
         area.setWidgetResizable(True)
         area.setFrameShape(QFrame.Shape.NoFrame)
-        area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # labels wrap instead
+        area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)  # only below the minimum
         area.setWidget(widget)
         return area
 
