@@ -384,3 +384,16 @@ def test_algorithm_via_qgis_process(qgis_process, tmp_path, gdal_tool):
     inside = mask != 255
     assert np.array_equal(burnt[inside], mask[inside])
     assert float(results["GULLY_FRACTION"]) > 0
+
+
+def test_algorithm_temporary_outputs_and_other_vector_format(run_alg, tmp_path):
+    res = run_alg("syntheticscene", {
+        "WIDTH": 128, "HEIGHT": 96, "SEED": 4, "OUTPUT": "TEMPORARY_OUTPUT",
+        "OUTPUT_GULLIES": str(tmp_path / "gullies.geojson"), "OUTPUT_MASK": "TEMPORARY_OUTPUT"})
+    assert gdal.Open(res["OUTPUT"]).RasterXSize == 128
+    assert gdal.Open(res["OUTPUT_MASK"]).RasterYSize == 96
+    vds = ogr.Open(res["OUTPUT_GULLIES"])
+    assert vds.GetDriver().GetName() == "GeoJSON"
+    layer = vds.GetLayer(0)
+    assert layer.GetFeatureCount() == res["GULLY_COUNT"] >= 1
+    assert {f.GetField("label") for f in layer} == {"gully"}
