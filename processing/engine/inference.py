@@ -684,9 +684,12 @@ class _OutputSink:
         cols = slice(ox - gx, ox - gx + ow)
         p = prob[rows, cols]
         v = valid[rows, cols]
-        # p is a weighted mean of probabilities, so within 0..1: round(p * 254) as p * 254 + 0.5 truncated
-        pu8 = (p * np.float32(PROB_SCALE) + np.float32(0.5)).astype(np.uint8)
         mask = (p >= np.float32(self.threshold)).view(np.uint8)  # a new array: 0/1
+        # p is a weighted mean of probabilities, so within 0..1: round(p * 254) as p * 254 + 0.5 truncated
+        # (in place: the rows are this sink's own array)
+        np.multiply(p, np.float32(PROB_SCALE), out=p)
+        np.add(p, np.float32(0.5), out=p)
+        pu8 = p.astype(np.uint8)
         nvalid = int(np.count_nonzero(v))
         if nvalid < v.size:
             invalid = ~v
