@@ -10,15 +10,18 @@
    >= 0.9. Models: tests/onnx_models.make_benchmark_model (4 convs 3x3, 16 channels, sigmoid),
    and a heavier one (6 convs, 32 channels): the engine's own work (reading and decompressing the
    scene, normalising, blending, compressing two outputs) is a fixed cost per pixel, so its share
-   shrinks as the model grows. 256 px windows, overlap 64, batch 8. Best of three runs each, alternating; the process CPU time
-   (all threads) is reported too, as wall-clock ratios are noisy on a shared machine.
-2. Peak memory: segment_raster (probability + mask) on S x S scenes in child processes (peak
-   RSS from wait4's ru_maxrss), default S = 8,000 and 31,000 (the users' scene size); target
-   < 1.5 GB and flat (the largest / the smallest). Scenes: a 2,048 px synthetic scene repeated
-   (VRT mosaic) into a tiled DEFLATE GeoTIFF with gdal_translate. A lighter model (2 convs, 8
-   channels) is used here so that the 31,000 px run takes minutes, not an hour; memory does not
+   shrinks as the model grows. 256 px windows, overlap 64, batch 8. Best of three runs each,
+   alternating; the process CPU time (all threads) is reported too, as wall-clock ratios are
+   noisy on a shared machine.
+2. Peak memory: segment_raster (probability + mask) on scenes in child processes (peak RSS
+   from wait4's ru_maxrss): 8,000 x 8,000, 31,000 x 31,000 (the users' scene size) and
+   8,000 wide x 31,000 tall; target < 1.5 GB and flat. Rows are streamed, so memory depends on
+   the width (strips of rows) and must not grow with the height: the tall scene shows that.
+   Scenes: a 2,048 px synthetic scene repeated (VRT mosaic) into a tiled DEFLATE GeoTIFF with
+   gdal_translate. A lighter model (2 convs, 8 channels) is used here so that the 31,000 px
+   run takes minutes, not an hour; memory does not
    depend on the model's depth.
---quick: throughput on 1,024 px, memory on 2,000 and 4,000 px.
+--quick: throughput on 1,024 px, memory on 2,000, 4,000 and 2,000 x 8,000 px.
 """
 
 import argparse
@@ -127,19 +130,20 @@ def throughput(size, workdir, threads=0, batch=8, overlap=64, hidden=16, layers=
     }
 
 
-def make_big_scene(size, workdir):
-    """A size x size tiled DEFLATE GeoTIFF: a 2,048 px synthetic scene repeated through a VRT mosaic."""
+def make_big_scene(size, workdir, height=None):
+    """A size x height tiled DEFLATE GeoTIFF: a 2,048 px synthetic scene repeated through a VRT mosaic."""
+    height = height or size
     _, _, synthetic, _ = _engine()
     base = os.path.join(workdir, "base_2048.tif")
     if not os.path.exists(base):
         synthetic.make_scene(base, width=2048, height=2048, seed=5)
-    n = -(-size // 2048)
-    vrt = os.path.join(workdir, f"mosaic_{size}.vrt")
+    nx, ny = -(-size // 2048), -(-height // 2048)
+    vrt = os.path.join(workdir, f"mosaic_{size}x{height}.vrt")
     x0, y0 = 420000.0, 7010000.0
     sources = []
-    for r in range(n):
-        for c in range(n):
-            w, h = min(2048, size - c * 2048), min(2048, size - r * 2048)
+    for r in range(ny):
+        for c in range(nx):
+            w, h = min(2048, size - c * 2048), min(2048, height - r * 2048)
             sources.append((c * 2048, r * 2048, w, h))
     bands = []
     for b in range(1, 4):
@@ -153,9 +157,9 @@ def make_big_scene(size, workdir):
     srs = osr.SpatialReference()
     srs.ImportFromEPSG(32606)
     with open(vrt, "w") as fh:
-        fh.write(f"<VRTDataset rasterXSize='{size}' rasterYSize='{size}'><SRS>{srs.ExportToWkt()}</SRS>"
+        fh.write(f"<VRTDataset rasterXSize='{size}' rasterYSize='{height}'><SRS>{srs.ExportToWkt()}</SRS>"
                  f"<GeoTransform>{x0}, 0.75, 0, {y0}, 0, -0.75</GeoTransform>{''.join(bands)}</VRTDataset>")
-    out = os.path.join(workdir, f"scene_{size}.tif")
+    out = os.path.join(workdir, f"scene_{size}x{height}.tif")
     subprocess.run(["gdal_translate", "-q", "-co", "TILED=YES", "-co", "COMPRESS=DEFLATE", "-co", "BIGTIFF=YES",
                     "-co", "NUM_THREADS=ALL_CPUS", vrt, out], check=True)
     return out
@@ -181,18 +185,20 @@ def memory(sizes, workdir):
     with open(child, "w") as fh:
         fh.write(CHILD)
     rows = []
-    for size in sizes:
+    for spec in sizes:
+        size, height = spec if isinstance(spec, tuple) else (spec, spec)
         t = time.perf_counter()
-        scene = make_big_scene(size, workdir)
+        scene = make_big_scene(size, workdir, height)
         made = time.perf_counter() - t
-        seconds, rss, out = run_measured([sys.executable, child, ROOT, scene, model, os.path.join(workdir, f"o{size}")])
+        tag = f"o{size}x{height}"
+        seconds, rss, out = run_measured([sys.executable, child, ROOT, scene, model, os.path.join(workdir, tag)])
         info = json.loads(out.strip().splitlines()[-1])
-        rows.append({"size": size, "peak_rss_mb": rss, "seconds": seconds, "scene_seconds": made,
-                     "mpx_s": size * size / info["seconds"] / 1e6, "windows": info["windows"]})
+        rows.append({"size": size, "height": height, "peak_rss_mb": rss, "seconds": seconds, "scene_seconds": made,
+                     "mpx_s": size * height / info["seconds"] / 1e6, "windows": info["windows"]})
         for f in os.listdir(workdir):
-            if f.startswith(f"o{size}") or f == f"scene_{size}.tif":
+            if f.startswith(tag) or f == os.path.basename(scene):
                 os.remove(os.path.join(workdir, f))
-        print(f"  {size:>6} x {size:<6} peak RSS {rss:7.0f} MB   {seconds:6.1f} s   "
+        print(f"  {size:>6} x {height:<6} peak RSS {rss:7.0f} MB   {seconds:6.1f} s   "
               f"{rows[-1]['mpx_s']:5.2f} scene Mpx/s   ({info['windows']} windows; scene made in {made:.0f} s)",
               flush=True)
     return rows
@@ -205,7 +211,11 @@ def main():
     parser.add_argument("--throughput-size", type=int)
     parser.add_argument("--workdir")
     args = parser.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else ([2000, 4000] if args.quick else [8000, 31000])
+    def parse(s):
+        return tuple(int(v) for v in s.split("x")) if "x" in s else int(s)
+
+    sizes = [parse(s) for s in args.sizes.split(",")] if args.sizes else \
+        ([2000, 4000, (2000, 8000)] if args.quick else [8000, 31000, (8000, 31000)])
     tp_size = args.throughput_size or (1024 if args.quick else 3072)
     workdir = args.workdir or tempfile.mkdtemp(prefix="gullyseg_bench_inference_")
     os.makedirs(workdir, exist_ok=True)
@@ -225,9 +235,16 @@ def main():
         print("== peak memory (light model, probability + mask outputs)")
         rows = memory(sizes, workdir)
         peak = max(r["peak_rss_mb"] for r in rows)
-        flat = rows[-1]["peak_rss_mb"] / rows[0]["peak_rss_mb"]
-        print(f"  largest peak {peak:.0f} MB (target < 1536 MB) {'OK' if peak < 1536 else 'ABOVE'}; "
-              f"{rows[-1]['size']} / {rows[0]['size']} px peak ratio {flat:.2f} (flat = ~1)")
+        print(f"  largest peak {peak:.0f} MB (target < 1536 MB) {'OK' if peak < 1536 else 'ABOVE'}")
+        squares = [r for r in rows if r["size"] == r["height"]]
+        if len(squares) > 1:
+            print(f"  {squares[-1]['size']} / {squares[0]['size']} px squares: peak ratio "
+                  f"{squares[-1]['peak_rss_mb'] / squares[0]['peak_rss_mb']:.2f} (memory grows with the width only)")
+        for tall in (r for r in rows if r["height"] != r["size"]):
+            same = [r for r in squares if r["size"] == tall["size"]]
+            if same:
+                print(f"  {tall['size']} x {tall['height']} vs {tall['size']} x {tall['size']}: peak ratio "
+                      f"{tall['peak_rss_mb'] / same[0]['peak_rss_mb']:.2f} (flat in height = ~1)")
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -458,7 +458,8 @@ def _blend(model, grid, reader, scale, runner, sink, feedback, stop, progress=(0
 
     gx, gy, gw, gh = grid.region
     ww, wh = grid.window
-    cap = wh + (ww - 0)  # grows when a batch spans more rows
+    stride_y = (grid.row_y[1] - grid.row_y[0]) if len(grid.row_y) > 1 else 0
+    cap = wh + stride_y  # grows when a batch spans more rows
     acc_p = np.zeros((cap, gw), dtype=np.float32)
     acc_w = np.zeros((cap, gw), dtype=np.float32)
     acc_v = np.zeros((cap, gw), dtype=bool)
@@ -650,7 +651,7 @@ class _OutputSink:
         self.writer = _BlockWriter(bands, ow, 256)
         self.valid_pixels = 0
         self.gully_pixels = 0
-        self.q = queue.Queue(maxsize=2)
+        self.q = queue.Queue(maxsize=1)
         self.error = None
         self.thread = threading.Thread(target=self._loop, name="gullyseg-writer", daemon=True)
         self.thread.start()
