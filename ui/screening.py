@@ -458,6 +458,8 @@ class ScreeningTab(QWidget, FORM_CLASS):
         if self.session is not None:
             self.session.set_filter(self.filterCombo.currentData(), self.orderCombo.currentData())
             self.show_current()
+            if self.session.order == ORDER_SCORE and not any(t.score is not None for t in self.session.tiles):
+                self._message("No tile has a score yet: choose a model under Model help and press Score tiles.")
         self.tileView.setFocus()
 
     def set_filter(self, filter_name):
