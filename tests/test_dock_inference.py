@@ -103,11 +103,14 @@ def test_runs_a_model_and_adds_styled_layers(make_tab, segment, model, scene_fac
     assert "gully" in tab.modelInfoLabel.text() and "256 x 256 px" in tab.modelInfoLabel.text()
     tab.batchSpin.setValue(4)
     tab.thresholdSpin.setValue(0.4)
+    seen = []
+    tab.progressBar.valueChanged.connect(seen.append)
     task = tab.run()
     assert task is not None, tab.messageLabel.text()
     assert not tab.runButton.isEnabled() and tab.cancelButton.isEnabled()
     assert wait_until_done(tab) is True, tab.messageLabel.text() + tab.logView.toPlainText()
     assert tab.progressBar.value() == 100
+    assert any(0 < v < 100 for v in seen), f"the progress bar did not move during the run: {seen}"
     assert tab.runButton.isEnabled() and not tab.cancelButton.isEnabled()
 
     # one group with the three layers, styled from resources/styles

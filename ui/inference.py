@@ -385,7 +385,8 @@ class InferenceTab(QWidget, FORM_CLASS):
         self.save_settings()
         feedback = RunFeedback()
         feedback.message.connect(self._log)
-        feedback.progressChanged.connect(lambda p: self.progressBar.setValue(int(p)))
+        # a bound method of this widget: Qt queues the call to the GUI thread (progress comes from the worker)
+        feedback.progressChanged.connect(self._on_progress)
         self.logView.clear()
         self.progressBar.setValue(0)
         layer = self.rasterCombo.currentLayer()
@@ -399,6 +400,9 @@ class InferenceTab(QWidget, FORM_CLASS):
         self._message(f"Running on '{layer.name()}' …")
         QgsApplication.taskManager().addTask(task)
         return task
+
+    def _on_progress(self, percent):
+        self.progressBar.setValue(int(percent))
 
     def cancel(self):
         if self.task is not None:

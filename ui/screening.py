@@ -597,13 +597,16 @@ class ScreeningTab(QWidget, FORM_CLASS):
 
         task = EngineTask(f"{NAME}: scoring {len(items)} tiles", score_tiles, model_path, items,
                           on_done=self._scoring_done)
-        task.progressChanged.connect(lambda p: self.scoreProgress.setValue(int(p)))
+        task.progressChanged.connect(self._on_score_progress)  # bound: queued to the GUI thread
         self.score_task = task
         self.scoreProgress.setValue(0)
         self.scoreProgress.setVisible(True)
         self.scoreButton.setText("Cancel scoring")
         QgsApplication.taskManager().addTask(task)
         return task
+
+    def _on_score_progress(self, percent):
+        self.scoreProgress.setValue(int(percent))
 
     def _scoring_done(self, task):
         self.score_task = None
