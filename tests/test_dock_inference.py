@@ -348,3 +348,16 @@ def test_settings_snapshot_and_restore():
         assert settings.value("inference/batch_size") == 5
     finally:
         settings.restore(saved)
+
+
+def test_default_model_or_a_clear_note(make_tab):
+    """The demo model is the default when installed; without it the tab says so (no error)."""
+    from gullyseg.ui.inference import DEFAULT_MODEL
+
+    tab = make_tab()
+    if os.path.exists(DEFAULT_MODEL):
+        assert tab.modelWidget.filePath() == DEFAULT_MODEL
+        assert tab.wait_for_model_info() and "Runs on" in tab.modelInfoLabel.text()
+    else:
+        assert tab.modelWidget.filePath() == ""
+        assert "not installed" in tab.modelInfoLabel.text()
