@@ -189,7 +189,11 @@ class ScreeningTab(QWidget, FORM_CLASS):
         self.indexCombo.setLayer(None)
         self.scoreModelWidget.setFilter("ONNX models (*.onnx)")
         self.scoreModelWidget.setStorageMode(QgsFileWidget.StorageMode.GetFile)
-        self.scoreModelWidget.setFilePath(settings.value("screening/score_model"))
+        score_model = settings.value("screening/score_model")
+        demo_model = resource_path("models", "gullyseg_demo_unet.onnx")
+        if (not score_model or not os.path.isfile(score_model)) and os.path.exists(demo_model):
+            score_model = demo_model  # the demo model, until the person picks their own
+        self.scoreModelWidget.setFilePath(score_model)
         self.scoreProgress.setVisible(False)
         self.tileView.setText("Open a tile index (index.gpkg of a dataset folder) to start screening.")
 
