@@ -327,7 +327,8 @@ def write_project(path, files):
 
             layer.renderer().setSymbol(QgsFillSymbol.createSimple(
                 {"color": "0,0,0,0", "outline_color": "255,40,40,255", "outline_width": "0.5"}))
-        project.addMapLayer(layer, False)
+        if project.addMapLayer(layer, False) is None:
+            raise RuntimeError(f"could not add {source} to the project")
         node = group.addLayer(layer)
         node.setItemVisibilityChecked(visible)
     if not project.write(str(path)):
