@@ -62,3 +62,16 @@ def test_model_builds_a_dataset(run_alg, scene_factory, tmp_path):
     assert not any("__a" in s for s in splits["val"] + splits["test"])
     manifest = json.loads((out / "augment.json").read_text())
     assert manifest
+
+
+def test_model_from_the_command_line(qgis_process, scene_factory, tmp_path):
+    """As a user batches it: qgis_process.bin run gullyseg:builddataset -- ... grid:DATASET=<folder>."""
+    scene = scene_factory("model3cli", width=512, height=512, seed=22)
+    out = tmp_path / "cli_dataset"
+    res = qgis_process(ALG_ID, {"scene": str(scene), "label_polygons": str(scene).replace(".tif", "_gullies.gpkg"),
+                                "copies": 1, "grid:DATASET": str(out)})
+    assert Path(res["results"]["grid:DATASET"]) == out
+    assert Path(res["results"]["grid:INDEX"]) == out / "index.gpkg"
+    assert len(list((out / "masks").glob("*.tif"))) == 4
+    lists = [(out / f"{name}.txt").read_text().split() for name in ("train", "val", "test")]
+    assert sum(len([s for s in names if "__a" not in s]) for names in lists) == 4
