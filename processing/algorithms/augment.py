@@ -83,7 +83,7 @@ class AugmentAlgorithm(GullySegAlgorithm):
         self.addOutput(QgsProcessingOutputFile(self.MANIFEST, self.tr("Augmentation manifest (augment.json)")))
         self.addOutput(QgsProcessingOutputNumber(self.AUGMENTED_COUNT, self.tr("Variants written")))
 
-    def run(self, parameters, context, feedback):
+    def execute(self, parameters, context, feedback):
         root = self.output_folder(self.parameterAsFile(parameters, self.DATASET, context))
         splits = [split.SPLITS[i] for i in self.parameterAsEnums(parameters, self.SPLITS, context)]
         transforms = [augment.TRANSFORMS[i] for i in self.parameterAsEnums(parameters, self.TRANSFORMS, context)]

@@ -39,9 +39,9 @@ class QgisFeedback(Feedback):
 
 
 class GullySegAlgorithm(QgsProcessingAlgorithm):
-    """Subclasses set ALG_ID, DISPLAY_NAME, GROUP, HELP and implement ``initAlgorithm`` and ``run``.
+    """Subclasses set ALG_ID, DISPLAY_NAME, GROUP, HELP and implement ``initAlgorithm`` and ``execute``.
 
-    ``run(parameters, context, feedback)`` returns the outputs dict; engine errors
+    ``execute(parameters, context, feedback)`` returns the outputs dict; engine errors
     (GullySegError) become QgsProcessingException with the same message.
     """
 
@@ -75,36 +75,17 @@ class GullySegAlgorithm(QgsProcessingAlgorithm):
     def createInstance(self):  # noqa: N802
         return type(self)()
 
-    def __init_subclass__(cls, **kwargs):
-        """Keep QgsProcessingAlgorithm.run reachable although subclasses define ``run``.
-
-        QGIS's ``processing.run`` calls ``alg.run(parameters, context, feedback, configuration,
-        catchExceptions)``, the C++ method that a subclass's ``run(parameters, context, feedback)``
-        would hide. The wrapper sends 5-argument calls to QGIS and 3-argument calls to the subclass.
-        """
-        super().__init_subclass__(**kwargs)
-        own = cls.__dict__.get("run")
-        if own is None or getattr(own, "_gullyseg_dispatch", False):
-            return
-
-        def run(self, parameters, context, feedback, *args, _impl=own):
-            if args:  # QGIS: (parameters, context, feedback, configuration, catchExceptions)
-                return QgsProcessingAlgorithm.run(self, parameters, context, feedback, *args)
-            return _impl(self, parameters, context, feedback)
-
-        run._gullyseg_dispatch = True
-        run.__doc__ = own.__doc__
-        cls.run = run
-
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         try:
-            return self.run(parameters, context, feedback)
+            return self.execute(parameters, context, feedback)
         except Cancelled as exc:
             raise QgsProcessingException(str(exc)) from None
         except GullySegError as exc:
             raise QgsProcessingException(str(exc)) from None
 
-    def run(self, parameters, context, feedback):
+    def execute(self, parameters, context, feedback):
+        """Parameters in, one engine call, outputs dict out. (Not ``run``: that name is
+        QgsProcessingAlgorithm.run, which QGIS's processing.run calls.)"""
         raise NotImplementedError
 
     # helpers for subclasses ---------------------------------------------------------

@@ -91,7 +91,7 @@ class EvaluateAlgorithm(GullySegAlgorithm):
         ):
             self.addOutput(QgsProcessingOutputNumber(key, self.tr(label)))
 
-    def run(self, parameters, context, feedback):
+    def execute(self, parameters, context, feedback):
         fb = self.engine_feedback(feedback)
         pred_layer = self.parameterAsRasterLayer(parameters, self.PREDICTION, context)
         ref_layer = self.parameterAsRasterLayer(parameters, self.REFERENCE, context)

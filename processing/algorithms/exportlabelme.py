@@ -111,7 +111,7 @@ class ExportLabelmeAlgorithm(GullySegAlgorithm):
         self.addOutput(QgsProcessingOutputNumber(self.SHAPE_COUNT, self.tr("Prefilled shapes")))
         self.addOutput(QgsProcessingOutputFile(self.LABELS_FILE, self.tr("labels.txt")))
 
-    def run(self, parameters, context, feedback):
+    def execute(self, parameters, context, feedback):
         path = index_path(self, parameters, context, self.TILES)
         prefill = None
         if parameters.get(self.PREFILL) not in (None, ""):

@@ -98,7 +98,7 @@ class GridTilesAlgorithm(GullySegAlgorithm):
         self.addOutput(QgsProcessingOutputNumber(self.TILE_COUNT, self.tr("Tiles written")))
         self.addOutput(QgsProcessingOutputNumber(self.SKIPPED_COUNT, self.tr("Tiles skipped (nodata or outside AOI)")))
 
-    def run(self, parameters, context, feedback):
+    def execute(self, parameters, context, feedback):
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         if layer is None:
             raise GullySegError(f"INPUT: cannot load the raster '{parameters.get(self.INPUT)}'.")

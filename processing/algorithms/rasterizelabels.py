@@ -121,7 +121,7 @@ class RasterizeLabelsAlgorithm(GullySegAlgorithm):
         self.addOutput(QgsProcessingOutputNumber(self.ERROR_COUNT, self.tr("Errors")))
         self.addOutput(QgsProcessingOutputNumber(self.SKIPPED_FILES, self.tr("Labelme files skipped")))
 
-    def run(self, parameters, context, feedback):
+    def execute(self, parameters, context, feedback):
         path = index_path(self, parameters, context, self.TILES)
         classes = labelme.parse_classes(
             self.parameterAsString(parameters, self.CLASSES, context),

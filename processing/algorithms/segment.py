@@ -121,7 +121,7 @@ class SegmentAlgorithm(GullySegAlgorithm):
         self.addOutput(QgsProcessingOutputString(self.PROVIDER, self.tr("Execution provider")))
         self.addOutput(QgsProcessingOutputNumber(self.POLYGON_COUNT, self.tr("Number of gully polygons")))
 
-    def run(self, parameters, context, feedback):
+    def execute(self, parameters, context, feedback):
         fb = self.engine_feedback(feedback)
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         raster = self.raster_path(layer, self.INPUT)

@@ -102,7 +102,7 @@ class SetModelMetadataAlgorithm(GullySegAlgorithm):
             fileFilter="ONNX models (*.onnx)", optional=True, createByDefault=False))
         self.addOutput(QgsProcessingOutputString(self.METADATA, self.tr("Resulting metadata (JSON)")))
 
-    def run(self, parameters, context, feedback):
+    def execute(self, parameters, context, feedback):
         model = self.parameterAsFile(parameters, self.MODEL, context)
         output = None
         if parameters.get(self.OUTPUT_MODEL) not in (None, ""):

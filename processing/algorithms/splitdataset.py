@@ -88,7 +88,7 @@ class SplitDatasetAlgorithm(GullySegAlgorithm):
         self.addOutput(QgsProcessingOutputNumber(self.TEST_TILES, self.tr("Test source tiles")))
         self.addOutput(QgsProcessingOutputString(self.SUMMARY, self.tr("Per-split summary")))
 
-    def run(self, parameters, context, feedback):
+    def execute(self, parameters, context, feedback):
         root = self.output_folder(self.parameterAsFile(parameters, self.DATASET, context))
         result = split.split_dataset(
             root,

@@ -79,7 +79,7 @@ class SyntheticSceneAlgorithm(GullySegAlgorithm):
         self.addOutput(QgsProcessingOutputNumber(self.GULLY_FRACTION, self.tr("Gully share of valid pixels")))
         self.addOutput(QgsProcessingOutputNumber(self.GULLY_COUNT, self.tr("Gully networks")))
 
-    def run(self, parameters, context, feedback):
+    def execute(self, parameters, context, feedback):
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         mask = self.parameterAsOutputLayer(parameters, self.OUTPUT_MASK, context)
         gullies = self.parameterAsOutputLayer(parameters, self.OUTPUT_GULLIES, context)
