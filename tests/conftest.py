@@ -6,11 +6,8 @@ with ``--import-mode=importlib`` and the package is registered here under its re
 """
 
 import importlib.util
-import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,19 +16,16 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
-def _register_package():
-    if "gullyseg" in sys.modules:
-        return sys.modules["gullyseg"]
-    spec = importlib.util.spec_from_file_location(
-        "gullyseg", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)]
-    )
+def _load_cli_helpers():
+    """tools/gullyseg_cli.py: package registration and qgis_process set-up, shared with the tools."""
+    spec = importlib.util.spec_from_file_location("gullyseg_cli", ROOT / "tools" / "gullyseg_cli.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules["gullyseg"] = module
     spec.loader.exec_module(module)
     return module
 
 
-_register_package()
+cli = _load_cli_helpers()
+cli.register_package()
 
 
 @pytest.fixture(scope="session")
@@ -91,53 +85,35 @@ def run_alg(provider):
 
 # --- the command line (qgis_process.bin) -------------------------------------------------
 
-QGIS_PROCESS = "/usr/bin/qgis_process.bin"
+QGIS_PROCESS = cli.QGIS_PROCESS
 
 
 @pytest.fixture(scope="session")
-def qgis_process_env(tmp_path_factory):
-    """Environment for qgis_process.bin with the plugin enabled in an isolated profile."""
+def qgis_process_runner(tmp_path_factory):
+    """qgis_process.bin with the plugin enabled in an isolated profile (tools/gullyseg_cli.py)."""
     if not os.path.exists(QGIS_PROCESS):
         pytest.skip(f"{QGIS_PROCESS} not installed")
-    base = tmp_path_factory.mktemp("qgis_process")
-    plugins = base / "plugins"
-    plugins.mkdir()
-    (plugins / "gullyseg").symlink_to(ROOT, target_is_directory=True)
-    profile = base / "profile"
-    profile.mkdir()
-    env = dict(os.environ)
-    env.update(
-        QGIS_PLUGINPATH=str(plugins),
-        QGIS_CUSTOM_CONFIG_PATH=str(profile),
-        QT_QPA_PLATFORM="offscreen",
-        PATH=str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", ""),
-    )
-    env.pop("PYTHONPATH", None)
-    done = subprocess.run(
-        [QGIS_PROCESS, "plugins", "enable", "gullyseg"], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, f"plugins enable failed:\n{done.stdout}\n{done.stderr}"
-    return env
+    return cli.QgisProcess(base_dir=tmp_path_factory.mktemp("qgis_process"))
 
 
 @pytest.fixture(scope="session")
-def qgis_process(qgis_process_env):
-    """Run ``qgis_process.bin run <alg> --json -- KEY=VALUE ...``; returns the parsed JSON."""
+def qgis_process_env(qgis_process_runner):
+    """Environment for qgis_process.bin: QGIS_PLUGINPATH, private QGIS_CUSTOM_CONFIG_PATH, venv on PATH."""
+    return qgis_process_runner.env
+
+
+@pytest.fixture(scope="session")
+def qgis_process(qgis_process_runner):
+    """Run ``qgis_process.bin --json run <alg> -- KEY=VALUE ...``; returns the parsed JSON
+    (or, with expect_ok=False, the finished subprocess)."""
 
     def _run(alg_id, params, expect_ok=True, timeout=600):
-        args = [QGIS_PROCESS, "--json", "run", alg_id, "--"]
-        for key, value in params.items():
-            values = value if isinstance(value, (list, tuple)) else [value]
-            for v in values:
-                if isinstance(v, bool):
-                    v = "true" if v else "false"
-                args.append(f"{key}={v}")
-        done = subprocess.run(args, env=qgis_process_env, capture_output=True, text=True, timeout=timeout)
         if not expect_ok:
-            return done
-        assert done.returncode == 0, f"qgis_process failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
-        start = done.stdout.find("{")
-        return json.loads(done.stdout[start:])
+            return qgis_process_runner.run_raw(alg_id, params, timeout)
+        try:
+            return qgis_process_runner.run_json(alg_id, params, timeout)[0]
+        except cli.QgisProcessError as exc:
+            pytest.fail(str(exc))
 
     return _run
 

@@ -93,12 +93,16 @@ class QgisProcess:
                 args.append(f"{key}={_format_value(v)}")
         return args
 
-    def run(self, alg_id, params, timeout=3600):
-        """Run one algorithm; returns (results dict, seconds). Raises QgisProcessError."""
+    def run_raw(self, alg_id, params, timeout=3600):
+        """Run one algorithm; returns the finished subprocess (whatever its exit code)."""
         args = self.args(alg_id, params)
         self.command_lines.append(" ".join(_quote(a) for a in args))
+        return subprocess.run(args, env=self.env, capture_output=True, text=True, timeout=timeout)
+
+    def run_json(self, alg_id, params, timeout=3600):
+        """Run one algorithm; returns (qgis_process's whole --json output, seconds)."""
         started = time.monotonic()
-        done = subprocess.run(args, env=self.env, capture_output=True, text=True, timeout=timeout)
+        done = self.run_raw(alg_id, params, timeout)
         seconds = time.monotonic() - started
         if done.returncode != 0:
             raise QgisProcessError(
@@ -112,6 +116,11 @@ class QgisProcess:
                 from None
         if self.log is not None:
             self.log(alg_id, data, seconds)
+        return data, seconds
+
+    def run(self, alg_id, params, timeout=3600):
+        """Run one algorithm; returns (results dict, seconds). Raises QgisProcessError."""
+        data, seconds = self.run_json(alg_id, params, timeout)
         return data.get("results", {}), seconds
 
     def close(self):
