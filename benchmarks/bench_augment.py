@@ -19,7 +19,6 @@ ratio peer / gullyseg, and the peak memory of each child. --quick uses 60 pairs.
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import resource
@@ -33,11 +32,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _register():
-    spec = importlib.util.spec_from_file_location("gullyseg", os.path.join(ROOT, "__init__.py"),
-                                                  submodule_search_locations=[ROOT])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gullyseg"] = module
-    spec.loader.exec_module(module)
+    """Import the checkout as package ``gullyseg`` (tools/gullyseg_cli.py does it for every tool)."""
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    from gullyseg_cli import register_package
+
+    register_package()
 
 
 def build(workdir, pairs, scene_size, repeat):

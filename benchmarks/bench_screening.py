@@ -18,7 +18,6 @@ with and without the canvas render (which both paths share and which dominates).
 """
 
 import argparse
-import importlib.util
 import os
 import statistics
 import sys
@@ -30,11 +29,11 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 
 def _register():
-    spec = importlib.util.spec_from_file_location("gullyseg", os.path.join(ROOT, "__init__.py"),
-                                                  submodule_search_locations=[ROOT])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gullyseg"] = module
-    spec.loader.exec_module(module)
+    """Import the checkout as package ``gullyseg`` (tools/gullyseg_cli.py does it for every tool)."""
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    from gullyseg_cli import register_package
+
+    register_package()
 
 
 class _Bar:
