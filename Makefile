@@ -6,9 +6,10 @@ BIN := $(CURDIR)/$(VENV)/bin
 export QT_QPA_PLATFORM ?= offscreen
 export PATH := $(BIN):$(PATH)
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 DEMO_DIR ?= demo_output
 
-.PHONY: setup test demo lint package qgis bench clean help
+.PHONY: setup test demo lint package qgis bench train-model clean help
 
 help:
 	@echo "make setup    install Debian packages (QGIS, GDAL) and .venv (idempotent)"
@@ -17,7 +18,8 @@ help:
 	@echo "make lint     ruff + flake8-qgis"
 	@echo "make package  build dist/gullyseg-<version>.zip for 'Install from ZIP'"
 	@echo "make qgis     start QGIS with the plugin loaded from this checkout"
-	@echo "make bench    run the benchmarks in benchmarks/"
+	@echo "make bench    run the benchmarks in benchmarks/ (BENCH_ARGS=--quick for small sizes)"
+	@echo "make train-model  retrain the demo model (installs PyTorch, a tool-only dependency)"
 
 setup:
 	@bash tools/setup.sh
@@ -43,8 +45,13 @@ qgis: setup
 bench: setup
 	@for script in benchmarks/bench_*.py; do \
 	  [ -e "$$script" ] || { echo "no benchmarks yet"; break; }; \
-	  echo "== $$script"; $(BIN)/python "$$script" || exit 1; \
+	  echo "== $$script"; $(BIN)/python "$$script" $(BENCH_ARGS) || exit 1; \
 	done
+
+# PyTorch is needed by tools/train_demo_model.py only, never by the plugin or the tests.
+train-model: setup
+	$(BIN)/python -m pip install -q -c constraints.txt -r requirements-train.txt
+	$(BIN)/python tools/train_demo_model.py --minutes 32
 
 clean:
 	rm -rf build dist $(DEMO_DIR) .pytest_cache .ruff_cache
