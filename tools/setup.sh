@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEB_PACKAGES="qgis python3-qgis qgis-providers gdal-bin python3-gdal python3-venv python3-pip xvfb xauth"
+DEB_PACKAGES="qgis python3-qgis qgis-providers gdal-bin python3-gdal python3-venv python3-pip python3-pil python3-matplotlib xvfb xauth"
 missing=""
 for pkg in $DEB_PACKAGES; do
   if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
