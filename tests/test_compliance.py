@@ -92,3 +92,9 @@ def test_runs_as_child_algorithm(alg_id, tmp_path, run_alg, scene_factory):
     assert results
     if hasattr(example, "check"):
         example.check(results, tmp_path)
+
+
+def test_readme_table_lists_every_algorithm():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    for alg in ALGORITHMS:
+        assert f"| `{alg.name()}` | {alg.displayName()} |" in readme, f"README's algorithm table lacks {alg.name()}"
