@@ -18,15 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from osgeo import gdal
 
-from ..processing import engine  # noqa: F401  (switches GDAL to exceptions, as the engine does)
-
-
-def default_bands(band_count):
-    if band_count >= 4:
-        return [3, 2, 1]
-    if band_count == 3:
-        return [1, 2, 3]
-    return [1]
+from ..processing.engine import gdalio
+from ..processing.engine.tiling import default_jpeg_bands, stretch_to_byte
 
 
 def image_path(root, tile, prefer_jpeg=True):
@@ -47,15 +40,9 @@ def image_path(root, tile, prefer_jpeg=True):
 
 def _read(path, bands=None):
     ds = gdal.Open(path)
-    bands = bands or default_bands(ds.RasterCount)
-    bands = [b for b in bands if b <= ds.RasterCount] or [1]
-    data = ds.ReadAsArray(band_list=bands).reshape(len(bands), ds.RasterYSize, ds.RasterXSize)
-    valid = np.ones(data.shape[1:], dtype=bool)
-    for b in bands:
-        band = ds.GetRasterBand(b)
-        if not band.GetMaskFlags() & gdal.GMF_ALL_VALID:
-            valid &= band.GetMaskBand().ReadAsArray() > 0
-    return data, valid
+    bands = [b for b in (bands or default_jpeg_bands(ds)) if b <= ds.RasterCount] or [1]
+    data = gdalio.read_window(ds, 0, 0, ds.RasterXSize, ds.RasterYSize, bands)
+    return data, gdalio.valid_mask(ds, 0, 0, ds.RasterXSize, ds.RasterYSize)
 
 
 def estimate_stretch(paths, bands=None, low=2.0, high=98.0):
@@ -76,21 +63,19 @@ def estimate_stretch(paths, bands=None, low=2.0, high=98.0):
 
 def _to_uint8(data, valid, stretch):
     if data.dtype == np.uint8 and stretch is None:
-        out = data
-    else:
-        out = np.empty(data.shape, dtype=np.uint8)
-        for i, band in enumerate(data):
-            if stretch is not None and i < len(stretch):
-                lo, hi = stretch[i]
-            else:  # no dataset stretch known: this tile's own percentiles
-                v = band[valid] if valid.any() else band.ravel()
-                lo, hi = (float(np.percentile(v, 2)), float(np.percentile(v, 98))) if v.size else (0.0, 1.0)
-            scale = 255.0 / (hi - lo) if hi > lo else 1.0
-            out[i] = np.clip((band.astype(np.float32) - lo) * scale, 0, 255).astype(np.uint8)
-    if not valid.all():
-        out = out.copy()
+        out = data.copy()
         out[:, ~valid] = 0
-    return out
+        return out
+    lows, highs = [], []
+    for i, band in enumerate(data):
+        if stretch is not None and i < len(stretch):
+            lo, hi = stretch[i]
+        else:  # no dataset stretch known: this tile's own percentiles
+            v = band[valid] if valid.any() else band.ravel()
+            lo, hi = (float(np.percentile(v, 2)), float(np.percentile(v, 98))) if v.size else (0.0, 1.0)
+        lows.append(lo)
+        highs.append(hi)
+    return stretch_to_byte(data, lows, highs, valid)
 
 
 PICTURE_SUFFIXES = (".jpg", ".jpeg", ".png")

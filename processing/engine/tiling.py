@@ -223,20 +223,29 @@ def compute_stretch(ds, bands, validity, percentiles=STRETCH_PERCENTILES, max_sa
     }
 
 
+def stretch_to_byte(data, lows, highs, valid=None):
+    """(bands, h, w) array -> uint8: band k maps lows[k]..highs[k] linearly onto 0..255 (rounded,
+    clipped); non-finite and invalid pixels become 0. The one 8-bit conversion: JPEG tiles and the
+    dock's tile view use it, so both show the same pixels."""
+    out = np.empty(data.shape, dtype=np.uint8)
+    for k, band in enumerate(data):
+        lo, hi = float(lows[k]), float(highs[k])
+        scaled = (band.astype(np.float32) - lo) * (255.0 / (hi - lo) if hi > lo else 1.0) + 0.5
+        np.clip(scaled, 0, 255, out=scaled)
+        if band.dtype.kind == "f":
+            scaled[~np.isfinite(band)] = 0
+        out[k] = scaled.astype(np.uint8)
+    if valid is not None:
+        out[:, ~valid] = 0
+    return out
+
+
 def _to_byte(arr, bands, stretch, valid):
     """(len(bands), h, w) uint8 from a tile array using the scene-wide stretch."""
-    out = np.empty((len(bands),) + arr.shape[1:], dtype=np.uint8)
-    for k, b in enumerate(bands):
-        data = arr[b - 1]
-        if stretch["method"] == "none":
-            out[k] = data
-        else:
-            lo, hi = stretch["low"][k], stretch["high"][k]
-            scaled = (data.astype(np.float32) - lo) * (255.0 / (hi - lo)) + 0.5
-            np.clip(scaled, 0, 255, out=scaled)
-            if data.dtype.kind == "f":
-                scaled[~np.isfinite(data)] = 0
-            out[k] = scaled.astype(np.uint8)
+    data = arr[[b - 1 for b in bands]]
+    if stretch["method"] != "none":
+        return stretch_to_byte(data, stretch["low"], stretch["high"], valid)
+    out = data.astype(np.uint8)
     if valid is not None:
         out[:, ~valid] = 0
     return out
