@@ -70,6 +70,10 @@ def test_demo_project_opens_with_styled_layers(demo_run, qgis_app):
     names = {layer.name() for layer in layers}
     assert {"Predicted gully mask", "Gully probability", "Ground truth mask", "Tile index (screening status)"} <= names
     assert project.crs().authid() == "EPSG:32606"
+    scene = next(layer for layer in layers if layer.name().startswith("Demo scene"))
+    view = project.viewSettings().defaultViewExtent()
+    assert view.crs().authid() == "EPSG:32606" and view.contains(scene.extent().center())
+    assert abs(view.width() - scene.extent().width()) < 1.0  # QGIS opens on the scene
 
 
 def test_demo_refuses_a_foreign_folder(tmp_path):

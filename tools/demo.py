@@ -331,6 +331,11 @@ def write_project(path, files):
             raise RuntimeError(f"could not add {source} to the project")
         node = group.addLayer(layer)
         node.setItemVisibilityChecked(visible)
+    # open on the scene: a project written without a canvas has no view extent of its own
+    from qgis.core import QgsReferencedRectangle
+
+    scene = project.mapLayersByName("Demo scene (synthetic, EPSG:32606)")[0]
+    project.viewSettings().setDefaultViewExtent(QgsReferencedRectangle(scene.extent(), scene.crs()))
     if not project.write(str(path)):
         raise RuntimeError(f"could not write the QGIS project {path}: {project.error()}")
     return str(path)
