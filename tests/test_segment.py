@@ -32,6 +32,7 @@ def _read(path):
 
 def test_processing_run_with_mask_layer_in_another_crs(run_alg, scene_factory, model, tmp_path):
     from qgis.core import (
+        Qgis,
         QgsCoordinateReferenceSystem,
         QgsCoordinateTransform,
         QgsFeature,
@@ -48,8 +49,9 @@ def test_processing_run_with_mask_layer_in_another_crs(run_alg, scene_factory, m
     # the same polygon in EPSG:4326, as a memory layer
     layer = QgsVectorLayer("Polygon?crs=EPSG:4326", "area", "memory")
     geom = QgsGeometry.fromWkt(wkt)
-    geom.transform(QgsCoordinateTransform(QgsCoordinateReferenceSystem("EPSG:32606"),
-                                          QgsCoordinateReferenceSystem("EPSG:4326"), QgsProject.instance()))
+    assert geom.transform(QgsCoordinateTransform(QgsCoordinateReferenceSystem("EPSG:32606"),
+                                                 QgsCoordinateReferenceSystem("EPSG:4326"),
+                                                 QgsProject.instance())) == Qgis.GeometryOperationResult.Success
     feat = QgsFeature()
     feat.setGeometry(geom)
     layer.dataProvider().addFeatures([feat])
