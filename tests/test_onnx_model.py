@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -174,3 +175,31 @@ def test_command_line_tool(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "tools" / "set_model_metadata.py"), src, "--show"],
                           capture_output=True, text=True)
     assert done.returncode == 0 and '"resolution_cm": 75.0' in done.stdout
+
+
+def test_missing_onnxruntime_is_a_clear_error_and_the_provider_still_loads(tmp_path):
+    """A plugin installed from the zip into a QGIS without onnxruntime: every algorithm still
+    registers (onnxruntime is imported only when a model runs), and inference says what to install.
+    Run in a fresh interpreter so that nothing is already imported."""
+    path = om.make_fcn_model(tmp_path / "m.onnx")
+    root = Path(__file__).resolve().parents[1]
+    script = f"""
+import sys
+sys.modules["onnxruntime"] = None  # import onnxruntime -> ImportError
+sys.path.insert(0, {str(root / "tools")!r})
+import gullyseg_cli
+gullyseg_cli.register_package()
+from gullyseg.processing.provider import algorithm_classes
+print(sorted(cls.ALG_ID for cls in algorithm_classes()))
+from gullyseg.processing.engine import onnx_model
+from gullyseg.processing.engine.errors import GullySegError
+try:
+    onnx_model.load_model({str(path)!r})
+except GullySegError as exc:
+    print("ERROR:", exc)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
+    assert done.returncode == 0, done.stderr
+    assert "'segment'" in done.stdout and "'gridtiles'" in done.stdout and "'evaluate'" in done.stdout
+    assert "ERROR: onnxruntime is not installed in QGIS's Python" in done.stdout

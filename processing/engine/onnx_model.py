@@ -56,7 +56,7 @@ CPU = "CPUExecutionProvider"
 def _ort():
     try:
         import onnxruntime
-    except ImportError as exc:  # pragma: no cover - the plugin's requirements install it
+    except ImportError as exc:
         raise GullySegError(
             "onnxruntime is not installed in QGIS's Python: install it (pip install onnxruntime, or "
             "onnxruntime-gpu for CUDA) to run ONNX models."
