@@ -15,8 +15,9 @@
    noisy on a shared machine.
 2. Peak memory: segment_raster (probability + mask) on scenes in child processes (peak RSS
    from wait4's ru_maxrss): 8,000 x 8,000, 31,000 x 31,000 (the users' scene size) and
-   8,000 wide x 31,000 tall; target < 1.5 GB and flat. Rows are streamed, so memory depends on
-   the width (strips of rows) and must not grow with the height: the tall scene shows that.
+   8,000 wide x 31,000 tall; target < 1.5 GB and flat. Rows are streamed and wide scenes are
+   run in column panels, so memory must not grow with the height (the tall scene shows that)
+   nor, beyond one panel (8,192 px), with the width (the two squares show that).
    Scenes: a 2,048 px synthetic scene repeated (VRT mosaic) into a tiled DEFLATE GeoTIFF with
    gdal_translate. A lighter model (2 convs, 8 channels) is used here so that the 31,000 px
    run takes minutes, not an hour; memory does not
@@ -239,7 +240,7 @@ def main():
         squares = [r for r in rows if r["size"] == r["height"]]
         if len(squares) > 1:
             print(f"  {squares[-1]['size']} / {squares[0]['size']} px squares: peak ratio "
-                  f"{squares[-1]['peak_rss_mb'] / squares[0]['peak_rss_mb']:.2f} (memory grows with the width only)")
+                  f"{squares[-1]['peak_rss_mb'] / squares[0]['peak_rss_mb']:.2f} (flat in width beyond one panel = ~1)")
         for tall in (r for r in rows if r["height"] != r["size"]):
             same = [r for r in squares if r["size"] == tall["size"]]
             if same:

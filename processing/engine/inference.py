@@ -11,8 +11,11 @@
 * streaming: a reader thread reads block-aligned strips of rows ahead of the model (bounded
   queue, GDAL's block cache of the input is released after each strip), the model runs in
   batches, an accumulator holds only the rows that windows still touch, and a writer thread
-  writes finished rows in whole output blocks: peak memory depends on the scene width, never on
-  its height;
+  writes finished rows in whole output blocks: peak memory never depends on the scene height;
+* regions wider than ``PANEL_WIDTH`` columns are processed in column panels, one after the other
+  (boundaries on output block columns); each panel runs every window that touches it, in the
+  same order with the same weights, so results are bit-identical to one full-width pass, and
+  peak memory stops growing with the width too (the few windows across a boundary run twice);
 * nodata (band nodata values, mask bands, outside EXTENT / MASK_LAYER) is 255 in both outputs;
   windows without a valid pixel are skipped;
 * cancel: ``feedback`` is checked between batches and a watcher thread sets onnxruntime's
@@ -51,6 +54,9 @@ TTA_NONE, TTA_FLIPS, TTA_DIHEDRAL = 0, 1, 2
 TTA_NAMES = {TTA_NONE: "none", TTA_FLIPS: "flips (4 passes)", TTA_DIHEDRAL: "flips and rotations (8 passes)"}
 RESOLUTION_TOLERANCE = 0.10
 WEIGHT_FLOOR = 1e-6
+# wider regions are blended in column panels of this many output columns (a multiple of the 256 px
+# output blocks): peak memory then depends on this, not on the scene width
+PANEL_WIDTH = 8192
 _DONE = object()
 # tiled DEFLATE GeoTIFF; level 1: ~9x less CPU than the default level 6 for ~4 % larger files
 # (measured on probability rasters), which keeps the writer from slowing the model down
@@ -230,10 +236,55 @@ class _Grid:
         self.rows = [rows[r] for r in sorted(rows)]
         self.row_y = [row[0].y_off for row in self.rows]
         self.count = sum(len(r) for r in self.rows)
+        self.read_region = self.region
+        self.grid = self
 
     def edges(self, win):
-        gx, gy, gw, gh = self.region
+        gx, gy, gw, gh = self.grid.region
         return (win.x_off > gx, win.y_off > gy, win.x_end < gx + gw, win.y_end < gy + gh)
+
+    def panels(self, width=None):
+        """Column panels of the region: [self] when it fits in ``width`` output columns.
+
+        Panel boundaries fall on multiples of ``width`` (a multiple of 256) from the output's left
+        column, so every output block is written by one panel. Each panel keeps every window that
+        touches its columns, in the same order, with the same weights: a pixel gets the same sums
+        in the same order as from one full-width pass (windows across a boundary run in both).
+        """
+        width = int(width or PANEL_WIDTH)
+        gx, gy, gw, gh = self.region
+        if gw <= width or self.edge != windows.EDGE_SHIFT:
+            return [self]
+        ox = self.out[0]
+        cuts = [gx]
+        c = ox + width
+        while c < gx + gw:
+            if c > cuts[-1]:
+                cuts.append(c)
+            c += width
+        cuts.append(gx + gw)
+        return [_Panel(self, a, b) for a, b in zip(cuts[:-1], cuts[1:])]
+
+
+class _Panel:
+    """The windows of a ``_Grid`` that touch columns [c0, c1); the accumulator spans only those columns."""
+
+    def __init__(self, grid, c0, c1):
+        gx, gy, gw, gh = grid.region
+        self.grid = grid
+        self.out = grid.out
+        self.window = grid.window
+        self.edge = grid.edge
+        self.region = (c0, gy, c1 - c0, gh)
+        self.rows = [[w for w in row if w.x_off < c1 and w.x_end > c0] for row in grid.rows]
+        self.row_y = grid.row_y
+        self.count = sum(len(r) for r in self.rows)
+        r0 = min(row[0].x_off for row in self.rows)
+        r1 = max(row[-1].x_end for row in self.rows)
+        self.read_region = (r0, gy, r1 - r0, gh)
+
+    def edges(self, win):
+        return self.grid.edges(win)
 
 
 # --- readers (run in the reader thread) -----------------------------------------------------------
@@ -312,7 +363,7 @@ class _GdalReader:
         self.out = out
         self.mask_wkts = mask_wkts
         self.raster_w, self.raster_h = raster_size
-        gx, gy, gw, gh = grid.region
+        gx, gy, gw, gh = grid.read_region
         self.c0, self.c1 = gx, gx + gw
         self.r0, self.r1 = gy, gy + gh
         self.b0 = self.b1 = self.r0
@@ -421,12 +472,15 @@ def _blend(model, grid, reader, scale, runner, sink, feedback, stop, progress=(0
     """Reader thread -> batches through the model -> Hann-weighted accumulator -> ``sink``.
 
     ``sink(y, prob, valid)`` receives finished rows (absolute raster rows, grid-region columns)
-    in order. Returns (windows run, windows skipped).
+    in order. ``grid`` is a ``_Grid`` or one of its ``_Panel``s. Returns (windows run, windows
+    skipped), counting only the windows that start in the grid's columns (a window across a panel
+    boundary counts once).
     """
     q = queue.Queue(maxsize=max(4, 2 * runner.batch_size))
+    halt = threading.Event()  # ends this call's reader; ``stop`` (cancel) ends the whole run
 
     def put(item):
-        while not stop.is_set():
+        while not (stop.is_set() or halt.is_set()):
             try:
                 q.put(item, timeout=0.1)
                 return True
@@ -440,7 +494,7 @@ def _blend(model, grid, reader, scale, runner, sink, feedback, stop, progress=(0
             for r, row in enumerate(grid.rows):
                 reader.need(grid.row_y[r], grid.row_y[r] + grid.window[1])
                 for win in row:
-                    if stop.is_set():
+                    if stop.is_set() or halt.is_set():
                         return
                     raw, valid = reader.window(win)
                     if not valid.any():
@@ -467,6 +521,7 @@ def _blend(model, grid, reader, scale, runner, sink, feedback, stop, progress=(0
     remaining = [len(row) for row in grid.rows]
     weights = {}
     done = [0, 0]
+    owned_total = sum(1 for row in grid.rows for w in row if w.x_off >= gx)
     start, end = progress
 
     def blend(win, p, valid):
@@ -524,7 +579,7 @@ def _blend(model, grid, reader, scale, runner, sink, feedback, stop, progress=(0
         state["top"] = final
 
     def report():
-        total = max(1, grid.count)
+        total = max(1, owned_total)
         feedback.progress(start + (end - start) * (done[0] + done[1]) / total)
 
     def run_batch(batch):
@@ -533,7 +588,7 @@ def _blend(model, grid, reader, scale, runner, sink, feedback, stop, progress=(0
         for (win, _x, valid), p in zip(batch, probs):
             blend(win, p, valid)
             remaining[win.row] -= 1
-        done[0] += len(batch)
+            done[0] += win.x_off >= gx
 
     thread = threading.Thread(target=produce, name="gullyseg-reader", daemon=True)
     thread.start()
@@ -560,7 +615,7 @@ def _blend(model, grid, reader, scale, runner, sink, feedback, stop, progress=(0
             win, x, valid = item
             if x is None:
                 remaining[win.row] -= 1
-                done[1] += 1
+                done[1] += win.x_off >= gx
                 if not batch:
                     flush()
             else:
@@ -577,7 +632,7 @@ def _blend(model, grid, reader, scale, runner, sink, feedback, stop, progress=(0
         flush()
         report()
     finally:
-        stop.set()
+        halt.set()
         while True:  # unblock the reader
             try:
                 q.get_nowait()
@@ -587,15 +642,39 @@ def _blend(model, grid, reader, scale, runner, sink, feedback, stop, progress=(0
     return done[0], done[1]
 
 
+def _blend_panels(model, grid, make_reader, scale, runner, sink, feedback, stop, progress=(0.0, 100.0)):
+    """``_blend`` over each column panel of ``grid`` in turn (one panel unless the region is wide).
+
+    ``make_reader(panel)`` returns a reader for a panel; ``sink`` is an ``_OutputSink``.
+    Returns (windows run, windows skipped).
+    """
+    panels = grid.panels()
+    start, end = progress
+    total = max(1, grid.count)
+    ran = skipped = 0
+    for panel in panels:
+        if len(panels) > 1:
+            gx, _, gw, _ = panel.region
+            sink.panel(gx, gx + gw)
+        a = start + (end - start) * (ran + skipped) / total
+        owned = sum(1 for row in panel.rows for w in row if w.x_off >= panel.region[0])
+        b = start + (end - start) * (ran + skipped + owned) / total
+        r, k = _blend(model, panel, make_reader(panel), scale, runner, sink, feedback, stop, (a, b))
+        ran += r
+        skipped += k
+    return ran, skipped
+
+
 # --- writing -------------------------------------------------------------------------------------
 
 class _BlockWriter:
     """Writes rows of several single-band rasters in whole block rows (no partial-block rewrites)."""
 
-    def __init__(self, bands, width, block_rows):
+    def __init__(self, bands, width, block_rows, x_off=0):
         self.bands = bands  # list of gdal bands (None to skip)
         self.width = width
         self.block_rows = block_rows
+        self.x_off = x_off  # first column written (a panel of the output)
         self.start = 0  # first row not yet written
         self.pending = []  # list of tuples of arrays, one per band
 
@@ -611,7 +690,7 @@ class _BlockWriter:
         stacked = [np.concatenate([p[i] for p in self.pending]) for i in range(len(self.bands))]
         for band, arr in zip(self.bands, stacked):
             if band is not None:
-                band.WriteArray(arr[:n], 0, self.start)
+                band.WriteArray(arr[:n], self.x_off, self.start)
                 band.FlushCache()  # whole blocks: compress and write them now, keep GDAL's cache small
         rest = [arr[n:] for arr in stacked]
         self.pending = [tuple(rest)] if rest and rest[0].shape[0] else []
@@ -648,6 +727,8 @@ class _OutputSink:
             ds.SetMetadataItem("GULLYSEG_THRESHOLD", f"{self.threshold:g}")
             self.datasets.append(ds)
             bands.append(band)
+        self.bands = bands
+        self.cols = (grid_region[0], grid_region[0] + grid_region[2])  # columns of the rows received
         self.writer = _BlockWriter(bands, ow, 256)
         self.valid_pixels = 0
         self.gully_pixels = 0
@@ -662,6 +743,12 @@ class _OutputSink:
             raise self.error
         self.q.put((y, prob, valid))
 
+    def panel(self, c0, c1):
+        """The next rows (from the top again) cover raster columns [c0, c1) (a ``_Panel``)."""
+        if self.error is not None:
+            raise self.error
+        self.q.put(("panel", c0, c1))
+
     def _loop(self):
         while True:
             item = self.q.get()
@@ -670,19 +757,30 @@ class _OutputSink:
             if self.error is not None:
                 continue
             try:
-                self._write(*item)
+                if item[0] == "panel":
+                    self._panel(*item[1:])
+                else:
+                    self._write(*item)
             except BaseException as exc:  # noqa: BLE001
                 self.error = exc
 
-    def _write(self, y, prob, valid, cols_in_output=False):
+    def _panel(self, c0, c1):
+        self.writer.close()
         ox, oy, ow, oh = self.out
-        gx = self.grid_region[0]
+        a, b = max(c0, ox), min(c1, ox + ow)
+        self.cols = (c0, c1)
+        self.writer = _BlockWriter(self.bands, max(0, b - a), 256, max(0, a - ox))
+
+    def _write(self, y, prob, valid):
+        ox, oy, ow, oh = self.out
+        c0, c1 = self.cols
         n = prob.shape[0]
         a, b = max(y, oy), min(y + n, oy + oh)
-        if b <= a:
+        xa, xb = max(c0, ox), min(c1, ox + ow)
+        if b <= a or xb <= xa:
             return
         rows = slice(a - y, b - y)
-        cols = slice(ox - gx, ox - gx + ow)
+        cols = slice(xa - c0, xb - c0)
         p = prob[rows, cols]
         v = valid[rows, cols]
         mask = (p >= np.float32(self.threshold)).view(np.uint8)  # a new array: 0/1
@@ -915,9 +1013,12 @@ def segment_raster(input_path, model, output_probability=None, output_mask=None,
             feedback.info(f"{grid.count} windows in {len(grid.rows)} rows (last row/column snapped to the edge)")
             sink = _OutputSink(tmp_prob, tmp_mask, out, grid.region, gt, info.crs_wkt, threshold, pixel_area, feedback)
             try:
-                reader = _GdalReader(str(input_path), band_list, gt, info.crs_wkt, grid, out, wkts,
-                                     (info.width, info.height))
-                ran, skipped = _blend(model, grid, reader, scale, runner, sink, feedback, stop, infer_span)
+                def make_reader(panel):
+                    return _GdalReader(str(input_path), band_list, gt, info.crs_wkt, panel, out, wkts,
+                                       (info.width, info.height))
+
+                ran, skipped = _blend_panels(model, grid, make_reader, scale, runner, sink, feedback, stop,
+                                             infer_span)
                 sink.finish()
             except BaseException:
                 sink.abort()
@@ -980,8 +1081,10 @@ def _resampled(input_path, info, model, band_list, scale, runner, out, wkts, ove
     sink = _OutputSink(model_prob, None, (0, 0, mw, mh), mgrid.region, wgt, info.crs_wkt, threshold, res_m * res_m,
                        feedback)
     try:
-        reader = _GdalReader(vrt, band_list, wgt, info.crs_wkt, mgrid, (0, 0, mw, mh), wkts, (mw, mh))
-        ran, skipped = _blend(model, mgrid, reader, scale, runner, sink, feedback, stop, span)
+        def make_reader(panel):
+            return _GdalReader(vrt, band_list, wgt, info.crs_wkt, panel, (0, 0, mw, mh), wkts, (mw, mh))
+
+        ran, skipped = _blend_panels(model, mgrid, make_reader, scale, runner, sink, feedback, stop, span)
         sink.finish()
     except BaseException:
         sink.abort()
