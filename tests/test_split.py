@@ -277,6 +277,8 @@ def test_manifest_and_card(ds):
         assert (ds / s["mask"]).exists() and (ds / s["image_tif"]).exists() and (ds / s["image_jpg"]).exists()
         assert (ds / s["materialized"]["mask"]).exists()
     card = json.loads((ds / "dataset.json").read_text())
+    assert card["evaluation"]["convention"].startswith("Confusion matrix")
+    assert "background and gully" in card["evaluation"]["convention"] and card["evaluation"]["ignore_value"] == 255
     sec = card["split"]
     assert sec["seed"] == 11 and sec["strategy"] == 1 and sec["block_size"] == 2 and sec["stratify"] is True
     assert sec["ratios"] == [0.7, 0.15, 0.15] and sec["manifest"] == "split.json"

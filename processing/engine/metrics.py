@@ -56,6 +56,17 @@ CONVENTION = (
 )
 
 
+def card_section(classes=DEFAULT_CLASSES, ignore_value=DEFAULT_IGNORE):
+    """The dataset card's 'evaluation' section: how gullyseg:evaluate scores this dataset."""
+    return {
+        "algorithm": "gullyseg:evaluate",
+        "classes": list(classes),
+        "ignore_value": ignore_value,
+        "metrics": ["OA", "mIoU", "IoU_gully", "precision", "recall", "F1"],
+        "convention": CONVENTION,
+    }
+
+
 # --- scores from a confusion matrix ------------------------------------------------------
 
 def _ratio(num, den):

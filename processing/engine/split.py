@@ -64,7 +64,7 @@ import uuid
 import numpy as np
 from osgeo import gdal
 
-from . import dataset, gdalio
+from . import dataset, gdalio, metrics
 from .errors import GullySegError
 from .feedback import Feedback
 
@@ -591,7 +591,8 @@ def write_outputs(paths, records, tiles, groups, settings, overwrite=False, feed
         "summary": summary,
         "gully_pixels": "mask values 1..254; labelled = not the ignore value nor the mask nodata",
     })
-    dataset.update_card(paths.root, split=split_card, counts=counts_section(card, records, summary))
+    dataset.update_card(paths.root, split=split_card, counts=counts_section(card, records, summary),
+                        evaluation=metrics.card_section())
     for line in summary_text(summary).split("; "):
         feedback.info(f"  {line}")
     return manifest
