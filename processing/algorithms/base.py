@@ -2,7 +2,7 @@
 
 import os
 
-from qgis.core import QgsProcessingAlgorithm, QgsProcessingException
+from qgis.core import QgsFeatureRequest, QgsProcessingAlgorithm, QgsProcessingException
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
@@ -14,6 +14,31 @@ GROUP_DATASET = ("dataset", "Dataset")
 GROUP_INFERENCE = ("inference", "Inference")
 GROUP_EVALUATION = ("evaluation", "Evaluation")
 GROUP_DEMO = ("demo", "Demo")
+
+
+def features_in_crs(source, crs, context, what, with_attribute=None):
+    """Yield (wkt, attribute value) of a feature source's geometries reprojected to ``crs``.
+
+    The one way algorithms hand polygon layers (any CRS) to the engine: as WKT in the CRS the
+    engine works in (scene, tile index). Empty geometries are skipped."""
+    if not source.sourceCrs().isValid():
+        raise GullySegError(f"{what}: the layer has no CRS; set its CRS first (Layer Properties > Source).")
+    request = QgsFeatureRequest()
+    request.setDestinationCrs(crs, context.transformContext())
+    for feature in source.getFeatures(request):
+        geom = feature.geometry()
+        if geom is None or geom.isNull() or geom.isEmpty():
+            continue
+        value = None
+        if with_attribute:
+            value = feature[with_attribute]
+            if value is None or (hasattr(value, "isNull") and value.isNull()):
+                value = None
+            elif isinstance(value, float) and value.is_integer():
+                value = int(value)
+            elif not isinstance(value, (int, str)):
+                value = str(value)
+        yield geom.asWkt(), value
 
 
 class QgisFeedback(Feedback):

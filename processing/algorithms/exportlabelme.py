@@ -2,7 +2,6 @@
 
 from qgis.core import (
     QgsCoordinateReferenceSystem,
-    QgsFeatureRequest,
     QgsProcessingOutputFile,
     QgsProcessingOutputNumber,
     QgsProcessingParameterBoolean,
@@ -15,7 +14,7 @@ from qgis.core import (
 from ... import compat
 from ..engine import dataset, rasterize
 from ..engine.errors import GullySegError
-from .base import GROUP_DATASET, GullySegAlgorithm
+from .base import GROUP_DATASET, GullySegAlgorithm, features_in_crs
 
 
 def index_path(alg, parameters, context, key="TILES"):
@@ -36,28 +35,6 @@ def index_crs(path):
     if not crs.isValid():
         raise GullySegError(f"TILES: the tile index '{path}' has no valid CRS.")
     return crs, wkt
-
-
-def features_in_crs(source, crs, context, what, with_attribute=None):
-    """Yield (wkt, attribute value) of a feature source's geometries reprojected to ``crs``."""
-    if not source.sourceCrs().isValid():
-        raise GullySegError(f"{what}: the layer has no CRS; set its CRS first (Layer Properties > Source).")
-    request = QgsFeatureRequest()
-    request.setDestinationCrs(crs, context.transformContext())
-    for feature in source.getFeatures(request):
-        geom = feature.geometry()
-        if geom is None or geom.isNull() or geom.isEmpty():
-            continue
-        value = None
-        if with_attribute:
-            value = feature[with_attribute]
-            if value is None or (hasattr(value, "isNull") and value.isNull()):
-                value = None
-            elif isinstance(value, float) and value.is_integer():
-                value = int(value)
-            elif not isinstance(value, (int, str)):
-                value = str(value)
-        yield geom.asWkt(), value
 
 
 class ExportLabelmeAlgorithm(GullySegAlgorithm):

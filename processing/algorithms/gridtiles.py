@@ -3,7 +3,6 @@
 import os
 
 from qgis.core import (
-    QgsCoordinateTransform,
     QgsProcessingContext,
     QgsProcessingOutputNumber,
     QgsProcessingParameterBoolean,
@@ -20,7 +19,7 @@ from qgis.core import (
 from ... import compat
 from ..engine import tiling, windows
 from ..engine.errors import GullySegError
-from .base import GROUP_DATASET, GullySegAlgorithm
+from .base import GROUP_DATASET, GullySegAlgorithm, features_in_crs
 
 
 class GridTilesAlgorithm(GullySegAlgorithm):
@@ -144,22 +143,7 @@ class GridTilesAlgorithm(GullySegAlgorithm):
         source = self.parameterAsSource(parameters, self.AOI, context)
         if source is None:
             return None
-        transform = None
-        if source.sourceCrs().isValid() and source.sourceCrs() != scene_crs:
-            transform = QgsCoordinateTransform(source.sourceCrs(), scene_crs, context.transformContext())
-        wkts = []
-        for feature in source.getFeatures():
-            geom = feature.geometry()
-            if geom is None or geom.isEmpty():
-                continue
-            if transform is not None:
-                try:
-                    geom.transform(transform)
-                except Exception as exc:  # QgsCsException
-                    raise GullySegError(
-                        f"AOI: a polygon cannot be reprojected to the scene CRS {scene_crs.authid()}: {exc}"
-                    ) from None
-            wkts.append(geom.asWkt())
+        wkts = [wkt for wkt, _ in features_in_crs(source, scene_crs, context, self.AOI)]
         if not wkts:
             raise GullySegError("AOI: the layer has no polygons; give polygons or leave AOI empty.")
         return wkts

@@ -17,8 +17,8 @@ from qgis.core import (
 from ... import compat
 from ..engine import labelme, rasterize
 from ..engine.errors import GullySegError
-from .base import GROUP_DATASET, GullySegAlgorithm
-from .exportlabelme import features_in_crs, index_crs, index_path
+from .base import GROUP_DATASET, GullySegAlgorithm, features_in_crs
+from .exportlabelme import index_crs, index_path
 
 
 class RasterizeLabelsAlgorithm(GullySegAlgorithm):

@@ -1,7 +1,6 @@
 """gullyseg:segment - run an ONNX segmentation model over a raster layer (engine: inference.py)."""
 
 from qgis.core import (
-    QgsCoordinateTransform,
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
     QgsProcessingParameterBoolean,
@@ -20,7 +19,7 @@ from ... import compat
 from ..engine import inference
 from ..engine.errors import GullySegError
 from ..engine.onnx_model import load_model
-from .base import GROUP_INFERENCE, GullySegAlgorithm
+from .base import GROUP_INFERENCE, GullySegAlgorithm, features_in_crs
 
 
 class SegmentAlgorithm(GullySegAlgorithm):
@@ -139,17 +138,7 @@ class SegmentAlgorithm(GullySegAlgorithm):
         mask_wkts = None
         source = self.parameterAsSource(parameters, self.MASK_LAYER, context)
         if source is not None:
-            transform = None
-            if source.sourceCrs().isValid() and source.sourceCrs() != crs:
-                transform = QgsCoordinateTransform(source.sourceCrs(), crs, context.transformContext())
-            mask_wkts = []
-            for feature in source.getFeatures():
-                geom = feature.geometry()
-                if geom is None or geom.isEmpty():
-                    continue
-                if transform is not None:
-                    geom.transform(transform)
-                mask_wkts.append(geom.asWkt())
+            mask_wkts = [wkt for wkt, _ in features_in_crs(source, crs, context, self.MASK_LAYER)]
             if not mask_wkts:
                 raise GullySegError("MASK_LAYER: the layer has no polygon (nothing to segment).")
 
