@@ -1,18 +1,22 @@
 """Benchmark: ONNX inference over scenes (engine.inference.segment_raster), throughput and peak memory.
 
-    .venv/bin/python benchmarks/bench_inference.py [--quick] [--sizes 8000,31000] [--throughput-size 3072]
+    .venv/bin/python benchmarks/bench_inference.py [--quick] [--sizes 8000,31000] [--throughput-size 6144]
+                                                   [--rounds 5]
 
-1. Throughput, in this process: segment_raster end to end (reading in a background thread,
-   normalising, the model in batches, Hann blending, writing two compressed GeoTIFFs) against the
-   peer, bare ``session.run`` of the same onnxruntime session on the same windows and batch size
-   (only the run calls are timed; the peer's input batches are prepared outside the clock).
+1. Throughput, in this process: segment_raster end to end (reading and decompressing the scene
+   and normalising in a reader thread, the model in batches, Hann blending, writing two
+   DEFLATE-compressed GeoTIFFs in a writer thread) against the peer, bare ``session.run`` on the
+   same windows and batch size: a session with onnxruntime's default options (all cores for one
+   run), the input batches prepared outside the clock, only the run calls timed. The engine runs
+   its own session, two batches at once on half the threads each (onnx_model.plan_threads).
    Both count the same pixels (windows x window area), so the ratio is t_bare / t_engine; target
    >= 0.9. Models: tests/onnx_models.make_benchmark_model (4 convs 3x3, 16 channels, sigmoid),
-   and a heavier one (6 convs, 32 channels): the engine's own work (reading and decompressing the
-   scene, normalising, blending, compressing two outputs) is a fixed cost per pixel, so its share
-   shrinks as the model grows. 256 px windows, overlap 64, batch 8. Best of three runs each,
-   alternating; the process CPU time (all threads) is reported too, as wall-clock ratios are
-   noisy on a shared machine.
+   and a heavier one (6 convs, 32 channels): the engine's own work is a cost per pixel, so its
+   share shrinks as the model grows. 256 px windows, overlap 64, batch 8, on a 6,144 px synthetic
+   scene (a run's fixed cost, opening and creating files and starting threads, weighs on small
+   scenes only; the users' scenes are 31,000 px). Best of ``--rounds`` runs each, alternating;
+   the process CPU time (all threads) is reported too, as wall-clock ratios are noisy on a
+   shared machine.
 2. Peak memory: segment_raster (probability + mask) on scenes in child processes (peak RSS
    from wait4's ru_maxrss): 8,000 x 8,000, 31,000 x 31,000 (the users' scene size) and
    8,000 wide x 31,000 tall; target < 1.5 GB and flat. Rows are streamed and wide scenes are
@@ -22,7 +26,7 @@
    gdal_translate. A lighter model (2 convs, 8 channels) is used here so that the 31,000 px
    run takes minutes, not an hour; memory does not
    depend on the model's depth.
---quick: throughput on 1,024 px, memory on 2,000, 4,000 and 2,000 x 8,000 px.
+--quick: throughput on 2,048 px (3 rounds), memory on 2,000, 4,000 and 2,000 x 8,000 px.
 """
 
 import argparse
@@ -79,7 +83,7 @@ def run_measured(args):
     return seconds, usage.ru_maxrss / 1024.0, out
 
 
-def throughput(size, workdir, threads=0, batch=8, overlap=64, hidden=16, layers=4):
+def throughput(size, workdir, threads=0, batch=8, overlap=64, hidden=16, layers=4, rounds=3):
     import numpy as np
     from osgeo import gdal
 
@@ -96,7 +100,12 @@ def throughput(size, workdir, threads=0, batch=8, overlap=64, hidden=16, layers=
     ds = None
     wins = list(windows.iter_windows(size, size, 256, 256 - overlap, windows.EDGE_SHIFT))
     npx = len(wins) * 256 * 256
-    sess = model.session
+    # the peer: what bare code gets, a session with onnxruntime's default options (all cores for one
+    # run, busy-waiting threads), on the engine's provider; the engine's own session runs
+    # ``model.lanes`` batches at once on fewer threads each (onnx_model.plan_threads)
+    import onnxruntime
+
+    sess = onnxruntime.InferenceSession(path, providers=[model.provider])
     name = sess.get_inputs()[0].name
 
     def bare():
@@ -119,7 +128,7 @@ def throughput(size, workdir, threads=0, batch=8, overlap=64, hidden=16, layers=
 
     bare()  # warm-up
     t_bare, t_engine = [], []
-    for k in range(3):
+    for k in range(rounds):
         t_bare.append(bare())
         t_engine.append(engine(k))
     tb, cb = min(t[0] for t in t_bare), min(t[1] for t in t_bare)
@@ -128,6 +137,7 @@ def throughput(size, workdir, threads=0, batch=8, overlap=64, hidden=16, layers=
         "size": size, "windows": len(wins), "provider": model.provider,
         "bare_mpx_s": npx / tb / 1e6, "engine_mpx_s": npx / te / 1e6, "ratio": tb / te,
         "scene_mpx_s": size * size / te / 1e6, "cpu_ratio": cb / ce, "load": os.getloadavg()[0],
+        "lanes": model.lanes, "threads": model.threads, "rounds": rounds,
     }
 
 
@@ -210,6 +220,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="small sizes only")
     parser.add_argument("--sizes", help="comma-separated scene sizes for the memory runs")
     parser.add_argument("--throughput-size", type=int)
+    parser.add_argument("--rounds", type=int, help="alternating bare/engine runs (best of each)")
     parser.add_argument("--workdir")
     args = parser.parse_args()
     def parse(s):
@@ -217,15 +228,17 @@ def main():
 
     sizes = [parse(s) for s in args.sizes.split(",")] if args.sizes else \
         ([2000, 4000, (2000, 8000)] if args.quick else [8000, 31000, (8000, 31000)])
-    tp_size = args.throughput_size or (1024 if args.quick else 3072)
+    tp_size = args.throughput_size or (2048 if args.quick else 6144)
+    rounds = args.rounds or (3 if args.quick else 5)
     workdir = args.workdir or tempfile.mkdtemp(prefix="gullyseg_bench_inference_")
     os.makedirs(workdir, exist_ok=True)
     try:
         for hidden, layers, label in ((16, 4, "benchmark model: 4 convs x 16 channels"),
                                       (32, 6, "heavier model: 6 convs x 32 channels, closer to a small U-Net")):
             print(f"== throughput ({tp_size} x {tp_size} synthetic scene, {label}, batch 8, overlap 64)")
-            tp = throughput(tp_size, workdir, hidden=hidden, layers=layers)
-            print(f"  provider {tp['provider']}, {tp['windows']} windows")
+            tp = throughput(tp_size, workdir, hidden=hidden, layers=layers, rounds=rounds)
+            print(f"  provider {tp['provider']}, {tp['windows']} windows; engine: {tp['lanes']} batches at once, "
+                  f"{tp['threads']} threads; best of {tp['rounds']} alternating runs")
             print(f"  bare session.run   {tp['bare_mpx_s']:6.2f} Mpx/s (window pixels)")
             print(f"  segment_raster     {tp['engine_mpx_s']:6.2f} Mpx/s (window pixels), "
                   f"{tp['scene_mpx_s']:.2f} Mpx/s of scene")

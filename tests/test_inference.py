@@ -464,3 +464,100 @@ def test_column_panels_give_the_same_outputs(scene_factory, models, tmp_path, mo
         np.testing.assert_array_equal(_read(tmp_path / f"single_{kind}.tif"), _read(tmp_path / f"panels_{kind}.tif"))
     for key in ("windows", "pixels_processed", "gully_area_m2"):
         assert runs["single"][key] == runs["panels"][key], key
+
+
+# --- concurrency and the blending denominator ------------------------------------------------------
+
+def test_outputs_do_not_depend_on_the_number_of_lanes(scene_factory, models, tmp_path):
+    """Two batches at once (the default on 2+ CPUs) or one: results are blended in window order,
+    so the outputs are bit-identical, skipped windows and counts included."""
+    scene = scene_factory("lanes", width=900, height=700, seed=9, nodata_edge=True)
+    runs = {}
+    for threads in (1, 2):
+        model = onnx_model.load_model(models["fcn"], threads=threads)
+        assert model.lanes == threads
+        runs[threads] = inference.segment_raster(
+            str(scene), model, output_probability=str(tmp_path / f"p{threads}.tif"),
+            output_mask=str(tmp_path / f"m{threads}.tif"), batch_size=3)
+    for kind in ("p", "m"):
+        np.testing.assert_array_equal(_read(tmp_path / f"{kind}1.tif"), _read(tmp_path / f"{kind}2.tif"))
+    for key in ("windows", "windows_skipped", "pixels_processed", "gully_pixels"):
+        assert runs[1][key] == runs[2][key], key
+
+
+def test_plan_threads():
+    assert onnx_model.plan_threads(1, [onnx_model.CPU]) == (1, 1)
+    assert onnx_model.plan_threads(2, [onnx_model.CPU]) == (2, 1)
+    assert onnx_model.plan_threads(8, [onnx_model.CPU]) == (2, 4)
+    assert onnx_model.plan_threads(None, [onnx_model.CUDA, onnx_model.CPU]) == (1, 0)
+    lanes, intra = onnx_model.plan_threads(None, [onnx_model.CPU])
+    assert lanes * intra <= onnx_model.cpu_count() and intra >= 1
+
+
+@pytest.mark.parametrize("size,out,panel", [
+    ((1100, 600), (0, 0, 1100, 600), None),
+    ((1100, 600), (37, 11, 1053, 579), 512),
+    ((300, 200), (0, 0, 300, 200), None),  # smaller than a window: one padded window
+])
+def test_separable_weight_sums_equal_the_summed_window_weights(size, out, panel):
+    """The blend divides by 1 / (row sum x column sum); the reference adds every window's 2-D weight."""
+    grid = inference._Grid(size[0], size[1], out, (256, 256), 64)
+    grids = grid.panels(panel) if panel else [grid]
+    if panel:
+        assert len(grids) > 1
+    for g in grids:
+        gx, gy, gw, gh = g.region
+        total = np.zeros((gh, gw))
+        for row in g.rows:
+            for win in row:
+                wt = inference.window_weight(win.width, win.height, *g.edges(win)).astype(np.float64)
+                xa, xb = max(win.x_off, gx), min(win.x_end, gx + gw)
+                ya, yb = max(win.y_off, gy), min(win.y_end, gy + gh)
+                total[ya - gy:yb - gy, xa - gx:xb - gx] += wt[ya - win.y_off:yb - win.y_off,
+                                                              xa - win.x_off:xb - win.x_off]
+        inv_y, inv_x = inference._inverse_weight_sums(g)
+        np.testing.assert_allclose(np.outer(inv_y, inv_x), 1.0 / total, rtol=2e-6)
+
+
+def _float_scene(path, data, nodata=None):
+    ds = gdal.GetDriverByName("GTiff").Create(str(path), data.shape[2], data.shape[1], data.shape[0],
+                                              gdal.GDT_Float32, ["TILED=YES"])
+    ds.SetGeoTransform((500000, 0.75, 0, 7000000, 0, -0.75))
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32606)
+    ds.SetProjection(srs.ExportToWkt())
+    for i in range(data.shape[0]):
+        band = ds.GetRasterBand(i + 1)
+        if nodata is not None:
+            band.SetNoDataValue(nodata)
+        band.WriteArray(data[i])
+    ds = None
+
+
+def test_nan_pixels_never_reach_the_model(tmp_path, models):
+    """A float raster with NaN holes gives exactly what the same raster with a -9999 nodata value
+    gives: NaN is invalid and fed to the model as 0, so it cannot spread into valid pixels."""
+    rng = np.random.default_rng(3)
+    data = rng.random((3, 400, 500), dtype=np.float32)
+    hole = np.zeros((400, 500), bool)
+    hole[100:180, 200:260] = True
+    hole[300:, :40] = True
+    nan_data = data.copy()
+    nan_data[:, hole] = np.nan
+    nd_data = data.copy()
+    nd_data[:, hole] = -9999
+    _float_scene(tmp_path / "nan.tif", nan_data)
+    _float_scene(tmp_path / "nd.tif", nd_data, nodata=-9999)
+    for name in ("nan", "nd"):
+        inference.segment_raster(str(tmp_path / f"{name}.tif"), models["fcn"],
+                                 output_probability=str(tmp_path / f"{name}_p.tif"))
+    a, b = _read(tmp_path / "nan_p.tif"), _read(tmp_path / "nd_p.tif")
+    np.testing.assert_array_equal(a == 255, hole)
+    np.testing.assert_array_equal(a, b)
+    # and valid pixels next to the holes got real probabilities, as from a whole-image run
+    x = np.where(hole, 0, data).astype(np.float32)
+    reference = _whole_image(models["fcn"], x)
+    inner = ~hole
+    inner[:8] = inner[-8:] = False
+    inner[:, :8] = inner[:, -8:] = False
+    assert np.abs(a[inner] / 254.0 - reference[inner]).max() <= STEP

@@ -39,6 +39,7 @@ import queue
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from osgeo import gdal, gdal_array, ogr, osr
@@ -138,6 +139,7 @@ class _Runner:
         if model.fixed_batch:
             self.batch_size = model.fixed_batch
         self.transforms = tta_transforms(tta, model.window[0] == model.window[1] or not model.fixed_size)
+        self.lanes = max(1, int(getattr(model, "lanes", 1) or 1))
         self.run_options = onnxruntime.RunOptions()
         self.run_options.log_severity_level = 3
 
@@ -297,10 +299,15 @@ def _validity(ds, bands, raw, x, y, w, h):
         band = ds.GetRasterBand(b)
         data = raw[i]
         nodata = band.GetNoDataValue()
-        if nodata is not None:
-            valid &= ~np.isnan(data) if math.isnan(nodata) else (data != nodata)
-        if np.issubdtype(data.dtype, np.floating):
-            valid &= np.isfinite(data)
+        floating = np.issubdtype(data.dtype, np.floating)
+        if nodata is not None and not math.isnan(nodata):
+            if floating:
+                valid &= data != data.dtype.type(nodata)
+            elif np.iinfo(data.dtype).min <= nodata <= np.iinfo(data.dtype).max and float(nodata).is_integer():
+                valid &= data != data.dtype.type(nodata)  # a typed scalar: an integer comparison, 10x faster
+            # else no integer pixel can equal it
+        if floating:
+            valid &= np.isfinite(data)  # NaN (a NaN nodata value too) and infinities
         flags = band.GetMaskFlags()
         if flags & gdal.GMF_ALL_VALID or flags == gdal.GMF_NODATA:
             continue
@@ -380,20 +387,36 @@ class _GdalReader:
         self.dtype = np.dtype(gdal_array.GDALTypeCodeToNumericTypeCode(band.DataType))
         if self.mask_wkts:
             self.polys = _PolygonMask(self.mask_wkts, self.crs_wkt)
+        # one strip buffer, reused: rows [b0, b1) of the read region are raw[:, :b1 - b0]
+        self._alloc(self.grid.window[1] + self.chunk)
+
+    def _alloc(self, rows):
         w = self.c1 - self.c0
-        self.raw = np.zeros((len(self.bands), 0, w), dtype=self.dtype)
-        self.valid = np.zeros((0, w), dtype=bool)
+        raw = np.empty((len(self.bands), rows, w), dtype=self.dtype)
+        valid = np.zeros((rows, w), dtype=bool)
+        if self.raw is not None:
+            n = self.b1 - self.b0
+            raw[:, :n] = self.raw[:, :n]
+            valid[:n] = self.valid[:n]
+        self.raw, self.valid = raw, valid
 
     def close(self):
         self.ds = None
         self.polys = None
+        self.raw = self.valid = None
 
     def need(self, y0, y1):
+        """Have rows [y0, y1) (within the read region) in the strip buffer; rows above y0 are dropped.
+
+        Windows handed out before are views of the buffer: the caller uses them before the next call.
+        """
         y0, y1 = max(y0, self.r0), min(y1, self.r1)
         if y0 > self.b0:
             cut = min(y0, self.b1) - self.b0
-            self.raw = self.raw[:, cut:]
-            self.valid = self.valid[cut:]
+            keep = self.b1 - self.b0 - cut
+            if keep:
+                self.raw[:, :keep] = self.raw[:, cut:cut + keep]  # numpy handles the overlap
+                self.valid[:keep] = self.valid[cut:cut + keep]
             self.b0 += cut
             if self.b0 < y0:  # a gap (never with overlapping windows)
                 self.b0 = self.b1 = y0
@@ -403,7 +426,11 @@ class _GdalReader:
         start = self.b1
         n = end - start
         w = self.c1 - self.c0
-        raw = gdalio.read_window(self.ds, self.c0, start, w, n, self.bands)
+        k = start - self.b0
+        if k + n > self.raw.shape[1]:
+            self._alloc(k + n)
+        raw = self.raw[:, k:k + n]
+        self.ds.ReadAsArray(self.c0, start, w, n, band_list=self.bands, buf_obj=raw)
         valid = _validity(self.ds, self.bands, raw, self.c0, start, w, n)
         ox, oy, ow, oh = self.out
         valid[:, :max(0, ox - self.c0)] = False
@@ -415,8 +442,7 @@ class _GdalReader:
         if self.polys is not None and valid.any():
             valid &= self.polys.mask(self.gt, self.c0, start, w, n)
         self.ds.FlushCache()  # the strip is in our buffer now: free GDAL's cached blocks
-        self.raw = np.concatenate([self.raw, raw], axis=1) if self.raw.shape[1] else raw
-        self.valid = np.concatenate([self.valid, valid], axis=0) if self.valid.shape[0] else valid
+        self.valid[k:k + n] = valid
         self.b1 = end
 
     def window(self, win):
@@ -468,29 +494,77 @@ class _ArrayReader:
 
 # --- the blending pipeline ----------------------------------------------------------------------
 
-def _blend(model, grid, reader, scale, runner, sink, feedback, stop, progress=(0.0, 100.0)):
-    """Reader thread -> batches through the model -> Hann-weighted accumulator -> ``sink``.
+def _inverse_weight_sums(grid):
+    """1 / (summed blending weights) over the grid region, as a row factor and a column factor.
 
-    ``sink(y, prob, valid)`` receives finished rows (absolute raster rows, grid-region columns)
-    in order. ``grid`` is a ``_Grid`` or one of its ``_Panel``s. Returns (windows run, windows
-    skipped), counting only the windows that start in the grid's columns (a window across a panel
-    boundary counts once).
+    A window's weight is outer(row taper, column taper), the taper of a row of windows depends only
+    on its top and bottom sides and that of a column only on its left and right, and every row has
+    the same columns: the sum over the windows covering a pixel is (sum of row tapers at its row) x
+    (sum of column tapers at its column). Two 1-D sums replace a 2-D accumulator.
     """
-    q = queue.Queue(maxsize=max(4, 2 * runner.batch_size))
-    halt = threading.Event()  # ends this call's reader; ``stop`` (cancel) ends the whole run
+    gx, gy, gw, gh = grid.region
+    ww, wh = grid.window
 
-    def put(item):
+    def axis(n0, n, spans):
+        total = np.zeros(n, dtype=np.float64)
+        for off, taper in spans:
+            a, b = max(off, n0), min(off + taper.size, n0 + n)
+            if b > a:
+                total[a - n0:b - n0] += taper[a - off:b - off]
+        return (1.0 / total).astype(np.float32)
+
+    rows = []
+    for row in grid.rows:
+        _, top, _, bottom = grid.edges(row[0])
+        rows.append((row[0].y_off, _taper(wh, top, bottom)))
+    cols = []
+    for win in grid.rows[0]:
+        left, _, right, _ = grid.edges(win)
+        cols.append((win.x_off, _taper(ww, left, right)))
+    return axis(gy, gh, rows), axis(gx, gw, cols)
+
+
+def _blend(model, grid, reader, scale, runner, sink, feedback, stop, progress=(0.0, 100.0)):
+    """Reader thread -> model threads (``runner.lanes`` batches at once) -> Hann-weighted accumulator -> ``sink``.
+
+    The reader thread reads, normalises straight into batch arrays and numbers every item (a batch
+    or a skipped window); the model threads run batches in any order; this (the calling) thread
+    blends the results strictly in that order, so the sums, and the outputs, do not depend on
+    the number of lanes. ``sink(y, prob, valid)`` receives finished rows (absolute raster rows,
+    grid-region columns) in order. ``grid`` is a ``_Grid`` or one of its ``_Panel``s. Returns
+    (windows run, windows skipped), counting only the windows that start in the grid's columns
+    (a window across a panel boundary counts once).
+    """
+    lanes, batch_size = runner.lanes, runner.batch_size
+    halt = threading.Event()  # ends this call's threads; ``stop`` (cancel) ends the whole run
+    jobs = queue.Queue()  # (seq, wins, x, valids); x None: a skipped window or the end (wins _DONE)
+    slots = threading.Semaphore(lanes + 2)  # batches between the reader and the blending: bounded memory
+    spare = []  # batch arrays back from the blending, reused (no fresh pages to fault in per batch)
+    results = {}  # seq -> (wins, probs, valids), from the model threads
+    failures = []  # the first exception of any thread
+    ready = threading.Condition()
+
+    def deliver(seq, value):
+        with ready:
+            results[seq] = value
+            ready.notify()
+
+    def fail(exc):
+        with ready:
+            failures.append(exc)
+            ready.notify()
+
+    def take_slot():
         while not (stop.is_set() or halt.is_set()):
-            try:
-                q.put(item, timeout=0.1)
+            if slots.acquire(timeout=0.1):
                 return True
-            except queue.Full:
-                continue
         return False
 
     def produce():
+        seq = 0
         try:
             reader.open()
+            buf, wins, valids = None, [], []
             for r, row in enumerate(grid.rows):
                 reader.need(grid.row_y[r], grid.row_y[r] + grid.window[1])
                 for win in row:
@@ -498,25 +572,62 @@ def _blend(model, grid, reader, scale, runner, sink, feedback, stop, progress=(0
                         return
                     raw, valid = reader.window(win)
                     if not valid.any():
-                        if not put((win, None, None)):
-                            return
+                        jobs.put((seq, win, None, None))
+                        seq += 1
                         continue
-                    x = model.normalise(raw, scale, valid)
-                    if not put((win, x, valid.copy())):
-                        return
-            put(_DONE)
-        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
-            put(exc)
+                    if buf is None:
+                        if not take_slot():
+                            return
+                        with ready:
+                            buf = spare.pop() if spare else None
+                        if buf is None or buf.shape[1:] != raw.shape:
+                            buf = np.empty((batch_size,) + raw.shape, dtype=np.float32)
+                    model.normalise(raw, scale, valid, out=buf[len(wins)])
+                    wins.append(win)
+                    valids.append(valid.copy())
+                    if len(wins) == batch_size:
+                        jobs.put((seq, wins, buf, valids))
+                        seq += 1
+                        buf, wins, valids = None, [], []
+            if wins:
+                jobs.put((seq, wins, buf, valids))
+                seq += 1
+            jobs.put((seq, _DONE, None, None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
+            fail(exc)
         finally:
             reader.close()
+            for _ in range(lanes):
+                jobs.put(None)
+
+    def run_model():
+        while True:
+            try:
+                item = jobs.get(timeout=0.1)
+            except queue.Empty:
+                if stop.is_set() or halt.is_set():
+                    return
+                continue
+            if item is None or halt.is_set():
+                return
+            seq, wins, x, valids = item
+            if x is None:
+                deliver(seq, (wins, None, None))
+                continue
+            try:
+                probs = runner.predict(x[:len(wins)])
+            except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
+                fail(exc)
+                return
+            deliver(seq, (wins, probs, (valids, x)))
 
     gx, gy, gw, gh = grid.region
     ww, wh = grid.window
     stride_y = (grid.row_y[1] - grid.row_y[0]) if len(grid.row_y) > 1 else 0
     cap = wh + stride_y  # grows when a batch spans more rows
     acc_p = np.zeros((cap, gw), dtype=np.float32)
-    acc_w = np.zeros((cap, gw), dtype=np.float32)
     acc_v = np.zeros((cap, gw), dtype=bool)
+    inv_wy, inv_wx = _inverse_weight_sums(grid)
     state = {"top": gy, "used": 0, "flushed_rows": 0}
     remaining = [len(row) for row in grid.rows]
     weights = {}
@@ -525,7 +636,7 @@ def _blend(model, grid, reader, scale, runner, sink, feedback, stop, progress=(0
     start, end = progress
 
     def blend(win, p, valid):
-        nonlocal acc_p, acc_w, acc_v
+        nonlocal acc_p, acc_v
         key = grid.edges(win)
         if key not in weights:
             weights[key] = window_weight(ww, wh, *key)
@@ -536,21 +647,18 @@ def _blend(model, grid, reader, scale, runner, sink, feedback, stop, progress=(0
         if r1 > acc_p.shape[0]:
             extra = r1 - acc_p.shape[0] + wh
             acc_p = np.concatenate([acc_p, np.zeros((extra, gw), np.float32)])
-            acc_w = np.concatenate([acc_w, np.zeros((extra, gw), np.float32)])
             acc_v = np.concatenate([acc_v, np.zeros((extra, gw), bool)])
         sy = slice(ya - win.y_off, yb - win.y_off)
         sx = slice(xa - win.x_off, xb - win.x_off)
         cols = slice(xa - gx, xb - gx)
-        w_part = wt[sy, sx]
         part = p[sy, sx]
-        np.multiply(part, w_part, out=part)  # p is this window's own array
+        np.multiply(part, wt[sy, sx], out=part)  # p is this window's own array
         acc_p[r0:r1, cols] += part
-        acc_w[r0:r1, cols] += w_part
         acc_v[r0:r1, cols] |= valid[sy, sx]
         state["used"] = max(state["used"], r1)
 
     def flush():
-        nonlocal acc_p, acc_w, acc_v
+        nonlocal acc_p, acc_v
         r = state["flushed_rows"]
         while r < len(grid.rows) and remaining[r] == 0:
             r += 1
@@ -561,19 +669,19 @@ def _blend(model, grid, reader, scale, runner, sink, feedback, stop, progress=(0
         n = final - state["top"]
         if n <= 0:
             return
-        # a pixel is valid only where a window with valid pixels touched it, so its weight is > 0
+        # divided by the summed weights of the windows over each pixel (a valid pixel has had all of them:
+        # a window over a valid pixel is never skipped)
         valid = acc_v[:n].copy()
-        prob = np.maximum(acc_w[:n], np.float32(1e-30))
-        np.divide(acc_p[:n], prob, out=prob)
+        y0 = state["top"] - gy
+        prob = np.multiply(acc_p[:n], inv_wy[y0:y0 + n, None])
+        prob *= inv_wx
         sink(state["top"], prob, valid)
         used = state["used"]
         keep = max(0, used - n)
         if keep:
             acc_p[:keep] = acc_p[n:used]
-            acc_w[:keep] = acc_w[n:used]
             acc_v[:keep] = acc_v[n:used]
         acc_p[keep:used] = 0
-        acc_w[keep:used] = 0
         acc_v[keep:used] = False
         state["used"] = keep
         state["top"] = final
@@ -582,63 +690,57 @@ def _blend(model, grid, reader, scale, runner, sink, feedback, stop, progress=(0
         total = max(1, owned_total)
         feedback.progress(start + (end - start) * (done[0] + done[1]) / total)
 
-    def run_batch(batch):
-        x = np.stack([b[1] for b in batch])
-        probs = runner.predict(x)
-        for (win, _x, valid), p in zip(batch, probs):
-            blend(win, p, valid)
-            remaining[win.row] -= 1
-            done[0] += win.x_off >= gx
-
-    thread = threading.Thread(target=produce, name="gullyseg-reader", daemon=True)
-    thread.start()
-    batch = []
+    threads = [threading.Thread(target=produce, name="gullyseg-reader", daemon=True)]
+    threads += [threading.Thread(target=run_model, name=f"gullyseg-model-{i}", daemon=True) for i in range(lanes)]
+    for thread in threads:
+        thread.start()
     last_report = 0.0
+    next_seq = 0
+    ok = False
     try:
         while True:
             feedback.check_cancelled()
-            try:
-                item = q.get(timeout=0.1)
-            except queue.Empty:
+            with ready:
+                if next_seq not in results and not failures:
+                    ready.wait(timeout=0.1)
+                if failures:
+                    raise failures[0]
+                item = results.pop(next_seq, None)
+            if item is None:
                 if stop.is_set():
                     feedback.check_cancelled()
                     raise Cancelled() from None
                 continue
-            if item is _DONE:
-                if batch:
-                    run_batch(batch)
-                    batch = []
-                    flush()
+            next_seq += 1
+            wins, probs, valids = item
+            if wins is _DONE:
                 break
-            if isinstance(item, BaseException):
-                raise item
-            win, x, valid = item
-            if x is None:
-                remaining[win.row] -= 1
-                done[1] += win.x_off >= gx
-                if not batch:
-                    flush()
+            if probs is None:  # a window without valid pixels
+                remaining[wins.row] -= 1
+                done[1] += wins.x_off >= gx
             else:
-                batch.append(item)
-                if len(batch) >= runner.batch_size:
-                    run_batch(batch)
-                    batch = []
-                    flush()
-                    feedback.check_cancelled()
+                valids, x = valids
+                for win, p, valid in zip(wins, probs, valids):
+                    blend(win, p, valid)
+                    remaining[win.row] -= 1
+                    done[0] += win.x_off >= gx
+                with ready:
+                    spare.append(x)
+                slots.release()
+            flush()
             now = time.monotonic()
             if now - last_report > 0.2:
                 last_report = now
                 report()
         flush()
         report()
+        ok = True
     finally:
         halt.set()
-        while True:  # unblock the reader
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                break
-        thread.join(timeout=10)
+        if not ok:  # stop a long run still going in a model thread
+            runner.run_options.terminate = True
+        for thread in threads:
+            thread.join(timeout=10)
     return done[0], done[1]
 
 
@@ -1173,23 +1275,31 @@ def predict_tiles(model, arrays, valid=None, batch_size=8, tta=0, overlap=None, 
     direct = [i for i, t in enumerate(tiles) if t.ndim == 3 and (t.shape[2], t.shape[1]) == tuple(model.window)]
     runner = _Runner(model, batch_size, tta)
     stop = threading.Event()
-    with _CancelWatcher(fb, runner, stop):
-        for start in range(0, len(direct), runner.batch_size):
+
+    def prepare(idx):
+        xs, oks = [], []
+        for i in idx:
+            t = tiles[i]
+            if t.shape[0] != model.channels:
+                raise GullySegError(f"predict: tile {i} has {t.shape[0]} channel(s), the model needs "
+                                    f"{model.channels}.")
+            ok = np.ones(t.shape[1:], bool) if masks[i] is None else np.asarray(masks[i], bool)
+            xs.append(model.normalise(t, model.input_scale(t.dtype) if scale is None else scale, ok))
+            oks.append(ok)
+        return np.stack(xs), oks
+
+    batches = [direct[i:i + runner.batch_size] for i in range(0, len(direct), runner.batch_size)]
+    with _CancelWatcher(fb, runner, stop), ThreadPoolExecutor(runner.lanes, "gullyseg-model") as pool:
+        pending = []  # up to ``lanes`` batches run at once (the session's threads are split between them)
+        for n, idx in enumerate(batches):
             fb.check_cancelled()
-            idx = direct[start:start + runner.batch_size]
-            xs, oks = [], []
-            for i in idx:
-                t = tiles[i]
-                if t.shape[0] != model.channels:
-                    raise GullySegError(f"predict: tile {i} has {t.shape[0]} channel(s), the model needs "
-                                        f"{model.channels}.")
-                ok = np.ones(t.shape[1:], bool) if masks[i] is None else np.asarray(masks[i], bool)
-                xs.append(model.normalise(t, model.input_scale(t.dtype) if scale is None else scale, ok))
-                oks.append(ok)
-            probs = runner.predict(np.stack(xs))
-            for i, p, ok in zip(idx, probs, oks):
-                out[i] = np.where(ok, p, np.nan).astype(np.float32)
-            fb.progress(100.0 * (start + len(idx)) / max(1, len(tiles)))
+            x, oks = prepare(idx)
+            pending.append((idx, oks, pool.submit(runner.predict, x)))
+            while pending and (len(pending) >= runner.lanes or n + 1 == len(batches)):
+                idx_done, oks_done, future = pending.pop(0)
+                for i, p, ok in zip(idx_done, future.result(), oks_done):
+                    out[i] = np.where(ok, p, np.nan).astype(np.float32)
+                fb.progress(100.0 * sum(o is not None for o in out) / max(1, len(tiles)))
     for i, t in enumerate(tiles):
         if out[i] is None:
             fb.check_cancelled()

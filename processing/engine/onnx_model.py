@@ -235,8 +235,10 @@ class ModelInfo:
     overlap: int  # default overlap in pixels (metadata tiles_overlap %, else a quarter window)
     provider: str  # the execution provider that runs it
     providers: list
-    threads: int
+    threads: int  # CPU threads in all (lanes x intra-op threads per run)
     metadata: dict = field(default_factory=dict)  # raw metadata_props
+    lanes: int = 1  # batches run concurrently (each run on threads // lanes intra-op threads)
+    _affine: tuple = field(default=None, repr=False, compare=False)  # (scale, a, b) of normalise
 
     # -- preprocessing shared by segment_raster and predict_tiles (no duplication) --
     def input_scale(self, dtype, what="INPUT"):
@@ -255,25 +257,37 @@ class ModelInfo:
             "gullyseg:setmodelmetadata (INPUT_MAX) or tools/set_model_metadata.py --input-max 1023."
         )
 
-    def normalise(self, raw, scale, valid=None):
-        """(N, C, H, W) or (C, H, W) raw values -> float32 model input; invalid pixels -> 0."""
+    def normalise(self, raw, scale, valid=None, out=None):
+        """(N, C, H, W) or (C, H, W) raw values -> float32 model input; invalid pixels -> 0.
+
+        ``out``: a float32 array of that shape to fill (a slot of a batch), else a new array.
+        NaN or nodata pixels never reach the model: invalid pixels are set to 0, not multiplied.
+        """
         raw = np.asarray(raw)
         squeeze = raw.ndim == 3
         if squeeze:
             raw = raw[None]
-        # (v / scale - mean) / std folded into one multiply-add: v * a + b
-        a = (1.0 / (float(scale) * self.std.astype(np.float64))).astype(np.float32).reshape(1, -1, 1, 1)
-        b = (-self.mean.astype(np.float64) / self.std.astype(np.float64)).astype(np.float32).reshape(1, -1, 1, 1)
-        x = raw.astype(np.float32)  # a new, contiguous array
+        # (v / scale - mean) / std folded into one multiply-add: v * a + b (cached per scale)
+        key = float(scale)
+        if self._affine is None or self._affine[0] != key:
+            a = (1.0 / (key * self.std.astype(np.float64))).astype(np.float32).reshape(1, -1, 1, 1)
+            b = (-self.mean.astype(np.float64) / self.std.astype(np.float64)).astype(np.float32).reshape(1, -1, 1, 1)
+            self._affine = (key, a, b if b.any() else None)
+        _, a, b = self._affine
+        if out is None:
+            x = raw.astype(np.float32)  # a new, contiguous array
+        else:
+            x = out[None] if squeeze else out
+            x[...] = raw  # cast into the caller's slot: no temporary
         x *= a
-        if b.any():
+        if b is not None:
             x += b
         if valid is not None:
             v = np.asarray(valid, dtype=bool)
             if not v.all():
                 if v.ndim == 2:
                     v = v[None]
-                x *= v[:, None, :, :]
+                np.copyto(x, np.float32(0), where=~v[:, None, :, :])
         return x[0] if squeeze else x
 
     def gully_probability(self, output):
@@ -295,8 +309,10 @@ class ModelInfo:
                 "tools/set_model_metadata.py --activation sigmoid."
             )
         channel = channel.astype(np.float32, copy=False)  # in place: the output array is ours
-        np.maximum(channel, 0.0, out=channel)  # (np.clip is slow in numpy 1.24)
-        np.minimum(channel, 1.0, out=channel)
+        if lo < 0.0:
+            np.maximum(channel, 0.0, out=channel)  # (np.clip is slow in numpy 1.24)
+        if hi > 1.0:
+            np.minimum(channel, 1.0, out=channel)
         return channel
 
     def describe(self):
@@ -357,6 +373,28 @@ def choose_providers(providers=None):
     return chosen + [CPU]
 
 
+def cpu_count():
+    """CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def plan_threads(threads, providers):
+    """(lanes, intra-op threads per run) for ``threads`` CPU threads in all (None/0 = every CPU).
+
+    On the CPU two batches run at once, each on half the threads: a run's parallel sections
+    wait for their slowest thread, so when the reader or writer thread takes a core from one
+    run the other keeps going (and the model never waits for blending). On CUDA one run at a time.
+    """
+    total = int(threads) if threads else cpu_count()
+    if providers and providers[0] == CUDA:
+        return 1, int(threads or 0)
+    lanes = 2 if total >= 2 else 1
+    return lanes, max(1, total // lanes)
+
+
 def _session(path, threads, providers):
     ort = _ort()
     options = ort.SessionOptions()
@@ -380,7 +418,7 @@ def _dim(value):
 def load_model(path, threads=None, providers=None, probe=True):
     """Load and check an ONNX segmentation model; returns ``ModelInfo``.
 
-    threads: onnxruntime intra-op threads (None/0 = all cores). providers: None = CUDA when
+    threads: CPU threads in all (None/0 = all cores; see ``plan_threads``). providers: None = CUDA when
     available, else CPU. Raises GullySegError for a file that is not ONNX, an input that is not
     an image tensor, or an output that is not [N, 1|K, H, W] of the input's size; a probe run on
     one zero window (``probe``) checks the output shape before any pixel of a scene is read.
@@ -391,7 +429,8 @@ def load_model(path, threads=None, providers=None, probe=True):
     if not os.path.isfile(path):
         raise GullySegError(f"MODEL: model file '{path}' does not exist.")
     chosen = choose_providers(providers)
-    session = _session(path, threads, chosen)
+    lanes, intra = plan_threads(threads, chosen)
+    session = _session(path, intra, chosen)
     inputs = session.get_inputs()
     if len(inputs) != 1:
         raise GullySegError(
@@ -547,7 +586,8 @@ def load_model(path, threads=None, providers=None, probe=True):
         overlap=overlap,
         provider=used[0] if used else CPU,
         providers=used,
-        threads=int(threads or 0),
+        threads=lanes * intra if intra else 0,
+        lanes=lanes,
         metadata=meta_raw,
     )
 
