@@ -126,7 +126,8 @@ def throughput(size, workdir, threads=0, batch=8, overlap=64, hidden=16, layers=
                                  batch_size=batch, overlap=overlap, overwrite=True)
         return time.perf_counter() - t, time.process_time() - c
 
-    bare()  # warm-up
+    bare()  # warm-up: both sessions' first runs (arena allocation) are not timed
+    engine("warm")
     t_bare, t_engine = [], []
     for k in range(rounds):
         t_bare.append(bare())

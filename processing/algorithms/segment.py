@@ -41,6 +41,9 @@ class SegmentAlgorithm(GullySegAlgorithm):
         "OVERLAP: pixels shared by neighbouring windows; -1 = the model's tiles_overlap, else a quarter "
         "of the window. THRESHOLD: -1 = the model's seg_thresh, else 0.5. TTA: test-time augmentation "
         "(flips: 4 passes; flips and rotations: 8 passes), merged by mean.\n"
+        "BATCH_SIZE: windows per model run. THREADS: CPU threads in all (0 = every core); on the CPU two "
+        "batches run at once, each on half of them, so the model's working memory is that of two batches: "
+        "lower BATCH_SIZE if a large model runs out of memory.\n"
         "If the model states a resolution and the layer's pixel size differs by more than 10 %, the model "
         "runs on a resampled (warped) copy and the probability is brought back to the input grid.\n\n"
         "Outputs: gully probability (uint8, probability x 254, 255 = nodata), mask (1 gully, 0 background, "
@@ -91,7 +94,8 @@ class SegmentAlgorithm(GullySegAlgorithm):
             self.BATCH_SIZE, self.tr("Batch size (windows per model run)"), compat.NUMBER_INTEGER,
             defaultValue=8, minValue=1, maxValue=1024))
         self.addParameter(QgsProcessingParameterNumber(
-            self.THREADS, self.tr("CPU threads (0 = all cores)"), compat.NUMBER_INTEGER, defaultValue=0, minValue=0))
+            self.THREADS, self.tr("CPU threads in all (0 = all cores)"), compat.NUMBER_INTEGER, defaultValue=0,
+            minValue=0))
         self.addParameter(QgsProcessingParameterNumber(
             self.THRESHOLD, self.tr("Threshold (-1 = from the model's metadata, else 0.5)"), compat.NUMBER_DOUBLE,
             defaultValue=-1.0, minValue=-1.0, maxValue=1.0))

@@ -364,8 +364,9 @@ def parse_mask_wkts(mask_wkts):
 class _GdalReader:
     """Reads block-aligned strips of rows (only the new ones), serves windows from them."""
 
-    def __init__(self, path, bands, gt, crs_wkt, grid, out, mask_wkts, raster_size):
+    def __init__(self, path, bands, gt, crs_wkt, grid, out, mask_wkts, raster_size, scratch=None):
         self.path, self.bands, self.gt, self.crs_wkt = path, bands, gt, crs_wkt
+        self.scratch = scratch  # a _Scratch: the strip buffer is reused from panel to panel
         self.grid = grid
         self.out = out
         self.mask_wkts = mask_wkts
@@ -388,12 +389,15 @@ class _GdalReader:
         if self.mask_wkts:
             self.polys = _PolygonMask(self.mask_wkts, self.crs_wkt)
         # one strip buffer, reused: rows [b0, b1) of the read region are raw[:, :b1 - b0]
-        self._alloc(self.grid.window[1] + self.chunk)
+        self._alloc(self.grid.window[1] + self.chunk, self.scratch)
 
-    def _alloc(self, rows):
+    def _alloc(self, rows, scratch=None):
         w = self.c1 - self.c0
-        raw = np.empty((len(self.bands), rows, w), dtype=self.dtype)
-        valid = np.zeros((rows, w), dtype=bool)
+        shapes = ((len(self.bands), rows, w), (rows, w))
+        if scratch is not None:
+            raw, valid = scratch.get("strip", shapes[0], self.dtype), scratch.get("strip_valid", shapes[1], bool)
+        else:
+            raw, valid = np.empty(shapes[0], dtype=self.dtype), np.empty(shapes[1], dtype=bool)
         if self.raw is not None:
             n = self.b1 - self.b0
             raw[:, :n] = self.raw[:, :n]
@@ -524,25 +528,125 @@ def _inverse_weight_sums(grid):
     return axis(gy, gh, rows), axis(gx, gw, cols)
 
 
-def _blend(model, grid, reader, scale, runner, sink, feedback, stop, progress=(0.0, 100.0)):
-    """Reader thread -> model threads (``runner.lanes`` batches at once) -> Hann-weighted accumulator -> ``sink``.
+class _Scratch:
+    """Arrays reused for every panel of a run: the same threads fill the same buffers, so the heap
+    does not grow with the number of panels (the scene's width)."""
 
-    The reader thread reads, normalises straight into batch arrays and numbers every item (a batch
-    or a skipped window); the model threads run batches in any order; this (the calling) thread
-    blends the results strictly in that order, so the sums, and the outputs, do not depend on
-    the number of lanes. ``sink(y, prob, valid)`` receives finished rows (absolute raster rows,
-    grid-region columns) in order. ``grid`` is a ``_Grid`` or one of its ``_Panel``s. Returns
-    (windows run, windows skipped), counting only the windows that start in the grid's columns
-    (a window across a panel boundary counts once).
+    def __init__(self):
+        self.buffers = {}
+
+    def get(self, name, shape, dtype):
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        buf = self.buffers.get(name)
+        if buf is None or buf.size < nbytes:
+            buf = self.buffers[name] = np.empty(nbytes, dtype=np.uint8)
+        return buf[:nbytes].view(dtype).reshape(shape)
+
+
+class _Accumulator:
+    """Hann-weighted sums over the region of a ``_Grid`` or ``_Panel``; finished rows go to ``sink``.
+
+    Used by the calling thread only. ``add`` blends a window's probability, ``skip`` counts a
+    window without valid pixels, ``flush`` hands every row that no pending window touches any more
+    to ``sink(y, prob, valid)`` (absolute raster rows, region columns, in order).
+    """
+
+    def __init__(self, grid, sink, scratch):
+        self.grid, self.sink = grid, sink
+        self.gx, self.gy, self.gw, self.gh = grid.region
+        self.ww, self.wh = grid.window
+        stride_y = (grid.row_y[1] - grid.row_y[0]) if len(grid.row_y) > 1 else 0
+        cap = self.wh + stride_y  # grows when a batch spans more rows
+        self.acc_p = scratch.get("acc_p", (cap, self.gw), np.float32)
+        self.acc_v = scratch.get("acc_v", (cap, self.gw), bool)
+        self.acc_p[...] = 0
+        self.acc_v[...] = False
+        self.inv_wy, self.inv_wx = _inverse_weight_sums(grid)
+        self.top, self.used, self.flushed_rows = self.gy, 0, 0
+        self.remaining = [len(row) for row in grid.rows]
+        self.weights = {}
+        self.ran = self.skipped = 0  # windows that start in the region's columns (one panel counts each)
+
+    def add(self, win, p, valid):
+        gx, gy, gw, gh = self.gx, self.gy, self.gw, self.gh
+        key = self.grid.edges(win)
+        wt = self.weights.get(key)
+        if wt is None:
+            wt = self.weights[key] = window_weight(self.ww, self.wh, *key)
+        xa, xb = max(win.x_off, gx), min(win.x_end, gx + gw)
+        ya, yb = max(win.y_off, gy), min(win.y_end, gy + gh)
+        r0, r1 = ya - self.top, yb - self.top
+        if r1 > self.acc_p.shape[0]:
+            extra = r1 - self.acc_p.shape[0] + self.wh
+            self.acc_p = np.concatenate([self.acc_p, np.zeros((extra, gw), np.float32)])
+            self.acc_v = np.concatenate([self.acc_v, np.zeros((extra, gw), bool)])
+        sy = slice(ya - win.y_off, yb - win.y_off)
+        sx = slice(xa - win.x_off, xb - win.x_off)
+        cols = slice(xa - gx, xb - gx)
+        part = p[sy, sx]
+        np.multiply(part, wt[sy, sx], out=part)  # p is this window's own array
+        self.acc_p[r0:r1, cols] += part
+        self.acc_v[r0:r1, cols] |= valid[sy, sx]
+        self.used = max(self.used, r1)
+        self.remaining[win.row] -= 1
+        self.ran += win.x_off >= gx
+
+    def skip(self, win):
+        self.remaining[win.row] -= 1
+        self.skipped += win.x_off >= self.gx
+
+    def flush(self):
+        grid = self.grid
+        r = self.flushed_rows
+        while r < len(grid.rows) and self.remaining[r] == 0:
+            r += 1
+        if r == self.flushed_rows:
+            return
+        self.flushed_rows = r
+        final = grid.row_y[r] if r < len(grid.rows) else self.gy + self.gh
+        n = final - self.top
+        if n <= 0:
+            return
+        # divided by the summed weights of the windows over each pixel (a valid pixel has had all of
+        # them: a window over a valid pixel is never skipped)
+        valid = self.acc_v[:n].copy()
+        y0 = self.top - self.gy
+        prob = np.multiply(self.acc_p[:n], self.inv_wy[y0:y0 + n, None])
+        prob *= self.inv_wx
+        self.sink(self.top, prob, valid)
+        used = self.used
+        keep = max(0, used - n)
+        if keep:
+            self.acc_p[:keep] = self.acc_p[n:used]
+            self.acc_v[:keep] = self.acc_v[n:used]
+        self.acc_p[keep:used] = 0
+        self.acc_v[keep:used] = False
+        self.used = keep
+        self.top = final
+
+
+def _blend(model, panels, make_reader, scale, runner, sink, feedback, stop, progress=(0.0, 100.0), on_panel=None):
+    """Reader thread -> model threads (``runner.lanes`` batches at once) -> ``_Accumulator`` -> ``sink``.
+
+    ``panels``: a ``_Grid`` or its column ``_Panel``s, done one after the other by the same threads
+    (the reader goes on with the next panel while the last batches of one are blended).
+    ``make_reader(panel, scratch)`` returns a reader for a panel; ``on_panel(panel)`` is called
+    before the rows of each panel reach ``sink``. The reader thread reads, normalises straight
+    into batch arrays and numbers every item (a batch, a skipped window, the end of a panel); the
+    model threads run batches in any order; this (the calling) thread blends the results strictly
+    in that order, so the sums, and the outputs, do not depend on the number of lanes. Returns
+    (windows run, windows skipped), a window across a panel boundary counted once.
     """
     lanes, batch_size = runner.lanes, runner.batch_size
     halt = threading.Event()  # ends this call's threads; ``stop`` (cancel) ends the whole run
-    jobs = queue.Queue()  # (seq, wins, x, valids); x None: a skipped window or the end (wins _DONE)
+    jobs = queue.Queue()  # (seq, wins, x, valids); x None: a skipped window or the end of a panel
     slots = threading.Semaphore(lanes + 2)  # batches between the reader and the blending: bounded memory
     spare = []  # batch arrays back from the blending, reused (no fresh pages to fault in per batch)
     results = {}  # seq -> (wins, probs, valids), from the model threads
     failures = []  # the first exception of any thread
     ready = threading.Condition()
+    scratch = _Scratch()
 
     def deliver(seq, value):
         with ready:
@@ -563,40 +667,45 @@ def _blend(model, grid, reader, scale, runner, sink, feedback, stop, progress=(0
     def produce():
         seq = 0
         try:
-            reader.open()
-            buf, wins, valids = None, [], []
-            for r, row in enumerate(grid.rows):
-                reader.need(grid.row_y[r], grid.row_y[r] + grid.window[1])
-                for win in row:
-                    if stop.is_set() or halt.is_set():
-                        return
-                    raw, valid = reader.window(win)
-                    if not valid.any():
-                        jobs.put((seq, win, None, None))
-                        seq += 1
-                        continue
-                    if buf is None:
-                        if not take_slot():
-                            return
-                        with ready:
-                            buf = spare.pop() if spare else None
-                        if buf is None or buf.shape[1:] != raw.shape:
-                            buf = np.empty((batch_size,) + raw.shape, dtype=np.float32)
-                    model.normalise(raw, scale, valid, out=buf[len(wins)])
-                    wins.append(win)
-                    valids.append(valid.copy())
-                    if len(wins) == batch_size:
+            for panel in panels:
+                reader = make_reader(panel, scratch)
+                reader.open()
+                try:
+                    buf, wins, valids = None, [], []
+                    for r, row in enumerate(panel.rows):
+                        reader.need(panel.row_y[r], panel.row_y[r] + panel.window[1])
+                        for win in row:
+                            if stop.is_set() or halt.is_set():
+                                return
+                            raw, valid = reader.window(win)
+                            if not valid.any():
+                                jobs.put((seq, win, None, None))
+                                seq += 1
+                                continue
+                            if buf is None:
+                                if not take_slot():
+                                    return
+                                with ready:
+                                    buf = spare.pop() if spare else None
+                                if buf is None or buf.shape[1:] != raw.shape:
+                                    buf = np.empty((batch_size,) + raw.shape, dtype=np.float32)
+                            model.normalise(raw, scale, valid, out=buf[len(wins)])
+                            wins.append(win)
+                            valids.append(valid.copy())
+                            if len(wins) == batch_size:
+                                jobs.put((seq, wins, buf, valids))
+                                seq += 1
+                                buf, wins, valids = None, [], []
+                    if wins:
                         jobs.put((seq, wins, buf, valids))
                         seq += 1
-                        buf, wins, valids = None, [], []
-            if wins:
-                jobs.put((seq, wins, buf, valids))
+                finally:
+                    reader.close()
+                jobs.put((seq, _DONE, None, None))  # the end of this panel
                 seq += 1
-            jobs.put((seq, _DONE, None, None))
         except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
             fail(exc)
         finally:
-            reader.close()
             for _ in range(lanes):
                 jobs.put(None)
 
@@ -621,74 +730,17 @@ def _blend(model, grid, reader, scale, runner, sink, feedback, stop, progress=(0
                 return
             deliver(seq, (wins, probs, (valids, x)))
 
-    gx, gy, gw, gh = grid.region
-    ww, wh = grid.window
-    stride_y = (grid.row_y[1] - grid.row_y[0]) if len(grid.row_y) > 1 else 0
-    cap = wh + stride_y  # grows when a batch spans more rows
-    acc_p = np.zeros((cap, gw), dtype=np.float32)
-    acc_v = np.zeros((cap, gw), dtype=bool)
-    inv_wy, inv_wx = _inverse_weight_sums(grid)
-    state = {"top": gy, "used": 0, "flushed_rows": 0}
-    remaining = [len(row) for row in grid.rows]
-    weights = {}
-    done = [0, 0]
-    owned_total = sum(1 for row in grid.rows for w in row if w.x_off >= gx)
     start, end = progress
-
-    def blend(win, p, valid):
-        nonlocal acc_p, acc_v
-        key = grid.edges(win)
-        if key not in weights:
-            weights[key] = window_weight(ww, wh, *key)
-        wt = weights[key]
-        xa, xb = max(win.x_off, gx), min(win.x_end, gx + gw)
-        ya, yb = max(win.y_off, gy), min(win.y_end, gy + gh)
-        r0, r1 = ya - state["top"], yb - state["top"]
-        if r1 > acc_p.shape[0]:
-            extra = r1 - acc_p.shape[0] + wh
-            acc_p = np.concatenate([acc_p, np.zeros((extra, gw), np.float32)])
-            acc_v = np.concatenate([acc_v, np.zeros((extra, gw), bool)])
-        sy = slice(ya - win.y_off, yb - win.y_off)
-        sx = slice(xa - win.x_off, xb - win.x_off)
-        cols = slice(xa - gx, xb - gx)
-        part = p[sy, sx]
-        np.multiply(part, wt[sy, sx], out=part)  # p is this window's own array
-        acc_p[r0:r1, cols] += part
-        acc_v[r0:r1, cols] |= valid[sy, sx]
-        state["used"] = max(state["used"], r1)
-
-    def flush():
-        nonlocal acc_p, acc_v
-        r = state["flushed_rows"]
-        while r < len(grid.rows) and remaining[r] == 0:
-            r += 1
-        if r == state["flushed_rows"]:
-            return
-        state["flushed_rows"] = r
-        final = grid.row_y[r] if r < len(grid.rows) else gy + gh
-        n = final - state["top"]
-        if n <= 0:
-            return
-        # divided by the summed weights of the windows over each pixel (a valid pixel has had all of them:
-        # a window over a valid pixel is never skipped)
-        valid = acc_v[:n].copy()
-        y0 = state["top"] - gy
-        prob = np.multiply(acc_p[:n], inv_wy[y0:y0 + n, None])
-        prob *= inv_wx
-        sink(state["top"], prob, valid)
-        used = state["used"]
-        keep = max(0, used - n)
-        if keep:
-            acc_p[:keep] = acc_p[n:used]
-            acc_v[:keep] = acc_v[n:used]
-        acc_p[keep:used] = 0
-        acc_v[keep:used] = False
-        state["used"] = keep
-        state["top"] = final
+    total = max(1, sum(1 for p in panels for row in p.rows for w in row if w.x_off >= p.region[0]))
+    counted = [0, 0]  # windows run / skipped in finished panels
+    index = 0
+    if on_panel:
+        on_panel(panels[0])
+    acc = _Accumulator(panels[0], sink, scratch)
 
     def report():
-        total = max(1, owned_total)
-        feedback.progress(start + (end - start) * (done[0] + done[1]) / total)
+        done = counted[0] + counted[1] + acc.ran + acc.skipped
+        feedback.progress(start + (end - start) * done / total)
 
     threads = [threading.Thread(target=produce, name="gullyseg-reader", daemon=True)]
     threads += [threading.Thread(target=run_model, name=f"gullyseg-model-{i}", daemon=True) for i in range(lanes)]
@@ -713,27 +765,32 @@ def _blend(model, grid, reader, scale, runner, sink, feedback, stop, progress=(0
                 continue
             next_seq += 1
             wins, probs, valids = item
-            if wins is _DONE:
-                break
+            if wins is _DONE:  # every window of this panel is in: its last rows go out
+                acc.flush()
+                counted[0] += acc.ran
+                counted[1] += acc.skipped
+                index += 1
+                if index == len(panels):
+                    break
+                if on_panel:
+                    on_panel(panels[index])
+                acc = _Accumulator(panels[index], sink, scratch)
+                continue
             if probs is None:  # a window without valid pixels
-                remaining[wins.row] -= 1
-                done[1] += wins.x_off >= gx
+                acc.skip(wins)
             else:
                 valids, x = valids
                 for win, p, valid in zip(wins, probs, valids):
-                    blend(win, p, valid)
-                    remaining[win.row] -= 1
-                    done[0] += win.x_off >= gx
+                    acc.add(win, p, valid)
                 with ready:
                     spare.append(x)
                 slots.release()
-            flush()
+            acc.flush()
             now = time.monotonic()
             if now - last_report > 0.2:
                 last_report = now
                 report()
-        flush()
-        report()
+        feedback.progress(end)
         ok = True
     finally:
         halt.set()
@@ -741,30 +798,23 @@ def _blend(model, grid, reader, scale, runner, sink, feedback, stop, progress=(0
             runner.run_options.terminate = True
         for thread in threads:
             thread.join(timeout=10)
-    return done[0], done[1]
+    return counted[0], counted[1]
 
 
 def _blend_panels(model, grid, make_reader, scale, runner, sink, feedback, stop, progress=(0.0, 100.0)):
-    """``_blend`` over each column panel of ``grid`` in turn (one panel unless the region is wide).
+    """``_blend`` over the column panels of ``grid`` (one panel unless the region is wide).
 
-    ``make_reader(panel)`` returns a reader for a panel; ``sink`` is an ``_OutputSink``.
+    ``make_reader(panel, scratch)`` returns a reader for a panel; ``sink`` is an ``_OutputSink``.
     Returns (windows run, windows skipped).
     """
     panels = grid.panels()
-    start, end = progress
-    total = max(1, grid.count)
-    ran = skipped = 0
-    for panel in panels:
-        if len(panels) > 1:
-            gx, _, gw, _ = panel.region
-            sink.panel(gx, gx + gw)
-        a = start + (end - start) * (ran + skipped) / total
-        owned = sum(1 for row in panel.rows for w in row if w.x_off >= panel.region[0])
-        b = start + (end - start) * (ran + skipped + owned) / total
-        r, k = _blend(model, panel, make_reader(panel), scale, runner, sink, feedback, stop, (a, b))
-        ran += r
-        skipped += k
-    return ran, skipped
+
+    def on_panel(panel):
+        gx, _, gw, _ = panel.region
+        sink.panel(gx, gx + gw)
+
+    return _blend(model, panels, make_reader, scale, runner, sink, feedback, stop, progress,
+                  on_panel if len(panels) > 1 else None)
 
 
 # --- writing -------------------------------------------------------------------------------------
@@ -1115,9 +1165,9 @@ def segment_raster(input_path, model, output_probability=None, output_mask=None,
             feedback.info(f"{grid.count} windows in {len(grid.rows)} rows (last row/column snapped to the edge)")
             sink = _OutputSink(tmp_prob, tmp_mask, out, grid.region, gt, info.crs_wkt, threshold, pixel_area, feedback)
             try:
-                def make_reader(panel):
+                def make_reader(panel, scratch):
                     return _GdalReader(str(input_path), band_list, gt, info.crs_wkt, panel, out, wkts,
-                                       (info.width, info.height))
+                                       (info.width, info.height), scratch)
 
                 ran, skipped = _blend_panels(model, grid, make_reader, scale, runner, sink, feedback, stop,
                                              infer_span)
@@ -1183,8 +1233,8 @@ def _resampled(input_path, info, model, band_list, scale, runner, out, wkts, ove
     sink = _OutputSink(model_prob, None, (0, 0, mw, mh), mgrid.region, wgt, info.crs_wkt, threshold, res_m * res_m,
                        feedback)
     try:
-        def make_reader(panel):
-            return _GdalReader(vrt, band_list, wgt, info.crs_wkt, panel, (0, 0, mw, mh), wkts, (mw, mh))
+        def make_reader(panel, scratch):
+            return _GdalReader(vrt, band_list, wgt, info.crs_wkt, panel, (0, 0, mw, mh), wkts, (mw, mh), scratch)
 
         ran, skipped = _blend_panels(model, mgrid, make_reader, scale, runner, sink, feedback, stop, span)
         sink.finish()
@@ -1254,7 +1304,7 @@ def predict_array(model, raw, valid=None, overlap=None, batch_size=8, tta=0, sca
     stop = threading.Event()
     fb = feedback or Feedback()
     with _CancelWatcher(fb, runner, stop):
-        _blend(model, grid, _ArrayReader(raw, valid, grid), scale, runner, sink, fb, stop)
+        _blend(model, [grid], lambda panel, scratch: _ArrayReader(raw, valid, grid), scale, runner, sink, fb, stop)
     return result
 
 
