@@ -5,10 +5,11 @@
 
 1. Throughput, in this process: segment_raster end to end (reading and decompressing the scene
    and normalising in a reader thread, the model in batches, Hann blending, writing two
-   DEFLATE-compressed GeoTIFFs in a writer thread) against the peer, bare ``session.run`` on the
-   same windows and batch size: a session with onnxruntime's default options (all cores for one
-   run), the input batches prepared outside the clock, only the run calls timed. The engine runs
-   its own session, two batches at once on half the threads each (onnx_model.plan_threads).
+   DEFLATE-compressed GeoTIFFs in a writer thread; for the light model also with ZSTD) against
+   the peer, bare ``session.run`` on the same windows and batch size: a session with
+   onnxruntime's default options (all cores for one run), the input batches prepared outside
+   the clock, only the run calls timed. The engine runs its own session, two batches at once
+   on half the threads each (onnx_model.plan_threads).
    Both count the same pixels (windows x window area), so the ratio is t_bare / t_engine; target
    >= 0.9. Models: tests/onnx_models.make_benchmark_model (4 convs 3x3, 16 channels, sigmoid),
    and a heavier one (6 convs, 32 channels): the engine's own work is a cost per pixel, so its
@@ -83,7 +84,7 @@ def run_measured(args):
     return seconds, usage.ru_maxrss / 1024.0, out
 
 
-def throughput(size, workdir, threads=0, batch=8, overlap=64, hidden=16, layers=4, rounds=3):
+def throughput(size, workdir, threads=0, batch=8, overlap=64, hidden=16, layers=4, rounds=3, also_zstd=False):
     import numpy as np
     from osgeo import gdal
 
@@ -119,22 +120,28 @@ def throughput(size, workdir, threads=0, batch=8, overlap=64, hidden=16, layers=
             cpu += time.process_time() - c
         return total, cpu
 
-    def engine(k):
+    def engine(k, compression="DEFLATE"):
         out = os.path.join(workdir, f"tp_out_{k}")
         c, t = time.process_time(), time.perf_counter()
         inference.segment_raster(scene, model, output_probability=out + "_p.tif", output_mask=out + "_m.tif",
-                                 batch_size=batch, overlap=overlap, overwrite=True)
+                                 batch_size=batch, overlap=overlap, overwrite=True, compression=compression)
         return time.perf_counter() - t, time.process_time() - c
 
     bare()  # warm-up: both sessions' first runs (arena allocation) are not timed
     engine("warm")
-    t_bare, t_engine = [], []
+    t_bare, t_engine, t_zstd = [], [], []
     for k in range(rounds):
         t_bare.append(bare())
-        t_engine.append(engine(k))
+        t_engine.append(engine(k % 2))
+        if also_zstd:
+            t_zstd.append(engine(k % 2, "ZSTD"))
     tb, cb = min(t[0] for t in t_bare), min(t[1] for t in t_bare)
     te, ce = min(t[0] for t in t_engine), min(t[1] for t in t_engine)
-    return {
+    extra = {}
+    if t_zstd:
+        tz = min(t[0] for t in t_zstd)
+        extra = {"zstd_ratio": tb / tz, "zstd_cpu_ratio": cb / min(t[1] for t in t_zstd)}
+    return {**extra,
         "size": size, "windows": len(wins), "provider": model.provider,
         "bare_mpx_s": npx / tb / 1e6, "engine_mpx_s": npx / te / 1e6, "ratio": tb / te,
         "scene_mpx_s": size * size / te / 1e6, "cpu_ratio": cb / ce, "load": os.getloadavg()[0],
@@ -237,7 +244,7 @@ def main():
         for hidden, layers, label in ((16, 4, "benchmark model: 4 convs x 16 channels"),
                                       (32, 6, "heavier model: 6 convs x 32 channels, closer to a small U-Net")):
             print(f"== throughput ({tp_size} x {tp_size} synthetic scene, {label}, batch 8, overlap 64)")
-            tp = throughput(tp_size, workdir, hidden=hidden, layers=layers, rounds=rounds)
+            tp = throughput(tp_size, workdir, hidden=hidden, layers=layers, rounds=rounds, also_zstd=hidden == 16)
             print(f"  provider {tp['provider']}, {tp['windows']} windows; engine: {tp['lanes']} batches at once, "
                   f"{tp['threads']} threads; best of {tp['rounds']} alternating runs")
             print(f"  bare session.run   {tp['bare_mpx_s']:6.2f} Mpx/s (window pixels)")
@@ -247,6 +254,10 @@ def main():
                   f"{'OK' if tp['ratio'] >= 0.9 else 'BELOW'}")
             print(f"  CPU-time ratio bare / engine = {tp['cpu_ratio']:.3f} (all threads; load average "
                   f"{tp['load']:.1f} on {os.cpu_count()} cores: wall-clock ratios are noisy on a busy machine)")
+            if "zstd_ratio" in tp:
+                print(f"  with COMPRESSION=ZSTD: ratio {tp['zstd_ratio']:.3f}, CPU-time ratio "
+                      f"{tp['zstd_cpu_ratio']:.3f} (this untrained model's probabilities are noise, the worst "
+                      "case for DEFLATE)")
         print("== peak memory (light model, probability + mask outputs)")
         rows = memory(sizes, workdir)
         peak = max(r["peak_rss_mb"] for r in rows)

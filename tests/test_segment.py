@@ -143,6 +143,35 @@ def test_extent_parameter(run_alg, scene_factory, model, tmp_path):
     assert ds.GetGeoTransform()[0] == pytest.approx(xmin) and ds.GetGeoTransform()[3] == pytest.approx(ymax)
 
 
+def test_compression_parameter(run_alg, scene_factory, model, tmp_path):
+    """COMPRESSION (advanced) picks the GeoTIFF codec; the pixels are the same whatever the codec."""
+    scene = scene_factory("segalg", width=640, height=512, seed=13, nodata_edge=True)
+    from gullyseg.processing.algorithms.segment import SegmentAlgorithm
+
+    labels = [name for name, _ in SegmentAlgorithm.COMPRESSION_OPTIONS]
+    assert labels[0] == "DEFLATE"  # the default: any GIS software reads it
+    outputs = {}
+    for index, name in enumerate(labels):
+        out = tmp_path / name
+        out.mkdir()
+        run_alg("segment", {"INPUT": str(scene), "MODEL": model, "COMPRESSION": index,
+                            "OUTPUT_PROBABILITY": str(out / "p.tif"), "OUTPUT_MASK": str(out / "m.tif")})
+        for kind in ("p", "m"):
+            ds = gdal.Open(str(out / f"{kind}.tif"))
+            assert ds.GetMetadata("IMAGE_STRUCTURE").get("COMPRESSION", "NONE") == name
+        outputs[name] = (_read(out / "p.tif"), _read(out / "m.tif"))
+    for name in labels[1:]:
+        for a, b in zip(outputs["DEFLATE"], outputs[name]):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_unknown_compression_refused_before_any_output(scene_factory, model, tmp_path):
+    scene = scene_factory("segalg", width=640, height=512, seed=13, nodata_edge=True)
+    with pytest.raises(GullySegError, match="COMPRESSION must be one of DEFLATE, ZSTD, LZW, NONE"):
+        inference.segment_raster(str(scene), model, output_probability=str(tmp_path / "p.tif"), compression="JPEG")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cancel_through_processing(run_alg, scene_factory, tmp_path):
     from qgis.core import QgsProcessingException, QgsProcessingFeedback
 

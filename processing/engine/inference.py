@@ -59,9 +59,27 @@ WEIGHT_FLOOR = 1e-6
 # output blocks): peak memory then depends on this, not on the scene width
 PANEL_WIDTH = 8192
 _DONE = object()
-# tiled DEFLATE GeoTIFF; level 1: ~9x less CPU than the default level 6 for ~4 % larger files
-# (measured on probability rasters), which keeps the writer from slowing the model down
-OUTPUT_OPTIONS = gdalio.GTIFF_TILED + ["ZLEVEL=1"]
+# output compression (tiled 256 x 256 GeoTIFFs). DEFLATE level 1 (the default): any GIS software reads
+# it, ~9x less CPU than level 6 for ~4 % larger files. ZSTD level 1: about the same size, 2-4x less
+# CPU again to write, faster to read, but only GDAL-based software (QGIS, GDAL 2.3+) reads it, not
+# ArcGIS. Scratch rasters that only GDAL reads back use ZSTD.
+COMPRESSIONS = {
+    "DEFLATE": ["COMPRESS=DEFLATE", "ZLEVEL=1"],
+    "ZSTD": ["COMPRESS=ZSTD", "ZSTD_LEVEL=1"],
+    "LZW": ["COMPRESS=LZW"],
+    "NONE": ["COMPRESS=NONE"],
+}
+
+
+def output_options(compression="DEFLATE"):
+    """GDAL creation options of the output GeoTIFFs for a COMPRESSION name."""
+    key = str(compression or "DEFLATE").upper()
+    if key not in COMPRESSIONS:
+        raise GullySegError(f"COMPRESSION must be one of {', '.join(COMPRESSIONS)} (got {compression!r}).")
+    return [o for o in gdalio.GTIFF_TILED if not o.startswith("COMPRESS=")] + COMPRESSIONS[key]
+
+
+OUTPUT_OPTIONS = output_options("DEFLATE")
 
 
 # --- weights and test-time augmentation ---------------------------------------------------------
@@ -857,7 +875,8 @@ class _BlockWriter:
 class _OutputSink:
     """Turns finished probability rows into the uint8 probability and mask rasters (writer thread)."""
 
-    def __init__(self, prob_path, mask_path, out, grid_region, gt, crs_wkt, threshold, pixel_area, feedback):
+    def __init__(self, prob_path, mask_path, out, grid_region, gt, crs_wkt, threshold, pixel_area, feedback,
+                 options=None):
         self.out = out
         self.grid_region = grid_region
         self.threshold = float(threshold)
@@ -871,7 +890,8 @@ class _OutputSink:
             if path is None:
                 bands.append(None)
                 continue
-            ds = gdalio.create_raster(path, ow, oh, 1, gdal.GDT_Byte, out_gt, crs_wkt, NODATA, OUTPUT_OPTIONS)
+            ds = gdalio.create_raster(path, ow, oh, 1, gdal.GDT_Byte, out_gt, crs_wkt, NODATA,
+                                      options or OUTPUT_OPTIONS)
             band = ds.GetRasterBand(1)
             band.SetDescription(desc)
             if path is prob_path:
@@ -1005,6 +1025,14 @@ def _check_output(path, what):
     return path
 
 
+def runner_lanes(model):
+    """How the model runs, for the log: batches at once and threads."""
+    lanes = getattr(model, "lanes", 1) or 1
+    threads = getattr(model, "threads", 0) or 0
+    per_run = f"{threads // lanes} thread(s) each" if threads else "onnxruntime's default threads"
+    return f"{lanes} batch(es) at once, {per_run}"
+
+
 def resolve_bands(model, band_count, bands=None):
     """Bands feeding the model: BANDS, else the model's metadata, else 1..C; checked."""
     chosen = parse_bands(bands) if bands is not None else None
@@ -1031,12 +1059,13 @@ def resolve_bands(model, band_count, bands=None):
 
 def segment_raster(input_path, model, output_probability=None, output_mask=None, output_polygons=None, bands=None,
                    extent=None, mask_wkts=None, overlap=None, batch_size=8, threshold=None, tta=0, min_area=0,
-                   simplify=0, overwrite=False, feedback=None, threads=None):
+                   simplify=0, overwrite=False, feedback=None, threads=None, compression="DEFLATE"):
     """Run ``model`` (a ModelInfo or an .onnx path) over ``input_path``; returns a result dict.
 
     extent: (xmin, ymin, xmax, ymax) in the raster's CRS; mask_wkts: polygons (WKT) in the
     raster's CRS; overlap: pixels (None = the model's default: metadata tiles_overlap or a quarter
-    of the window); threshold: None = the model's seg_thresh, else 0.5; tta: 0, 1 or 2.
+    of the window); threshold: None = the model's seg_thresh, else 0.5; tta: 0, 1 or 2;
+    compression: of the two GeoTIFFs, a key of ``COMPRESSIONS`` (DEFLATE, ZSTD, LZW, NONE).
     Result: pixels_processed (valid output pixels), gully_area_m2, gully_pixels, provider, windows,
     windows_skipped, resampled, polygons (count or None), outputs {probability, mask, polygons}.
     """
@@ -1078,6 +1107,7 @@ def segment_raster(input_path, model, output_probability=None, output_mask=None,
     threshold = float(threshold)
     if not 0.0 <= threshold <= 1.0:
         raise GullySegError(f"THRESHOLD must be within 0..1 (got {threshold}).")
+    options = output_options(compression)
     if tta not in TTA_NAMES:
         raise GullySegError(f"TTA must be 0 (none), 1 (flips) or 2 (flips and rotations), got {tta}.")
     tta_transforms(tta, model.window[0] == model.window[1] or not model.fixed_size)
@@ -1124,7 +1154,8 @@ def segment_raster(input_path, model, output_probability=None, output_mask=None,
     feedback.info(
         f"Window {model.window[0]}x{model.window[1]}, overlap {overlap} px, batch {batch_size}, TTA "
         f"{TTA_NAMES[tta]}, threshold {threshold:g} ({thr_source}); output region {out[2]}x{out[3]} px at "
-        f"({out[0]}, {out[1]}); execution provider: {model.provider}"
+        f"({out[0]}, {out[1]}); execution provider: {model.provider}, {runner_lanes(model)}; outputs "
+        f"{str(compression).upper()}-compressed"
     )
     ds = None
 
@@ -1163,7 +1194,8 @@ def segment_raster(input_path, model, output_probability=None, output_mask=None,
         if not resample:
             grid = _Grid(info.width, info.height, out, model.window, overlap)
             feedback.info(f"{grid.count} windows in {len(grid.rows)} rows (last row/column snapped to the edge)")
-            sink = _OutputSink(tmp_prob, tmp_mask, out, grid.region, gt, info.crs_wkt, threshold, pixel_area, feedback)
+            sink = _OutputSink(tmp_prob, tmp_mask, out, grid.region, gt, info.crs_wkt, threshold, pixel_area, feedback,
+                               options)
             try:
                 def make_reader(panel, scratch):
                     return _GdalReader(str(input_path), band_list, gt, info.crs_wkt, panel, out, wkts,
@@ -1178,7 +1210,7 @@ def segment_raster(input_path, model, output_probability=None, output_mask=None,
         else:
             ran, skipped, grid = _resampled(input_path, info, model, band_list, scale, runner, out, wkts, overlap,
                                             resample, tmp_prob, tmp_mask, threshold, feedback, stop, folder,
-                                            scratch, vsimem, infer_span)
+                                            scratch, vsimem, infer_span, options)
             sink = grid.sink
         result.update(windows=ran, windows_skipped=skipped, pixels_processed=sink.valid_pixels,
                       gully_pixels=sink.gully_pixels, gully_area_m2=sink.gully_pixels * pixel_area)
@@ -1202,7 +1234,7 @@ def segment_raster(input_path, model, output_probability=None, output_mask=None,
 
 
 def _resampled(input_path, info, model, band_list, scale, runner, out, wkts, overlap, res_m, tmp_prob, tmp_mask,
-               threshold, feedback, stop, folder, scratch, vsimem, span):
+               threshold, feedback, stop, folder, scratch, vsimem, span, options=None):
     """Run on a warped VRT at the model's resolution, then warp the probability back (see module doc)."""
     gt = info.geotransform
     ox, oy, ow, oh = out
@@ -1231,7 +1263,7 @@ def _resampled(input_path, info, model, band_list, scale, runner, out, wkts, ove
     model_prob = os.path.join(folder, f".gullyseg-modelgrid-{uuid.uuid4().hex[:8]}.tif")
     scratch.append(model_prob)
     sink = _OutputSink(model_prob, None, (0, 0, mw, mh), mgrid.region, wgt, info.crs_wkt, threshold, res_m * res_m,
-                       feedback)
+                       feedback, output_options("ZSTD"))  # scratch: only GDAL reads it back
     try:
         def make_reader(panel, scratch):
             return _GdalReader(vrt, band_list, wgt, info.crs_wkt, panel, (0, 0, mw, mh), wkts, (mw, mh), scratch)
@@ -1249,7 +1281,8 @@ def _resampled(input_path, info, model, band_list, scale, runner, out, wkts, ove
         format="VRT", outputBounds=(xmin, ymin, xmax, ymax), width=ow, height=oh, resampleAlg="bilinear",
         srcNodata=NODATA, dstNodata=NODATA, outputType=gdal.GDT_Float32, multithread=False))
     bds = None
-    final = _OutputSink(tmp_prob, tmp_mask, out, out, gt, info.crs_wkt, threshold, abs(gt[1] * gt[5]), feedback)
+    final = _OutputSink(tmp_prob, tmp_mask, out, out, gt, info.crs_wkt, threshold, abs(gt[1] * gt[5]), feedback,
+                        options)
     try:
         src = gdal.Open(str(input_path))
         bds = gdal.Open(back)
