@@ -474,7 +474,7 @@ def test_outputs_do_not_depend_on_the_number_of_lanes(scene_factory, models, tmp
     scene = scene_factory("lanes", width=900, height=700, seed=9, nodata_edge=True)
     runs = {}
     for threads in (1, 2):
-        model = onnx_model.load_model(models["fcn"], threads=threads)
+        model = onnx_model.load_model(models["fcn"], threads=threads, providers=[onnx_model.CPU])
         assert model.lanes == threads
         runs[threads] = inference.segment_raster(
             str(scene), model, output_probability=str(tmp_path / f"p{threads}.tif"),
