@@ -3,16 +3,21 @@
 The checkout folder is not named ``gullyseg`` and its ``processing/`` folder would hide
 QGIS's own ``processing`` package if the repository root were on sys.path, so pytest runs
 with ``--import-mode=importlib`` and the package is registered here under its real name.
+The tests folder itself goes on sys.path, so tests import its plain helper modules by name
+(``import onnx_models``, ``import dataset_builder``); it holds no ``processing`` folder.
 """
 
 import importlib.util
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(Path(__file__).parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).parent))
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 

@@ -3,9 +3,7 @@
 The images come from GullySeg's grid step (tiling.grid_tiles); the masks are cut from the
 scene's ground-truth mask (<name>_mask.tif) with GDAL's own translate (``-srcwin``), as the
 label step would place them: masks/<tile_id>.tif, recorded in the index's ``mask`` field.
-Load it by path (tests run with --import-mode=importlib):
-
-    spec = importlib.util.spec_from_file_location("dataset_builder", Path(__file__).parent / "dataset_builder.py")
+Tests ``import dataset_builder`` (conftest puts tests/ on sys.path).
 """
 
 import os

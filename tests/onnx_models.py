@@ -1,9 +1,10 @@
 """Small ONNX models built with the ``onnx`` package, for tests, benchmarks and demos (no download).
 
-Plain module, no pytest and no plugin imports: load it by path, e.g.::
+Plain module, no pytest and no plugin imports. Tests ``import onnx_models`` (conftest puts
+tests/ on sys.path); scripts put tests/ on sys.path first, e.g.::
 
-    spec = importlib.util.spec_from_file_location("onnx_models", ROOT / "tests" / "onnx_models.py")
-    onnx_models = importlib.util.module_from_spec(spec); spec.loader.exec_module(onnx_models)
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    import onnx_models
     onnx_models.make_fcn_model(tmp_path / "fcn.onnx", in_channels=3)
 
 Every ``make_*`` function writes a model file and returns its path (str). Weights are fixed

@@ -5,12 +5,11 @@ functions) and must give back the original tile's pixels (geometric part) and ma
 """
 
 import hashlib
-import importlib.util
 import json
 import math
 import shutil
-from pathlib import Path
 
+import dataset_builder as builder
 import numpy as np
 import pytest
 from osgeo import gdal
@@ -18,10 +17,6 @@ from osgeo import gdal
 from gullyseg.processing.engine import augment, dataset, split, tiling
 from gullyseg.processing.engine.errors import Cancelled, GullySegError
 from gullyseg.processing.engine.feedback import RecordingFeedback
-
-_spec = importlib.util.spec_from_file_location("dataset_builder", Path(__file__).parent / "dataset_builder.py")
-builder = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(builder)
 
 ALL = list(augment.TRANSFORMS)
 

@@ -5,12 +5,12 @@ The reference for the tab's results is the same algorithm run directly with proc
 Models are built by tests/onnx_models.py (no download).
 """
 
-import importlib.util
 import os
 import time
 from pathlib import Path
 
 import numpy as np
+import onnx_models
 import pytest
 from osgeo import gdal
 from qgis.core import QgsApplication, QgsProject, QgsRasterLayer, QgsVectorLayer
@@ -18,10 +18,6 @@ from qgis.core import QgsApplication, QgsProject, QgsRasterLayer, QgsVectorLayer
 from gullyseg import compat
 from gullyseg.ui import settings
 from gullyseg.ui.inference import ALG_ID, AREA_CANVAS, AREA_POLYGONS, InferenceTab
-
-_spec = importlib.util.spec_from_file_location("onnx_models", Path(__file__).parent / "onnx_models.py")
-onnx_models = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(onnx_models)
 
 
 @pytest.fixture

@@ -321,16 +321,12 @@ def test_failed_write_changes_nothing():
 
 def test_model_scores_order_the_queue(make_tab, index_path, tmp_path):
     """Optional help: tiles scored by predicted gully share in a background task, likely ones first."""
-    import importlib.util
-    from pathlib import Path
 
+    import onnx_models
     from qgis.core import QgsApplication
 
     from gullyseg.ui.tasks import wait_for
 
-    spec = importlib.util.spec_from_file_location("onnx_models", Path(__file__).parent / "onnx_models.py")
-    onnx_models = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(onnx_models)
     # per-pixel model: p = sigmoid(red / 255 - 0.5) >= 0.5  <=>  red >= 127.5
     model = onnx_models.make_pointwise_model(str(tmp_path / "red.onnx"), weights=(1.0, 0.0, 0.0), bias=-0.5)
     tab = make_tab(index_path)

@@ -5,14 +5,13 @@ numpy re-implementations of the test models (tests/onnx_models.py), GDAL's own t
 (gdal_rasterize, gdalwarp, gdal_translate) and GDAL's mask bands.
 """
 
-import importlib.util
 import os
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
+import onnx_models as om
 import onnxruntime
 import pytest
 from osgeo import gdal, ogr, osr
@@ -20,10 +19,6 @@ from osgeo import gdal, ogr, osr
 from gullyseg.processing.engine import inference, onnx_model
 from gullyseg.processing.engine.errors import Cancelled, GullySegError
 from gullyseg.processing.engine.feedback import Feedback, RecordingFeedback
-
-_spec = importlib.util.spec_from_file_location("onnx_models", Path(__file__).parent / "onnx_models.py")
-om = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(om)
 
 STEP = 1.0 / 254  # one probability step of the uint8 output
 

@@ -1,6 +1,5 @@
 """ONNX model loading, checks and metadata (read: Deepness + GullySeg keys; written: setmodelmetadata)."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -8,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx_models as om
 import onnxruntime
 import pytest
 
@@ -15,9 +15,6 @@ from gullyseg.processing.engine import onnx_model
 from gullyseg.processing.engine.errors import GullySegError
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("onnx_models", Path(__file__).parent / "onnx_models.py")
-om = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(om)
 
 DEEPNESS = {
     "model_type": "Segmentor",
@@ -193,6 +190,7 @@ from gullyseg.processing.provider import algorithm_classes
 print(sorted(cls.ALG_ID for cls in algorithm_classes()))
 from gullyseg.processing.engine import onnx_model
 from gullyseg.processing.engine.errors import GullySegError
+
 try:
     onnx_model.load_model({str(path)!r})
 except GullySegError as exc:

@@ -1,21 +1,16 @@
 """gullyseg:segment and gullyseg:setmodelmetadata through processing.run and qgis_process; polygons."""
 
-import importlib.util
 import json
 import subprocess
 import threading
-from pathlib import Path
 
 import numpy as np
+import onnx_models as om
 import pytest
 from osgeo import gdal, ogr
 
 from gullyseg.processing.engine import inference
 from gullyseg.processing.engine.errors import GullySegError
-
-_spec = importlib.util.spec_from_file_location("onnx_models", Path(__file__).parent / "onnx_models.py")
-om = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(om)
 
 
 @pytest.fixture(scope="module")

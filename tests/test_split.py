@@ -6,12 +6,12 @@ from the files (list files, index rows/cols, masks), not taken from the engine's
 """
 
 import errno
-import importlib.util
 import json
 import os
 import shutil
 from pathlib import Path
 
+import dataset_builder as builder
 import numpy as np
 import pytest
 from osgeo import gdal
@@ -19,10 +19,6 @@ from osgeo import gdal
 from gullyseg.processing.engine import augment, dataset, split
 from gullyseg.processing.engine.errors import GullySegError
 from gullyseg.processing.engine.feedback import RecordingFeedback
-
-_spec = importlib.util.spec_from_file_location("dataset_builder", Path(__file__).parent / "dataset_builder.py")
-builder = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(builder)
 
 SPLITS = ("train", "val", "test")
 

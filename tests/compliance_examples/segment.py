@@ -1,20 +1,13 @@
 """gullyseg:segment on a small synthetic scene with a small fully convolutional model."""
 
-import importlib.util
 from pathlib import Path
 
+import onnx_models
 from osgeo import gdal
 
 
-def _models():
-    spec = importlib.util.spec_from_file_location("onnx_models", Path(__file__).resolve().parents[1] / "onnx_models.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def parameters(tmp_path, scene):
-    model = _models().make_fcn_model(tmp_path / "fcn.onnx", in_channels=3, metadata={"class_names": {"0": "gully"}})
+    model = onnx_models.make_fcn_model(tmp_path / "fcn.onnx", in_channels=3, metadata={"class_names": {"0": "gully"}})
     return {
         "INPUT": str(scene("segment_compliance", width=512, height=384, seed=3)),
         "MODEL": model,

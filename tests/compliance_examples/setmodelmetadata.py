@@ -1,19 +1,12 @@
 """gullyseg:setmodelmetadata writes Deepness/GullySeg keys into a copy of a small model."""
 
-import importlib.util
 import json
-from pathlib import Path
 
-
-def _models():
-    spec = importlib.util.spec_from_file_location("onnx_models", Path(__file__).resolve().parents[1] / "onnx_models.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+import onnx_models
 
 
 def parameters(tmp_path, scene):
-    model = _models().make_fcn_model(tmp_path / "fcn.onnx", in_channels=3)
+    model = onnx_models.make_fcn_model(tmp_path / "fcn.onnx", in_channels=3)
     return {
         "MODEL": model,
         "CLASS_NAMES": "gully",
@@ -25,10 +18,10 @@ def parameters(tmp_path, scene):
 
 
 def check(results, tmp_path):
-    meta = _models().read_metadata(results["OUTPUT_MODEL"])  # read back with the onnx package
+    meta = onnx_models.read_metadata(results["OUTPUT_MODEL"])  # read back with the onnx package
     assert json.loads(meta["resolution"]) == 75
     assert json.loads(meta["seg_thresh"]) == 0.4
     assert json.loads(meta["class_names"]) == {"0": "gully"}
     assert json.loads(meta["gullyseg"]) == {"input_max": 255}
     assert json.loads(meta["model_type"]) == "Segmentor"
-    assert not _models().read_metadata(tmp_path / "fcn.onnx")  # the source model is untouched
+    assert not onnx_models.read_metadata(tmp_path / "fcn.onnx")  # the source model is untouched

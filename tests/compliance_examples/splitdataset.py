@@ -1,20 +1,11 @@
 """Compliance example for gullyseg:splitdataset: a 16-tile dataset from a synthetic scene, split 6:2:2."""
 
-import importlib.util
-from pathlib import Path
-
-
-def _builder():
-    path = Path(__file__).resolve().parents[1] / "dataset_builder.py"
-    spec = importlib.util.spec_from_file_location("dataset_builder", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+import dataset_builder
 
 
 def parameters(tmp_path, scene_factory):
     scene = scene_factory("split_example", width=256, height=256, seed=4)
-    _builder().build_dataset(tmp_path / "dataset", scene, tile_size=64)
+    dataset_builder.build_dataset(tmp_path / "dataset", scene, tile_size=64)
     return {"DATASET": str(tmp_path / "dataset"), "RATIOS": "6:2:2", "SEED": 42}
 
 
