@@ -31,7 +31,6 @@
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -44,22 +43,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _engine():
-    if "gullyseg" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("gullyseg", os.path.join(ROOT, "__init__.py"),
-                                                      submodule_search_locations=[ROOT])
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["gullyseg"] = mod
-        spec.loader.exec_module(mod)
+    """Import the checkout as package ``gullyseg`` (tools/gullyseg_cli.py does it for every tool)."""
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    from gullyseg_cli import register_package
+
+    register_package()
     from gullyseg.processing.engine import inference, onnx_model, synthetic, windows
 
     return inference, onnx_model, synthetic, windows
 
 
 def _onnx_models():
-    spec = importlib.util.spec_from_file_location("onnx_models", os.path.join(ROOT, "tests", "onnx_models.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    """tests/onnx_models.py: the test models, built with the onnx package."""
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    import onnx_models
+
+    return onnx_models
 
 
 def run_measured(args):
@@ -185,10 +184,11 @@ def make_big_scene(size, workdir, height=None):
 
 
 CHILD = r"""
-import importlib.util, json, os, sys, time, resource
+import json, sys, time
 root, scene, model, out = sys.argv[1:5]
-spec = importlib.util.spec_from_file_location("gullyseg", root + "/__init__.py", submodule_search_locations=[root])
-mod = importlib.util.module_from_spec(spec); sys.modules["gullyseg"] = mod; spec.loader.exec_module(mod)
+sys.path.insert(0, root + "/tools")
+from gullyseg_cli import register_package
+register_package()
 from gullyseg.processing.engine import inference
 t = time.perf_counter()
 r = inference.segment_raster(scene, model, output_probability=out + "_p.tif", output_mask=out + "_m.tif",

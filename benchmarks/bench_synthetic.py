@@ -21,10 +21,10 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 ENGINE_SNIPPET = r"""
-import importlib.util, sys
-spec = importlib.util.spec_from_file_location("gullyseg", sys.argv[1] + "/__init__.py",
-                                              submodule_search_locations=[sys.argv[1]])
-mod = importlib.util.module_from_spec(spec); sys.modules["gullyseg"] = mod; spec.loader.exec_module(mod)
+import sys
+sys.path.insert(0, sys.argv[1] + "/tools")
+from gullyseg_cli import register_package
+register_package()
 from gullyseg.processing.engine import synthetic
 size = int(sys.argv[3])
 r = synthetic.make_scene(sys.argv[2] + "/scene.tif", width=size, height=size, seed=1, bands=sys.argv[4],

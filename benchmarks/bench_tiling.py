@@ -24,10 +24,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RETILE = "/usr/bin/gdal_retile.py"
 
 ENGINE_SNIPPET = r"""
-import importlib.util, sys
-spec = importlib.util.spec_from_file_location("gullyseg", sys.argv[1] + "/__init__.py",
-                                              submodule_search_locations=[sys.argv[1]])
-mod = importlib.util.module_from_spec(spec); sys.modules["gullyseg"] = mod; spec.loader.exec_module(mod)
+import sys
+sys.path.insert(0, sys.argv[1] + "/tools")
+from gullyseg_cli import register_package
+register_package()
 from gullyseg.processing.engine import tiling
 r = tiling.grid_tiles(sys.argv[2], sys.argv[3], fmt=int(sys.argv[4]))
 print(r.tile_count, r.skipped_count)

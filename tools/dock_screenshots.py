@@ -10,7 +10,6 @@ small test model from tests/onnx_models.py.
 """
 
 import argparse
-import importlib.util
 import os
 import sys
 import tempfile
@@ -18,15 +17,6 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-
-
-def _load(name, path, package_dir=None):
-    spec = importlib.util.spec_from_file_location(
-        name, path, submodule_search_locations=[package_dir] if package_dir else None)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 class _Bar:
@@ -68,7 +58,9 @@ def main():
 
     app = QgsApplication([], True)
     app.initQgis()
-    _load("gullyseg", os.path.join(ROOT, "__init__.py"), ROOT)
+    from gullyseg_cli import register_package  # tools/ is this script's folder, first on sys.path
+
+    register_package()
     sys.path.append(os.path.join(QgsApplication.pkgDataPath(), "python", "plugins"))
     from processing.core.Processing import Processing
     from qgis.core import QgsProject, QgsRasterLayer, QgsSettings
@@ -94,7 +86,8 @@ def main():
 
     model = resource_path("models", "gullyseg_demo_unet.onnx")
     if not os.path.exists(model):
-        onnx_models = _load("onnx_models", os.path.join(ROOT, "tests", "onnx_models.py"))
+        sys.path.insert(0, os.path.join(ROOT, "tests"))
+        import onnx_models
         # a toy per-pixel model (dark pixels -> gully), only so that the picture shows something
         model = onnx_models.make_pointwise_model(
             os.path.join(work, "toy_dark_pixels.onnx"), weights=(-12.0, -12.0, -12.0), bias=11.0,

@@ -10,9 +10,7 @@ Writes (PNG, palette-quantised to stay small):
 """
 
 import argparse
-import importlib.util
 import os
-import sys
 import tempfile
 
 import numpy as np
@@ -23,12 +21,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _engine():
-    if "gullyseg" not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            "gullyseg", os.path.join(ROOT, "__init__.py"), submodule_search_locations=[ROOT])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["gullyseg"] = module
-        spec.loader.exec_module(module)
+    from gullyseg_cli import register_package  # tools/ is this script's folder, first on sys.path
+
+    register_package()
     from gullyseg.processing.engine import synthetic
 
     return synthetic
