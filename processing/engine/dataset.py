@@ -97,14 +97,10 @@ def _field_type(name, value=None):
     return _PY_TO_OGR.get(type(value), ogr.OFTString)
 
 
-def _polygon(bounds):
+def tile_polygon(bounds):
+    """The footprint of a tile (xmin, ymin, xmax, ymax), from its top-left corner clockwise."""
     xmin, ymin, xmax, ymax = bounds
-    ring = ogr.Geometry(ogr.wkbLinearRing)
-    for x, y in ((xmin, ymax), (xmax, ymax), (xmax, ymin), (xmin, ymin), (xmin, ymax)):
-        ring.AddPoint_2D(x, y)
-    poly = ogr.Geometry(ogr.wkbPolygon)
-    poly.AddGeometry(ring)
-    return poly
+    return gdalio.ring_polygon([(xmin, ymax), (xmax, ymax), (xmax, ymin), (xmin, ymin)])
 
 
 def write_index(path, crs_wkt, records, overwrite=False, extra_fields=None):
@@ -137,7 +133,7 @@ def write_index(path, crs_wkt, records, overwrite=False, extra_fields=None):
                     else:
                         continue
                 feat.SetField(name, value)
-            feat.SetGeometry(_polygon(rec["bounds"]))
+            feat.SetGeometry(tile_polygon(rec["bounds"]))
             layer.CreateFeature(feat)
         layer.CommitTransaction()
         layer = None

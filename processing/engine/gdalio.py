@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass
 
 import numpy as np
-from osgeo import gdal, gdal_array, osr
+from osgeo import gdal, gdal_array, ogr, osr
 
 from .errors import GullySegError
 
@@ -248,3 +248,14 @@ def atomic_output(path, overwrite=False, what="OUTPUT", side_suffixes=None):
         suffix = os.path.basename(side)[len(tmp_stem):]
         os.replace(side, os.path.join(folder, stem + suffix))
     os.replace(tmp, path)
+
+
+def ring_polygon(points):
+    """An OGR polygon with one ring through ``points`` [(x, y), ...], closed back to the first point."""
+    ring = ogr.Geometry(ogr.wkbLinearRing)
+    for x, y in points:
+        ring.AddPoint_2D(x, y)
+    ring.AddPoint_2D(*points[0])
+    poly = ogr.Geometry(ogr.wkbPolygon)
+    poly.AddGeometry(ring)
+    return poly

@@ -27,6 +27,7 @@ import numpy as np
 from osgeo import gdal, ogr
 
 from .errors import GullySegError
+from .gdalio import ring_polygon
 
 LABELME_VERSION = "5.4.1"  # the format version GullySeg writes (Labelme 5.x reads it silently)
 IGNORE_LABEL = "__ignore__"
@@ -278,25 +279,9 @@ def _segments(radius, tolerance=CIRCLE_TOLERANCE):
 
 
 def circle_polygon(cx, cy, radius):
-    ring = ogr.Geometry(ogr.wkbLinearRing)
     n = _segments(radius)
-    for k in range(n):
-        a = 2.0 * math.pi * k / n
-        ring.AddPoint_2D(cx + radius * math.cos(a), cy + radius * math.sin(a))
-    ring.AddPoint_2D(cx + radius, cy)
-    poly = ogr.Geometry(ogr.wkbPolygon)
-    poly.AddGeometry(ring)
-    return poly
-
-
-def ring_polygon(points):
-    ring = ogr.Geometry(ogr.wkbLinearRing)
-    for x, y in points:
-        ring.AddPoint_2D(x, y)
-    ring.AddPoint_2D(*points[0])
-    poly = ogr.Geometry(ogr.wkbPolygon)
-    poly.AddGeometry(ring)
-    return poly
+    angles = [2.0 * math.pi * k / n for k in range(n)]
+    return ring_polygon([(cx + radius * math.cos(a), cy + radius * math.sin(a)) for a in angles])
 
 
 def decode_mask_png(b64):

@@ -519,9 +519,7 @@ def _transform(src_wkt, dst_wkt):
 
 def _box(bounds):
     xmin, ymin, xmax, ymax = bounds
-    return ogr.CreateGeometryFromWkt(
-        f"POLYGON(({xmin!r} {ymin!r},{xmax!r} {ymin!r},{xmax!r} {ymax!r},{xmin!r} {ymax!r},{xmin!r} {ymin!r}))"
-    )
+    return gdalio.ring_polygon([(xmin, ymin), (xmax, ymin), (xmax, ymax), (xmin, ymax)])
 
 
 def _rel_or_abs(paths, path):

@@ -391,12 +391,7 @@ def _halfplane_box(geo, px, py, dx, dy, size):
         (px - nx * size + dx * size, py - ny * size + dy * size),
         (px - nx * size, py - ny * size),
     ]
-    ring = ogr.Geometry(ogr.wkbLinearRing)
-    for cx, cy in corners + corners[:1]:
-        ring.AddPoint_2D(*geo.xy(cx, cy))
-    poly = ogr.Geometry(ogr.wkbPolygon)
-    poly.AddGeometry(ring)
-    return poly
+    return gdalio.ring_polygon([geo.xy(cx, cy) for cx, cy in corners])
 
 
 def _network(seed, rng, ox, oy, geo, extent):
@@ -486,12 +481,7 @@ def _footprint(width, height, nodata_edge, seed, geo):
         pts = [(a * width, 0.0), (width, b * height), ((1 - c) * width, height), (0.0, (1 - d) * height)]
     else:
         pts = [(0.0, 0.0), (width, 0.0), (width, height), (0.0, height)]
-    ring = ogr.Geometry(ogr.wkbLinearRing)
-    for px, py in pts + pts[:1]:
-        ring.AddPoint_2D(*geo.xy(px, py))
-    poly = ogr.Geometry(ogr.wkbPolygon)
-    poly.AddGeometry(ring)
-    return poly
+    return gdalio.ring_polygon([geo.xy(px, py) for px, py in pts])
 
 
 # --------------------------------------------------------------------------------------
@@ -987,12 +977,7 @@ def _split_holes(poly, depth=0):
 
 
 def _box(xmin, ymin, xmax, ymax):
-    ring = ogr.Geometry(ogr.wkbLinearRing)
-    for x, y in ((xmin, ymin), (xmax, ymin), (xmax, ymax), (xmin, ymax), (xmin, ymin)):
-        ring.AddPoint_2D(x, y)
-    poly = ogr.Geometry(ogr.wkbPolygon)
-    poly.AddGeometry(ring)
-    return poly
+    return gdalio.ring_polygon([(xmin, ymin), (xmax, ymin), (xmax, ymax), (xmin, ymax)])
 
 
 def _tile_shapes(layer, gt, x_off, y_off, w, h, label, simplify_px):

@@ -400,12 +400,8 @@ def _aoi_geometry(aoi, crs_wkt):
     return union
 
 
-def _tile_polygon(bounds):
-    return dataset._polygon(bounds)
-
-
 def _inside_aoi(aoi, bounds):
-    poly = _tile_polygon(bounds)
+    poly = dataset.tile_polygon(bounds)
     return aoi.Intersects(poly) and not aoi.Touches(poly)
 
 
@@ -471,7 +467,7 @@ def grid_tiles(input_path, output_dir, tile_size=DEFAULT_TILE_SIZE, stride=0, ed
     aoi_geom = _aoi_geometry(aoi, info.crs_wkt)
     gt = info.geotransform
     scene_bounds = windows.Window(0, 0, 0, 0, info.width, info.height).bounds(gt)
-    if aoi_geom is not None and not aoi_geom.Intersects(_tile_polygon(scene_bounds)):
+    if aoi_geom is not None and not aoi_geom.Intersects(dataset.tile_polygon(scene_bounds)):
         raise GullySegError(
             f"AOI: the area of interest does not overlap the scene '{input_path}' (after reprojection to "
             f"{info.crs_label}); no tile would be written."
