@@ -88,54 +88,43 @@ def build(path):
     param(QgsProcessingParameterNumber("copies", "Augmented variants per train tile", compat.NUMBER_INTEGER, 4,
                                        False, 0), 600, y + 60)
 
-    grid = QgsProcessingModelChildAlgorithm("gullyseg:gridtiles")
-    grid.setChildId("grid")
-    grid.setDescription("1 Split raster into tiles")
-    grid.setPosition(QPointF(300, 240))
-    grid.addParameterSources("INPUT", [src.fromModelParameter("scene")])
-    grid.addParameterSources("TILE_SIZE", [src.fromModelParameter("tile_size")])
-    out = QgsProcessingModelOutput("DATASET", "Dataset folder")
-    out.setChildId("grid")
-    out.setChildOutputName("OUTPUT_DIR")
-    out.setDescription("Dataset folder")
-    out.setPosition(QPointF(560, 240))
+    def output(name, description, child_id, child_output, y):
+        out = QgsProcessingModelOutput(name, description)
+        out.setChildId(child_id)
+        out.setChildOutputName(child_output)
+        out.setDescription(description)
+        out.setPosition(QPointF(560, y))
+        return out
+
+    def child(alg_id, child_id, description, y, sources, depends=(), outputs=None):
+        alg = QgsProcessingModelChildAlgorithm(alg_id)
+        alg.setChildId(child_id)
+        alg.setDescription(description)
+        alg.setPosition(QPointF(300, y))
+        for name, source in sources.items():
+            alg.addParameterSources(name, [source])
+        if depends:
+            alg.setDependencies([QgsProcessingModelChildDependency(d) for d in depends])
+        if outputs:
+            alg.setModelOutputs(outputs)
+        model.addChildAlgorithm(alg)
+
     # The tile index is a model output too: a temporary index (what the Modeler gives a linked
     # destination that is not an output) would leave the dataset folder without its index.
-    index = QgsProcessingModelOutput("INDEX", "Tile index (default <dataset folder>/index.gpkg)")
-    index.setChildId("grid")
-    index.setChildOutputName("OUTPUT_INDEX")
-    index.setDescription("Tile index (default <dataset folder>/index.gpkg)")
-    index.setPosition(QPointF(560, 290))
-    grid.setModelOutputs({"DATASET": out, "INDEX": index})
-    model.addChildAlgorithm(grid)
-
-    labels = QgsProcessingModelChildAlgorithm("gullyseg:rasterizelabels")
-    labels.setChildId("labels")
-    labels.setDescription("2 Rasterize labels to tile masks")
-    labels.setPosition(QPointF(300, 340))
-    labels.addParameterSources("TILES", [src.fromChildOutput("grid", "OUTPUT_INDEX")])
-    labels.addParameterSources("VECTOR", [src.fromModelParameter("label_polygons")])
-    labels.addParameterSources("LABELME_DIR", [src.fromModelParameter("labelme_folder")])
-    model.addChildAlgorithm(labels)
-
-    split = QgsProcessingModelChildAlgorithm("gullyseg:splitdataset")
-    split.setChildId("split")
-    split.setDescription("3 Split dataset into train/val/test")
-    split.setPosition(QPointF(300, 440))
-    split.addParameterSources("DATASET", [src.fromChildOutput("grid", "OUTPUT_DIR")])
-    split.addParameterSources("RATIOS", [src.fromModelParameter("ratios")])
-    split.addParameterSources("SEED", [src.fromModelParameter("seed")])
-    split.setDependencies([QgsProcessingModelChildDependency("labels")])
-    model.addChildAlgorithm(split)
-
-    aug = QgsProcessingModelChildAlgorithm("gullyseg:augment")
-    aug.setChildId("augment")
-    aug.setDescription("4 Augment image/mask pairs (train split)")
-    aug.setPosition(QPointF(300, 540))
-    aug.addParameterSources("DATASET", [src.fromChildOutput("split", "OUTPUT_DIR")])
-    aug.addParameterSources("COPIES", [src.fromModelParameter("copies")])
-    aug.addParameterSources("SEED", [src.fromModelParameter("seed")])
-    model.addChildAlgorithm(aug)
+    index_text = "Tile index (default <dataset folder>/index.gpkg)"
+    child("gullyseg:gridtiles", "grid", "1 Split raster into tiles", 240,
+          {"INPUT": src.fromModelParameter("scene"), "TILE_SIZE": src.fromModelParameter("tile_size")},
+          outputs={"DATASET": output("DATASET", "Dataset folder", "grid", "OUTPUT_DIR", 240),
+                   "INDEX": output("INDEX", index_text, "grid", "OUTPUT_INDEX", 290)})
+    child("gullyseg:rasterizelabels", "labels", "2 Rasterize labels to tile masks", 340,
+          {"TILES": src.fromChildOutput("grid", "OUTPUT_INDEX"), "VECTOR": src.fromModelParameter("label_polygons"),
+           "LABELME_DIR": src.fromModelParameter("labelme_folder")})
+    child("gullyseg:splitdataset", "split", "3 Split dataset into train/val/test", 440,
+          {"DATASET": src.fromChildOutput("grid", "OUTPUT_DIR"), "RATIOS": src.fromModelParameter("ratios"),
+           "SEED": src.fromModelParameter("seed")}, depends=["labels"])
+    child("gullyseg:augment", "augment", "4 Augment image/mask pairs (train split)", 540,
+          {"DATASET": src.fromChildOutput("split", "OUTPUT_DIR"), "COPIES": src.fromModelParameter("copies"),
+           "SEED": src.fromModelParameter("seed")})
 
     # Mandatory parameters that the chain does not feed get their algorithm's default, as the
     # Modeler does when a child is added.
