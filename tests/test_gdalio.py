@@ -4,28 +4,16 @@ import os
 
 import numpy as np
 import pytest
+import rasters
 from osgeo import gdal, osr
 
 from gullyseg.processing.engine import gdalio
 from gullyseg.processing.engine.errors import Cancelled, GullySegError
 
 
-def _raster(path, epsg=32606, gt=(420000.0, 0.75, 0.0, 7010000.0, 0.0, -0.75), nodata=None, size=(64, 48)):
-    ds = gdal.GetDriverByName("GTiff").Create(str(path), size[0], size[1], 2, gdal.GDT_UInt16)
-    if gt is not None:
-        ds.SetGeoTransform(gt)
-    if epsg:
-        srs = osr.SpatialReference()
-        srs.ImportFromEPSG(epsg)
-        ds.SetProjection(srs.ExportToWkt())
+def _raster(path, epsg=32606, gt=rasters.GT, nodata=None, size=(64, 48)):
     data = np.arange(size[0] * size[1], dtype=np.uint16).reshape(size[1], size[0])
-    for b in (1, 2):
-        band = ds.GetRasterBand(b)
-        band.WriteArray(data + b)
-        if nodata is not None:
-            band.SetNoDataValue(nodata)
-    ds = None
-    return str(path)
+    return rasters.write_raster(path, np.stack([data + 1, data + 2]), gt=gt, epsg=epsg, nodata=nodata)
 
 
 def test_open_checked_reads_crs_from_data(tmp_path):

@@ -14,6 +14,7 @@ import numpy as np
 import onnx_models as om
 import onnxruntime
 import pytest
+import rasters
 from osgeo import gdal, ogr, osr
 
 from gullyseg.processing.engine import inference, onnx_model
@@ -144,14 +145,9 @@ def test_nodata_is_honoured_exactly(scene_factory, models, tmp_path):
 def test_mask_band_and_all_nodata_windows(tmp_path, models):
     """A per-dataset mask band (not a nodata value) is honoured; windows with no data are skipped."""
     path = tmp_path / "masked.tif"
-    drv = gdal.GetDriverByName("GTiff")
-    ds = drv.Create(str(path), 800, 300, 3, gdal.GDT_Byte, ["TILED=YES"])
-    ds.SetGeoTransform((500000, 0.75, 0, 7000000, 0, -0.75))
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(32606)
-    ds.SetProjection(srs.ExportToWkt())
     rng = np.random.default_rng(0)
-    ds.WriteRaster(0, 0, 800, 300, rng.integers(1, 255, (3, 300, 800), dtype=np.uint8).tobytes())
+    ds = rasters.write_raster(path, rng.integers(1, 255, (3, 300, 800), dtype=np.uint8), options=["TILED=YES"],
+                              close=False)
     ds.CreateMaskBand(gdal.GMF_PER_DATASET)
     m = np.zeros((300, 800), np.uint8)
     m[40:260, 20:330] = 255  # data only on the left; the right 470 columns are empty
@@ -514,21 +510,6 @@ def test_separable_weight_sums_equal_the_summed_window_weights(size, out, panel)
         np.testing.assert_allclose(np.outer(inv_y, inv_x), 1.0 / total, rtol=2e-6)
 
 
-def _float_scene(path, data, nodata=None):
-    ds = gdal.GetDriverByName("GTiff").Create(str(path), data.shape[2], data.shape[1], data.shape[0],
-                                              gdal.GDT_Float32, ["TILED=YES"])
-    ds.SetGeoTransform((500000, 0.75, 0, 7000000, 0, -0.75))
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(32606)
-    ds.SetProjection(srs.ExportToWkt())
-    for i in range(data.shape[0]):
-        band = ds.GetRasterBand(i + 1)
-        if nodata is not None:
-            band.SetNoDataValue(nodata)
-        band.WriteArray(data[i])
-    ds = None
-
-
 def test_nan_pixels_never_reach_the_model(tmp_path, models):
     """A float raster with NaN holes gives exactly what the same raster with a -9999 nodata value
     gives: NaN is invalid and fed to the model as 0, so it cannot spread into valid pixels."""
@@ -541,8 +522,8 @@ def test_nan_pixels_never_reach_the_model(tmp_path, models):
     nan_data[:, hole] = np.nan
     nd_data = data.copy()
     nd_data[:, hole] = -9999
-    _float_scene(tmp_path / "nan.tif", nan_data)
-    _float_scene(tmp_path / "nd.tif", nd_data, nodata=-9999)
+    rasters.write_raster(tmp_path / "nan.tif", nan_data, options=["TILED=YES"])
+    rasters.write_raster(tmp_path / "nd.tif", nd_data, nodata=-9999, options=["TILED=YES"])
     for name in ("nan", "nd"):
         inference.segment_raster(str(tmp_path / f"{name}.tif"), models["fcn"],
                                  output_probability=str(tmp_path / f"{name}_p.tif"))

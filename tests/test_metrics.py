@@ -6,7 +6,8 @@ import math
 
 import numpy as np
 import pytest
-from osgeo import gdal, osr
+import rasters
+from osgeo import gdal
 
 from gullyseg.processing.engine import metrics
 from gullyseg.processing.engine.errors import Cancelled, GullySegError
@@ -20,17 +21,7 @@ def write_mask(path, array, gt=GT, epsg=32606, nodata=None, driver="GTiff"):
     h, w = array.shape
     gtype = gdal.GDT_Byte if array.dtype == np.uint8 else gdal.GDT_Float32
     if driver == "GTiff":
-        ds = gdal.GetDriverByName("GTiff").Create(str(path), w, h, 1, gtype)
-        if gt is not None:
-            ds.SetGeoTransform(gt)
-        if epsg is not None:
-            srs = osr.SpatialReference()
-            srs.ImportFromEPSG(epsg)
-            ds.SetProjection(srs.ExportToWkt())
-        if nodata is not None:
-            ds.GetRasterBand(1).SetNoDataValue(nodata)
-        ds.GetRasterBand(1).WriteArray(array)
-        ds = None
+        rasters.write_raster(path, array, gt=gt, epsg=epsg, nodata=nodata, gdal_type=gtype)
     else:  # PNG through a MEM dataset (no georeferencing)
         mem = gdal.GetDriverByName("MEM").Create("", w, h, 1, gdal.GDT_Byte)
         mem.GetRasterBand(1).WriteArray(array)

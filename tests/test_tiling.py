@@ -10,6 +10,7 @@ import subprocess
 
 import numpy as np
 import pytest
+import rasters
 from osgeo import gdal, ogr, osr
 
 from gullyseg.processing.engine import dataset, gdalio, tiling, windows
@@ -56,21 +57,11 @@ def _check_all_tiles(scene, result, tool=None, tmp_path=None):
     return records
 
 
-def _geo_scene(path, epsg=32606, gt=(420000.0, 0.75, 0.0, 7010000.0, 0.0, -0.75), size=(300, 280),
-               bands=1, dtype=gdal.GDT_Byte, nodata=None, mask=False):
-    ds = gdal.GetDriverByName("GTiff").Create(str(path), size[0], size[1], bands, dtype)
-    if gt is not None:
-        ds.SetGeoTransform(gt)
-    if epsg:
-        srs = osr.SpatialReference()
-        srs.ImportFromEPSG(epsg)
-        ds.SetProjection(srs.ExportToWkt())
+def _geo_scene(path, epsg=32606, gt=rasters.GT, size=(300, 280), bands=1, dtype=gdal.GDT_Byte, nodata=None,
+               mask=False):
     rng = np.random.default_rng(7)
-    for b in range(bands):
-        band = ds.GetRasterBand(b + 1)
-        band.WriteArray(rng.integers(1, 200, (size[1], size[0])).astype(np.float64))
-        if nodata is not None:
-            band.SetNoDataValue(nodata)
+    data = np.stack([rng.integers(1, 200, (size[1], size[0])).astype(np.float64) for _ in range(bands)])
+    ds = rasters.write_raster(path, data, gt=gt, epsg=epsg, nodata=nodata, gdal_type=dtype, close=False)
     if mask:
         ds.CreateMaskBand(gdal.GMF_PER_DATASET)
         m = np.full((size[1], size[0]), 255, np.uint8)
