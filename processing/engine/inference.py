@@ -62,7 +62,7 @@ WEIGHT_FLOOR = 1e-6
 # wider regions are blended in column panels of this many output columns (a multiple of the 256 px
 # output blocks): peak memory then depends on this, not on the scene width
 PANEL_WIDTH = 8192
-_DONE = object()
+_PANEL_END = object()  # the reader's marker after the last window of a column panel
 # output compression (tiled 256 x 256 GeoTIFFs). DEFLATE level 1 (the default): any GIS software reads
 # it, ~9x less CPU than level 6 for ~4 % larger files. ZSTD level 1: about the same size, 2-4x less
 # CPU again to write, faster to read, but only GDAL-based software (QGIS, GDAL 2.3+) reads it, not
@@ -82,8 +82,6 @@ def output_options(compression="DEFLATE"):
         raise GullySegError(f"COMPRESSION must be one of {', '.join(COMPRESSIONS)} (got {compression!r}).")
     return [o for o in gdalio.GTIFF_TILED if not o.startswith("COMPRESS=")] + COMPRESSIONS[key]
 
-
-OUTPUT_OPTIONS = output_options("DEFLATE")
 
 
 # --- weights and test-time augmentation ---------------------------------------------------------
@@ -161,7 +159,7 @@ class _Runner:
         if model.fixed_batch:
             self.batch_size = model.fixed_batch
         self.transforms = tta_transforms(tta, model.window[0] == model.window[1] or not model.fixed_size)
-        self.lanes = max(1, int(getattr(model, "lanes", 1) or 1))
+        self.lanes = model.lanes
         self.run_options = onnxruntime.RunOptions()
         self.run_options.log_severity_level = 3
 
@@ -322,12 +320,11 @@ def _validity(ds, bands, raw, x, y, w, h):
         data = raw[i]
         nodata = band.GetNoDataValue()
         floating = np.issubdtype(data.dtype, np.floating)
-        if nodata is not None and not math.isnan(nodata):
-            if floating:
-                valid &= data != data.dtype.type(nodata)
-            elif np.iinfo(data.dtype).min <= nodata <= np.iinfo(data.dtype).max and float(nodata).is_integer():
-                valid &= data != data.dtype.type(nodata)  # a typed scalar: an integer comparison, 10x faster
-            # else no integer pixel can equal it
+        if nodata is not None and not math.isnan(nodata) and (floating or (
+                np.iinfo(data.dtype).min <= nodata <= np.iinfo(data.dtype).max and float(nodata).is_integer())):
+            # a scalar of the data's type (10x faster than a Python float for integers); a nodata value
+            # no integer pixel can take marks nothing
+            valid &= data != data.dtype.type(nodata)
         if floating:
             valid &= np.isfinite(data)  # NaN (a NaN nodata value too) and infinities
         flags = band.GetMaskFlags()
@@ -662,10 +659,10 @@ def _blend(model, panels, make_reader, scale, runner, sink, feedback, stop, prog
     """
     lanes, batch_size = runner.lanes, runner.batch_size
     halt = threading.Event()  # ends this call's threads; ``stop`` (cancel) ends the whole run
-    jobs = queue.Queue()  # (seq, wins, x, valids); x None: a skipped window or the end of a panel
+    jobs = queue.Queue()  # (seq, wins, x, valids); x None: a skipped window (wins) or _PANEL_END
     slots = threading.Semaphore(lanes + 2)  # batches between the reader and the blending: bounded memory
     spare = []  # batch arrays back from the blending, reused (no fresh pages to fault in per batch)
-    results = {}  # seq -> (wins, probs, valids), from the model threads
+    results = {}  # seq -> (wins, probs, valids, x), from the model threads (probs None: as in ``jobs``)
     failures = []  # the first exception of any thread
     ready = threading.Condition()
     scratch = _Scratch()
@@ -723,7 +720,7 @@ def _blend(model, panels, make_reader, scale, runner, sink, feedback, stop, prog
                         seq += 1
                 finally:
                     reader.close()
-                jobs.put((seq, _DONE, None, None))  # the end of this panel
+                jobs.put((seq, _PANEL_END, None, None))
                 seq += 1
         except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
             fail(exc)
@@ -743,14 +740,14 @@ def _blend(model, panels, make_reader, scale, runner, sink, feedback, stop, prog
                 return
             seq, wins, x, valids = item
             if x is None:
-                deliver(seq, (wins, None, None))
+                deliver(seq, (wins, None, None, None))
                 continue
             try:
                 probs = runner.predict(x[:len(wins)])
             except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
                 fail(exc)
                 return
-            deliver(seq, (wins, probs, (valids, x)))
+            deliver(seq, (wins, probs, valids, x))
 
     start, end = progress
     total = max(1, sum(1 for p in panels for row in p.rows for w in row if w.x_off >= p.region[0]))
@@ -786,8 +783,8 @@ def _blend(model, panels, make_reader, scale, runner, sink, feedback, stop, prog
                     raise Cancelled() from None
                 continue
             next_seq += 1
-            wins, probs, valids = item
-            if wins is _DONE:  # every window of this panel is in: its last rows go out
+            wins, probs, valids, x = item
+            if wins is _PANEL_END:  # every window of this panel is in: its last rows go out
                 acc.flush()
                 counted[0] += acc.ran
                 counted[1] += acc.skipped
@@ -801,7 +798,6 @@ def _blend(model, panels, make_reader, scale, runner, sink, feedback, stop, prog
             if probs is None:  # a window without valid pixels
                 acc.skip(wins)
             else:
-                valids, x = valids
                 for win, p, valid in zip(wins, probs, valids):
                     acc.add(win, p, valid)
                 with ready:
@@ -880,7 +876,7 @@ class _OutputSink:
     """Turns finished probability rows into the uint8 probability and mask rasters (writer thread)."""
 
     def __init__(self, prob_path, mask_path, out, grid_region, gt, crs_wkt, threshold, pixel_area, feedback,
-                 options=None):
+                 options):
         self.out = out
         self.grid_region = grid_region
         self.threshold = float(threshold)
@@ -895,7 +891,7 @@ class _OutputSink:
                 bands.append(None)
                 continue
             ds = gdalio.create_raster(path, ow, oh, 1, gdal.GDT_Byte, out_gt, crs_wkt, NODATA,
-                                      options or OUTPUT_OPTIONS)
+                                      options)
             band = ds.GetRasterBand(1)
             band.SetDescription(desc)
             if path is prob_path:
@@ -1029,14 +1025,6 @@ def _check_output(path, what):
     return path
 
 
-def runner_lanes(model):
-    """How the model runs, for the log: batches at once and threads."""
-    lanes = getattr(model, "lanes", 1) or 1
-    threads = getattr(model, "threads", 0) or 0
-    per_run = f"{threads // lanes} thread(s) each" if threads else "onnxruntime's default threads"
-    return f"{lanes} batch(es) at once, {per_run}"
-
-
 def resolve_bands(model, band_count, bands=None):
     """Bands feeding the model: BANDS, else the model's metadata, else 1..C; checked."""
     chosen = parse_bands(bands) if bands is not None else None
@@ -1158,7 +1146,8 @@ def segment_raster(input_path, model, output_probability=None, output_mask=None,
     feedback.info(
         f"Window {model.window[0]}x{model.window[1]}, overlap {overlap} px, batch {batch_size}, TTA "
         f"{TTA_NAMES[tta]}, threshold {threshold:g} ({thr_source}); output region {out[2]}x{out[3]} px at "
-        f"({out[0]}, {out[1]}); execution provider: {model.provider}, {runner_lanes(model)}; outputs "
+        f"({out[0]}, {out[1]}); execution provider: {model.provider}, {model.lanes} batch(es) at once"
+        f" on {model.threads // model.lanes if model.threads else 'the default'} thread(s) each; outputs "
         f"{str(compression).upper()}-compressed"
     )
     ds = None
@@ -1238,7 +1227,7 @@ def segment_raster(input_path, model, output_probability=None, output_mask=None,
 
 
 def _resampled(input_path, info, model, band_list, scale, runner, out, wkts, overlap, res_m, tmp_prob, tmp_mask,
-               threshold, feedback, stop, folder, scratch, vsimem, span, options=None):
+               threshold, feedback, stop, folder, scratch, vsimem, span, options):
     """Run on a warped VRT at the model's resolution, then warp the probability back (see module doc)."""
     gt = info.geotransform
     ox, oy, ow, oh = out
