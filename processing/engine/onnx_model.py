@@ -238,7 +238,6 @@ class ModelInfo:
     threads: int  # CPU threads in all (lanes x intra-op threads per run)
     metadata: dict = field(default_factory=dict)  # raw metadata_props
     lanes: int = 1  # batches run concurrently (each run on threads // lanes intra-op threads)
-    _affine: tuple = field(default=None, repr=False, compare=False)  # (scale, a, b) of normalise
 
     # -- preprocessing shared by segment_raster and predict_tiles (no duplication) --
     def input_scale(self, dtype, what="INPUT"):
@@ -267,20 +266,16 @@ class ModelInfo:
         squeeze = raw.ndim == 3
         if squeeze:
             raw = raw[None]
-        # (v / scale - mean) / std folded into one multiply-add: v * a + b (cached per scale)
-        key = float(scale)
-        if self._affine is None or self._affine[0] != key:
-            a = (1.0 / (key * self.std.astype(np.float64))).astype(np.float32).reshape(1, -1, 1, 1)
-            b = (-self.mean.astype(np.float64) / self.std.astype(np.float64)).astype(np.float32).reshape(1, -1, 1, 1)
-            self._affine = (key, a, b if b.any() else None)
-        _, a, b = self._affine
+        # (v / scale - mean) / std folded into one multiply-add: v * a + b
+        a = (1.0 / (float(scale) * self.std.astype(np.float64))).astype(np.float32).reshape(1, -1, 1, 1)
+        b = (-self.mean.astype(np.float64) / self.std.astype(np.float64)).astype(np.float32).reshape(1, -1, 1, 1)
         if out is None:
             x = raw.astype(np.float32)  # a new, contiguous array
         else:
             x = out[None] if squeeze else out
             x[...] = raw  # cast into the caller's slot: no temporary
         x *= a
-        if b is not None:
+        if b.any():
             x += b
         if valid is not None:
             v = np.asarray(valid, dtype=bool)
