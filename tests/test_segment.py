@@ -210,3 +210,61 @@ def test_qgis_process(qgis_process, scene_factory, model, tmp_path):
                                                       "OUTPUT_MODEL": str(tmp_path / "copy.onnx")})
     assert json.loads(om.read_metadata(tmp_path / "copy.onnx")["resolution"]) == 75
     assert "resolution" in json.loads(meta["results"]["METADATA"])
+
+
+def test_in_a_graphical_model(provider, scene_factory, model, tmp_path):
+    """segment as a child of a QgsProcessingModelAlgorithm (what the Modeler builds): model
+    parameters feed INPUT and MODEL, its outputs are model outputs, and the pixels are those of a
+    direct engine run."""
+    from qgis import processing
+    from qgis.core import (
+        QgsApplication,
+        QgsProcessingContext,
+        QgsProcessingFeedback,
+        QgsProcessingModelAlgorithm,
+        QgsProcessingModelChildAlgorithm,
+        QgsProcessingModelChildParameterSource,
+        QgsProcessingModelOutput,
+        QgsProcessingModelParameter,
+        QgsProcessingParameterFile,
+        QgsProcessingParameterRasterLayer,
+        QgsProject,
+    )
+
+    scene = scene_factory("segmodel", width=640, height=512, seed=17, nodata_edge=True)
+    src = QgsProcessingModelChildParameterSource
+    graph = QgsProcessingModelAlgorithm("segment_in_a_model", "tests")
+    for definition in (QgsProcessingParameterRasterLayer("scene", "Scene"),
+                       QgsProcessingParameterFile("onnx", "Model", extension="onnx")):
+        graph.addModelParameter(definition, QgsProcessingModelParameter(definition.name()))
+    child = QgsProcessingModelChildAlgorithm("gullyseg:segment")
+    child.setChildId("segment")
+    child.addParameterSources("INPUT", [src.fromModelParameter("scene")])
+    child.addParameterSources("MODEL", [src.fromModelParameter("onnx")])
+    outputs = {}
+    for name, child_output in (("probability", "OUTPUT_PROBABILITY"), ("mask", "OUTPUT_MASK")):
+        out = QgsProcessingModelOutput(name, name)
+        out.setChildId("segment")
+        out.setChildOutputName(child_output)
+        outputs[name] = out
+    child.setModelOutputs(outputs)
+    alg = QgsApplication.processingRegistry().algorithmById("gullyseg:segment")
+    for definition in alg.parameterDefinitions():  # the rest at their defaults, as the Modeler sets them
+        if not definition.isDestination() and definition.name() not in child.parameterSources() \
+                and definition.defaultValue() is not None:
+            child.addParameterSources(definition.name(), [src.fromStaticValue(definition.defaultValue())])
+    graph.addChildAlgorithm(child)
+    graph.updateDestinationParameters()
+    ok, problems = graph.validate()
+    assert ok, problems
+
+    context = QgsProcessingContext()
+    context.setProject(QgsProject.instance())
+    res = processing.run(graph, {"scene": str(scene), "onnx": model, "segment:probability": str(tmp_path / "p.tif"),
+                                 "segment:mask": str(tmp_path / "m.tif")},
+                         feedback=QgsProcessingFeedback(), context=context)
+    assert res["segment:probability"] == str(tmp_path / "p.tif")
+    inference.segment_raster(str(scene), model, output_probability=str(tmp_path / "direct_p.tif"),
+                             output_mask=str(tmp_path / "direct_m.tif"))
+    for kind in ("p", "m"):
+        np.testing.assert_array_equal(_read(tmp_path / f"{kind}.tif"), _read(tmp_path / f"direct_{kind}.tif"))
