@@ -545,13 +545,11 @@ def write_tile_jpeg(image_tif, path):
     scale = None
     if src.GetRasterBand(1).DataType != gdal.GDT_Byte:
         scale = []
-        for b in bands:
-            arr = src.GetRasterBand(b).ReadAsArray().astype(float)
-            valid = arr[np.isfinite(arr)]
-            nodata = src.GetRasterBand(b).GetNoDataValue()
-            if nodata is not None:
-                valid = valid[valid != nodata]
-            lo, hi = (np.percentile(valid, [2, 98]) if valid.size else (0.0, 1.0))
+        data = gdalio.read_window(src, 0, 0, src.RasterXSize, src.RasterYSize, bands)
+        valid = gdalio.Validity(src, bands).mask(data, 0, 0, src.RasterXSize, src.RasterYSize)
+        for band in data:
+            values = band[valid].astype(float)
+            lo, hi = (np.percentile(values, [2, 98]) if values.size else (0.0, 1.0))
             scale.append([float(lo), float(hi if hi > lo else lo + 1), 0, 255])
     opts = gdal.TranslateOptions(format="JPEG", bandList=bands, outputType=gdal.GDT_Byte,
                                  scaleParams=scale, creationOptions=["QUALITY=95", "WORLDFILE=NO"])

@@ -108,50 +108,11 @@ def default_jpeg_bands(ds):
 
 # --- nodata ----------------------------------------------------------------------------
 
-class _Validity:
-    """How to tell valid pixels of the scene: nodata values, mask bands, alpha."""
+class _Validity(gdalio.Validity):
+    """The scene's validity (``gdalio.Validity`` over all bands); kept for the name's callers."""
 
-    def __init__(self, ds, info):
-        self.ds = ds
-        self.nodata = list(info.nodata)
-        self.flags = [ds.GetRasterBand(i + 1).GetMaskFlags() for i in range(ds.RasterCount)]
-        self.by_value = [f & gdal.GMF_NODATA and nd is not None for f, nd in zip(self.flags, self.nodata)]
-        self.mask_bands = [
-            i for i, f in enumerate(self.flags) if not (f & gdal.GMF_ALL_VALID) and not (f & gdal.GMF_NODATA)
-        ]
-        self.per_dataset = bool(self.mask_bands) and all(self.flags[i] & gdal.GMF_PER_DATASET for i in self.mask_bands)
-        self.alpha = any(f & gdal.GMF_ALPHA for f in self.flags)
-        self.all_valid = not any(self.by_value) and not self.mask_bands
-        self.has_nodata_value = any(nd is not None for nd in self.nodata)
-
-    def valid(self, arr, x_off, y_off, width, height):
-        """Boolean (height, width) for ``arr`` = all bands of that window; None when all valid."""
-        if self.all_valid:
-            return None
-        valid = np.ones((height, width), dtype=bool)
-        for i, by_value in enumerate(self.by_value):
-            if by_value:
-                nd = self.nodata[i]
-                if isinstance(nd, float) and math.isnan(nd):
-                    valid &= ~np.isnan(arr[i])
-                elif _representable(nd, arr.dtype):
-                    valid &= arr[i] != arr.dtype.type(nd)
-        bands = self.mask_bands[:1] if self.per_dataset else self.mask_bands
-        for i in bands:
-            mask = self.ds.GetRasterBand(i + 1).GetMaskBand().ReadAsArray(x_off, y_off, width, height)
-            valid &= mask > 0
-        return valid
-
-    def pad_values(self, dtype):
-        return [nd if nd is not None and _representable(nd, dtype) else DEFAULT_PAD_VALUE for nd in self.nodata]
-
-
-def _representable(value, dtype):
-    dtype = np.dtype(dtype)
-    if dtype.kind == "f":
-        return True
-    info = np.iinfo(dtype)
-    return float(value).is_integer() and info.min <= value <= info.max
+    def __init__(self, ds, info=None):
+        super().__init__(ds)
 
 
 # --- the stretch for JPEG tiles ------------------------------------------------------------
@@ -503,7 +464,7 @@ def grid_tiles(input_path, output_dir, tile_size=DEFAULT_TILE_SIZE, stride=0, ed
     )
 
     validity = _Validity(ds, info)
-    pad = validity.pad_values(info.dtype)
+    pad = validity.pad_values(DEFAULT_PAD_VALUE)
     tile_nodata = list(info.nodata)
     mask_tiles = not validity.has_nodata_value and not validity.alpha
 
