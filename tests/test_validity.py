@@ -10,9 +10,9 @@ import os
 
 import numpy as np
 import pytest
+import rasters
 from osgeo import gdal, ogr, osr
 
-import rasters
 from gullyseg.processing.engine import dataset, gdalio, inference
 
 SIZE = 512
