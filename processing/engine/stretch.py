@@ -16,6 +16,13 @@ STRETCH_PERCENTILES = (2.0, 98.0)
 STRETCH_FULL_READ_PIXELS = 16_000_000  # scenes up to this size are read entirely for the stretch
 
 
+def percentile_limits(values, percentiles=STRETCH_PERCENTILES):
+    """(low, high) percentiles of a sample of valid pixel values; high > low (a flat sample gives
+    low..low + 1). The one rule for a stretch's limits: the scene's, and the dock's tiles'."""
+    lo, hi = (float(v) for v in np.percentile(np.asarray(values, dtype=np.float64), percentiles))
+    return lo, (hi if hi > lo else lo + 1.0)
+
+
 def compute_stretch(ds, bands, validity, percentiles=STRETCH_PERCENTILES, max_samples=2_000_000,
                     feedback=None, full_read_pixels=None):
     """Per-band (low, high) for the whole scene, from a block-aligned sample of valid pixels.
@@ -68,9 +75,7 @@ def compute_stretch(ds, bands, validity, percentiles=STRETCH_PERCENTILES, max_sa
                 f"INPUT: band {b} has no valid pixels in the sample used for the JPEG stretch; "
                 "is the whole scene nodata?"
             )
-        lo, hi = (float(v) for v in np.percentile(values.astype(np.float64), percentiles))
-        if hi <= lo:
-            hi = lo + 1.0
+        lo, hi = percentile_limits(values, percentiles)
         lows.append(lo)
         highs.append(hi)
     return {
