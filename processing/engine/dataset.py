@@ -229,14 +229,9 @@ def tiles_for_work(records, only_kept=True):
 # --- the dataset card ------------------------------------------------------------------
 
 def read_card(root):
-    path = DatasetPaths(root).card
-    if not os.path.exists(path):
-        return {}
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except (OSError, ValueError) as exc:
-        raise GullySegError(f"DATASET: cannot read the dataset card '{path}': {exc}") from None
+    """The dataset card (dataset.json) of the folder ``root``; {} when it has none."""
+    card = read_json(DatasetPaths(root).card, "DATASET: the dataset card")
+    return {} if card is None else card
 
 
 def update_card(root, **sections):
@@ -249,10 +244,7 @@ def update_card(root, **sections):
     card["gullyseg_version"] = VERSION
     for name, value in sections.items():
         card[name] = value
-    with gdalio.atomic_output(paths.card, overwrite=True, what="dataset card") as tmp:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(card, handle, indent=2, sort_keys=True)
-            handle.write("\n")
+    write_json(paths.card, card, what="dataset card", indent=2)
     with gdalio.atomic_output(paths.card_md, overwrite=True, what="dataset card") as tmp:
         with open(tmp, "w", encoding="utf-8") as handle:
             handle.write(card_markdown(card))

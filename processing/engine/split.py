@@ -142,7 +142,7 @@ def count_mask_pixels(paths, tiles, ignore, feedback):
         if nodata is not None and nodata != ignore:
             labelled &= values != nodata
         tile.labelled = int(labelled.sum())
-        tile.gully = int((labelled & (values > 0) & (values < 255)).sum())
+        tile.gully = int((labelled & (values > 0) & (values < dataset.MASK_IGNORE)).sum())
         if i % 16 == 0:
             feedback.progress(100.0 * (i + 1) / len(tiles))
 
@@ -486,6 +486,24 @@ def _update_augment_splits(paths, split_of_tile):
             changed = True
     if changed:
         write_json(path, manifest, what=AUGMENT_MANIFEST)
+
+
+def refresh_outputs(paths, tiles, overwrite=False, feedback=None):
+    """Rewrite the split's lists, folders and manifest after the variants changed (augment.py).
+
+    Keeps the previous split's settings and groups (split.json; else the index's split field).
+    """
+    feedback = feedback or Feedback()
+    previous = read_json(os.path.join(paths.root, SPLIT_MANIFEST), "DATASET") or {}
+    settings = previous.get("settings") or {"materialize": False, "note": "split read from the index"}
+    groups = {}
+    for gid, g in (previous.get("groups") or {}).items():
+        for tid in g.get("tiles", []):
+            groups[tid] = gid
+    ignore = settings.get("ignore_value", ignore_value(dataset.read_card(paths.root)))
+    count_mask_pixels(paths, tiles, ignore, feedback.scaled(0, 30))
+    write_outputs(paths, records_after(paths), tiles, groups, settings, overwrite=overwrite,
+                  feedback=feedback.scaled(30, 100))
 
 
 # --- the step --------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from osgeo import gdal, ogr, osr
 
-from . import gdalio, windows
+from . import dataset, gdalio, windows
 from .errors import GullySegError
 from .feedback import Feedback
 
@@ -48,7 +48,7 @@ DEFAULT_PIXEL_SIZE = 0.75
 DEFAULT_EPSG = 32606
 GULLY_LAYER = "gullies"
 GULLY_LABEL = "gully"
-MASK_GULLY, MASK_BACKGROUND, MASK_NODATA = 1, 0, 255
+MASK_GULLY, MASK_BACKGROUND, MASK_NODATA = 1, 0, dataset.MASK_IGNORE
 IMAGE_NODATA = 0
 BAND_SETS = {
     "rgb": ("red", "green", "blue"),
@@ -1038,7 +1038,6 @@ def write_labelme_for_tiles(scene_path, gullies_path, out_dir=None, tile_index=N
     but never for tiles entirely outside the scene footprint. Existing JSON files are kept
     (an annotator's work) unless ``overwrite``.
     """
-    from . import dataset as ds_mod  # local: dataset imports metadata; keep module import light
 
     feedback = feedback or Feedback()
     scene, info = gdalio.open_checked(scene_path, "INPUT")
@@ -1048,12 +1047,12 @@ def write_labelme_for_tiles(scene_path, gullies_path, out_dir=None, tile_index=N
     vds = ogr.Open(str(gullies_path))
     layer = vds.GetLayerByName(GULLY_LAYER) or vds.GetLayer(0)
     if tile_index:
-        records, _ = ds_mod.read_index(tile_index)
-        paths = ds_mod.DatasetPaths.from_index(tile_index)
+        records, _ = dataset.read_index(tile_index)
+        paths = dataset.DatasetPaths.from_index(tile_index)
         out_dir = out_dir or paths.labelme
         tiles = []
         for rec in records:
-            image = rec.get("image_jpg") or rec.get("image_tif") or f"{ds_mod.IMAGES_DIR}/{rec['tile_id']}.jpg"
+            image = rec.get("image_jpg") or rec.get("image_tif") or f"{dataset.IMAGES_DIR}/{rec['tile_id']}.jpg"
             rel = os.path.relpath(paths.abs(image), os.path.abspath(out_dir)).replace(os.sep, "/")
             tiles.append((rec["tile_id"], rec["x_off"], rec["y_off"], rec["width"], rec["height"], rel))
     else:
@@ -1062,7 +1061,7 @@ def write_labelme_for_tiles(scene_path, gullies_path, out_dir=None, tile_index=N
         stem = os.path.splitext(os.path.basename(str(scene_path)))[0]
         tiles = []
         for win in windows.iter_windows(info.width, info.height, tile_size):
-            tid = ds_mod.tile_id(stem, win.row, win.col)
+            tid = dataset.tile_id(stem, win.row, win.col)
             tiles.append((tid, win.x_off, win.y_off, win.width, win.height, f"{image_dir}/{tid}.jpg"))
     os.makedirs(out_dir, exist_ok=True)
     result = LabelmeResult(out_dir=os.path.abspath(out_dir), written=[])
