@@ -123,7 +123,7 @@ class RasterizeLabelsAlgorithm(GullySegAlgorithm):
 
     def execute(self, parameters, context, feedback):
         path = index_path(self, parameters, context, self.TILES)
-        classes = labelme.parse_classes(
+        classes = labelme.parse_class_map(
             self.parameterAsString(parameters, self.CLASSES, context),
             self.parameterAsInt(parameters, self.IGNORE_VALUE, context))
         vector = None

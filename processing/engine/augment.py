@@ -74,8 +74,8 @@ DEFAULT_TRANSFORMS = ("hflip", "vflip", "rot90", "rot180", "rot270", "brightness
 DEFAULT_RANGES = {"brightness": (0.8, 1.2), "contrast": (0.8, 1.2), "gamma": (0.8, 1.25)}
 PARAM_NAME = {"brightness": "factor", "contrast": "factor", "gamma": "gamma"}
 JPEG_QUALITY = 95
-IMAGES = "images"
-MASKS = "masks"
+IMAGES = dataset.IMAGES_DIR
+MASKS = dataset.MASKS_DIR
 MANIFEST_FORMAT = "gullyseg-augment/1"
 
 _OPS = {

@@ -217,7 +217,7 @@ def _json_number(value):
     return value
 
 
-def parse_classes(classes):
+def parse_class_names(classes):
     """'background,gully' or a list -> list of names (at least two, unique)."""
     if classes is None or classes == "":
         names = list(DEFAULT_CLASSES)
@@ -233,6 +233,9 @@ def parse_classes(classes):
         raise GullySegError(f"CLASSES: class names must be unique, got {names}.")
     return names
 
+
+
+parse_classes = parse_class_names  # the earlier name (labelme.parse_class_map parses class *values*)
 
 def gully_index_of(classes):
     """Index of the class named 'gully' (any case), else 1."""
@@ -431,7 +434,7 @@ def evaluate_rasters(prediction, reference, classes=None, ignore_value=DEFAULT_I
     Per-tile scores are kept for the regular grid of ``tile_size`` x ``tile_size`` cells.
     """
     feedback = feedback or Feedback()
-    names = parse_classes(classes)
+    names = parse_class_names(classes)
     k = len(names)
     ignore_value = _check_ignore(ignore_value, k)
     tile_size = int(tile_size or 256)
@@ -537,7 +540,7 @@ def evaluate_folders(prediction_dir, reference_dir, classes=None, ignore_value=D
     predictions without a reference are ignored (reported in the log).
     """
     feedback = feedback or Feedback()
-    names = parse_classes(classes)
+    names = parse_class_names(classes)
     k = len(names)
     ignore_value = _check_ignore(ignore_value, k)
     refs = mask_files(reference_dir, "REFERENCE_FOLDER")

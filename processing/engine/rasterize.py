@@ -179,12 +179,7 @@ class TileGrid:
 
     def to_pixel(self):
         """(x, y) map coordinates -> (col, row), computed as GDAL's rasterizer does."""
-        inv = gdal.InvGeoTransform(self.geotransform)
-
-        def _apply(x, y):
-            return inv[0] + x * inv[1] + y * inv[2], inv[3] + x * inv[4] + y * inv[5]
-
-        return _apply
+        return labelme.to_pixel_of(self.geotransform)
 
 
 def tile_grid(rec, paths, index_crs):
@@ -287,7 +282,7 @@ def rasterize_labels(index_path, labelme_dir=None, vector=None, vector_crs=None,
     output_dir, masks {tile_id: path}.
     """
     feedback = feedback or Feedback()
-    classes = classes or labelme.parse_classes("gully=1")
+    classes = classes or labelme.parse_class_map("gully=1")
     if unknown_labels not in ("error", "skip"):
         raise GullySegError(f"UNKNOWN_LABELS must be 'error' or 'skip' (got {unknown_labels!r}).")
     for name, value in (("LINE_WIDTH", line_width), ("POINT_RADIUS", point_radius)):
@@ -634,26 +629,7 @@ def export_labelme(index_path, only_kept=True, prefill=None, label="gully", outp
         grid = tile_grid(rec, paths, index_crs)
         shapes = []
         if layer is not None:
-            xmin, ymin, xmax, ymax = grid.bounds
-            tile_poly = _box(grid.bounds)
-            layer.SetSpatialFilterRect(xmin, ymin, xmax, ymax)
-            parts = []
-            for feat in layer:
-                geom = feat.GetGeometryRef()
-                clipped = geom.Intersection(tile_poly)
-                if clipped is not None and not clipped.IsEmpty():
-                    parts.append(clipped)
-            layer.SetSpatialFilter(None)
-            polygons = []
-            for part in parts:
-                labelme.collect_polygons(part, polygons)  # drops lines/points left by the clip
-            if polygons:
-                multi = ogr.Geometry(ogr.wkbMultiPolygon)
-                for poly in polygons:
-                    multi.AddGeometry(poly)
-                # one label, so overlapping polygons merge; Labelme then draws disjoint parts
-                union = multi.UnionCascaded() if len(polygons) > 1 else multi
-                shapes = labelme.geometry_to_shapes(union, label, grid.to_pixel())
+            shapes = labelme.layer_shapes(layer, grid.geotransform, grid.width, grid.height, label)
         image_name, new_jpeg = _place_jpeg(grid, rec, paths, out_dir, feedback)
         jpegs += int(new_jpeg)
         doc = labelme.labelme_document(shapes, image_name, grid.width, grid.height)

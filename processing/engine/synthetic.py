@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from osgeo import gdal, ogr, osr
 
-from . import dataset, gdalio, windows
+from . import dataset, gdalio, labelme, windows
 from .errors import GullySegError
 from .feedback import Feedback
 
@@ -938,7 +938,7 @@ def _write_rasters(img_path, mask_path, gpkg_path, render_path, footprint, width
 # Labelme files for a scene's tiles (as an annotator leaves them after step 3)
 # --------------------------------------------------------------------------------------
 
-LABELME_VERSION = "5.2.1"
+LABELME_VERSION = labelme.LABELME_VERSION
 
 
 @dataclass
@@ -947,76 +947,6 @@ class LabelmeResult:
     written: list  # paths of the JSON files written
     skipped_existing: int = 0
     shapes: int = 0
-
-
-def _split_holes(poly, depth=0):
-    """Hole-free polygons covering ``poly`` (Labelme polygons cannot have holes).
-
-    Cuts along a vertical line (pixel edge where possible) through a hole, recursively.
-    """
-    if poly.GetGeometryCount() <= 1 or depth > 40:
-        return [poly]
-    hole = poly.GetGeometryRef(1)
-    xmin, xmax, ymin, ymax = hole.GetEnvelope()
-    cx = 0.5 * (xmin + xmax)
-    # prefer a pixel edge (integer) inside the hole so no pixel centre lies on the cut
-    for candidate in (math.floor(cx), math.ceil(cx), cx):
-        if xmin < candidate < xmax:
-            cx = candidate
-            break
-    pxmin, pxmax, pymin, pymax = poly.GetEnvelope()
-    parts = []
-    for a, b in ((pxmin - 1, cx), (cx, pxmax + 1)):
-        box = _box(a, pymin - 1, b, pymax + 1)
-        piece = poly.Intersection(box)
-        multi = _as_multipolygon(piece)
-        for i in range(multi.GetGeometryCount()):
-            parts.extend(_split_holes(multi.GetGeometryRef(i).Clone(), depth=depth + 1))
-    return parts
-
-
-def _box(xmin, ymin, xmax, ymax):
-    return gdalio.ring_polygon([(xmin, ymin), (xmax, ymin), (xmax, ymax), (xmin, ymax)])
-
-
-def _tile_shapes(layer, gt, x_off, y_off, w, h, label, simplify_px):
-    """Gully polygons clipped to a tile, in tile pixel coordinates (pixel-corner based)."""
-    ps_x, ps_y = gt[1], gt[5]
-    xmin, ymin, xmax, ymax = windows.bounds_of(gt, x_off, y_off, w, h)
-    layer.SetSpatialFilterRect(xmin, ymin, xmax, ymax)
-    tile_box = _box(xmin, ymin, xmax, ymax)
-    shapes = []
-    for feat in layer:
-        geom = feat.GetGeometryRef()
-        if geom is None:
-            continue
-        clipped = _as_multipolygon(geom.Intersection(tile_box))
-        for i in range(clipped.GetGeometryCount()):
-            poly = clipped.GetGeometryRef(i).Clone()
-            # to tile pixel coordinates
-            for r in range(poly.GetGeometryCount()):
-                ring = poly.GetGeometryRef(r)
-                for k in range(ring.GetPointCount()):
-                    x, y = ring.GetX(k), ring.GetY(k)
-                    ring.SetPoint_2D(k, (x - xmin) / ps_x, (y - ymax) / ps_y)
-            if simplify_px > 0:
-                poly = poly.SimplifyPreserveTopology(simplify_px)
-            simple = _as_multipolygon(poly)
-            pieces = []
-            for j in range(simple.GetGeometryCount()):
-                pieces.extend(_split_holes(simple.GetGeometryRef(j).Clone()))
-            for part in pieces:
-                if part.GetArea() < 2.0:
-                    continue  # slivers along the tile edge: nobody draws those
-                ring = part.GetGeometryRef(0)
-                pts = [[round(min(max(ring.GetX(k), 0.0), w), 2), round(min(max(ring.GetY(k), 0.0), h), 2)]
-                       for k in range(ring.GetPointCount() - 1)]
-                if len(pts) < 3:
-                    continue
-                shapes.append({"label": label, "points": pts, "group_id": None, "description": "",
-                               "shape_type": "polygon", "flags": {}})
-    layer.SetSpatialFilter(None)
-    return shapes
 
 
 def write_labelme_for_tiles(scene_path, gullies_path, out_dir=None, tile_index=None, tile_size=256,
@@ -1071,17 +1001,15 @@ def write_labelme_for_tiles(scene_path, gullies_path, out_dir=None, tile_index=N
         if os.path.exists(target) and not overwrite:
             result.skipped_existing += 1
             continue
-        shapes = _tile_shapes(layer, gt, x_off, y_off, w, h, label, simplify_px)
+        shapes = labelme.layer_shapes(layer, windows.geotransform_at(gt, x_off, y_off), w, h, label,
+                                      holes=labelme.HOLES_SPLIT, simplify_px=simplify_px, min_area=2.0, decimals=2)
         if not shapes:
             part = windows.intersection((x_off, y_off, w, h), (0, 0, info.width, info.height))
             if not include_empty or part is None or not gdalio.valid_mask(scene, *part).any():
                 continue
-        doc = {"version": LABELME_VERSION, "flags": {}, "shapes": shapes, "imagePath": image_path,
-               "imageData": None, "imageHeight": int(h), "imageWidth": int(w)}
+        doc = labelme.labelme_document(shapes, image_path, w, h)
         with gdalio.atomic_output(target, overwrite=overwrite, what="Labelme file") as tmp:
-            with open(tmp, "w", encoding="utf-8") as handle:
-                json.dump(doc, handle, indent=2)
-                handle.write("\n")
+            labelme.write_labelme(tmp, doc)
         result.written.append(os.path.abspath(target))
         result.shapes += len(shapes)
         feedback.progress(100.0 * (n + 1) / len(tiles))
