@@ -159,10 +159,10 @@ class RasterizeLabelsAlgorithm(GullySegAlgorithm):
             feedback=self.engine_feedback(feedback),
         )
         return {
-            self.OUTPUT_DIR: result["output_dir"],
-            self.OUTPUT_REPORT: result["report"],
-            self.MASK_COUNT: result["mask_count"],
-            self.PROBLEM_COUNT: result["problem_count"],
-            self.ERROR_COUNT: result["error_count"],
-            self.SKIPPED_FILES: result["skipped_files"],
+            self.OUTPUT_DIR: result.output_dir,
+            self.OUTPUT_REPORT: result.report,
+            self.MASK_COUNT: result.mask_count,
+            self.PROBLEM_COUNT: result.problem_count,
+            self.ERROR_COUNT: result.error_count,
+            self.SKIPPED_FILES: result.skipped_files,
         }

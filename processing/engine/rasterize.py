@@ -20,6 +20,8 @@ import json
 import math
 import os
 import shutil
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional
 
 import numpy as np
 from osgeo import gdal, ogr, osr
@@ -28,12 +30,40 @@ from . import dataset, gdalio, labelme, windows
 from .errors import GullySegError
 from .feedback import Feedback
 from .labelme import ERROR, WARNING, Problem
+from .results import DictAccess
 from .stretch import percentile_limits
 
 PIXEL_GT = (0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 BURN_FIELD = "burn"
 REPORT_FIELDS = ["file", "tile_id", "shape_index", "severity", "problem"]
 MAX_LOGGED_PROBLEMS = 200
+
+
+@dataclass
+class RasterizeResult(DictAccess):
+    """What ``rasterize_labels`` did (also readable as a dict: ``result["mask_count"]``)."""
+
+    mask_count: int  # masks written
+    problem_count: int  # problems found (errors and warnings)
+    error_count: int
+    skipped_files: int  # Labelme files left out because of errors
+    problems: list  # [labelme.Problem]
+    report: Optional[str]  # the problem report (CSV) or None
+    output_dir: str
+    masks: dict  # {tile_id: mask path}
+
+
+@dataclass
+class ExportResult(DictAccess):
+    """What ``export_labelme`` did (also readable as a dict)."""
+
+    json_count: int  # Labelme files written
+    skipped_count: int  # existing files kept
+    shape_count: int
+    jpeg_count: int  # JPEGs made (the others are links to images/)
+    tile_count: int
+    output_dir: str
+    labels_file: str
 
 
 def _pixel_srs():
@@ -264,10 +294,12 @@ def _unknown_label_summary(problems):
     return parts
 
 
-def rasterize_labels(index_path, labelme_dir=None, vector=None, vector_crs=None, classes=None,
-                     all_touched=False, line_width=10.0, point_radius=5.0, output_dir=None, strict=True,
-                     unknown_labels="error", ignore_nodata=True, overwrite=False, report_path=None,
-                     feedback=None):
+def rasterize_labels(index_path: str, labelme_dir: Optional[str] = None, vector: Any = None,
+                     vector_crs: Optional[str] = None, classes: Optional[labelme.ClassMap] = None,
+                     all_touched: bool = False, line_width: float = 10.0, point_radius: float = 5.0,
+                     output_dir: Optional[str] = None, strict: bool = True, unknown_labels: str = "error",
+                     ignore_nodata: bool = True, overwrite: bool = False, report_path: Optional[str] = None,
+                     feedback: Optional[Feedback] = None) -> RasterizeResult:
     """Rasterise Labelme files and/or polygons into one mask per tile.
 
     index_path: the dataset's tile index. labelme_dir: folder of Labelme JSON (default
@@ -278,8 +310,7 @@ def rasterize_labels(index_path, labelme_dir=None, vector=None, vector_crs=None,
     classes: a ClassMap (default ``gully=1``). unknown_labels: 'error' or 'skip'.
     strict: any ERROR stops the run before a mask is written; otherwise bad files are skipped.
     ignore_nodata: pixels where the tile's image has no data burn the ignore value.
-    Returns a dict: mask_count, problem_count, error_count, skipped_files, problems, report,
-    output_dir, masks {tile_id: path}.
+    Returns a ``RasterizeResult``.
     """
     feedback = feedback or Feedback()
     classes = classes or labelme.parse_class_map("gully=1")
@@ -483,16 +514,16 @@ def rasterize_labels(index_path, labelme_dir=None, vector=None, vector_crs=None,
     feedback.progress(100.0)
     feedback.info(f"{len(targets)} mask(s) written to {output_dir} ({burn_rule(all_touched)}); "
                   f"{len(errors)} error(s), {len(warnings)} warning(s).")
-    return {
-        "mask_count": len(targets),
-        "problem_count": len(problems),
-        "error_count": len(errors),
-        "skipped_files": len(bad_files),
-        "problems": problems,
-        "report": report,
-        "output_dir": output_dir,
-        "masks": masks,
-    }
+    return RasterizeResult(
+        mask_count=len(targets),
+        problem_count=len(problems),
+        error_count=len(errors),
+        skipped_files=len(bad_files),
+        problems=problems,
+        report=report,
+        output_dir=output_dir,
+        masks=masks,
+    )
 
 
 def _transform(src_wkt, dst_wkt):
@@ -575,14 +606,14 @@ def _place_jpeg(grid, rec, paths, out_dir, feedback):
     return os.path.basename(target), True
 
 
-def export_labelme(index_path, only_kept=True, prefill=None, label="gully", output_dir=None, feedback=None):
+def export_labelme(index_path: str, only_kept: bool = True, prefill: Optional[Iterable] = None, label: str = "gully",
+                   output_dir: Optional[str] = None, feedback: Optional[Feedback] = None) -> ExportResult:
     """Write <dataset>/labelme/<tile_id>.json (+ its JPEG) for the tiles to annotate, and labels.txt.
 
     prefill: optional iterable of WKT polygons in the index CRS; clipped to each tile and written
     as Labelme polygons in pixel coordinates (holes as ``_background_`` polygons after their
     exterior). Existing JSON files are never overwritten (they are annotators' work): they are
-    counted as skipped. Returns a dict: json_count, skipped_count, shape_count, jpeg_count,
-    tile_count, output_dir, labels_file.
+    counted as skipped. Returns an ``ExportResult``.
     """
     feedback = feedback or Feedback()
     label = (label or "").strip()
@@ -666,12 +697,12 @@ def export_labelme(index_path, only_kept=True, prefill=None, label="gully", outp
         f"{written} Labelme file(s) written to {out_dir} ({shapes_total} prefilled shape(s)); {skipped} skipped. "
         f"Annotate with: labelme \"{out_dir}\" --labels \"{labels_file}\" --nodata --autosave"
     )
-    return {
-        "json_count": written,
-        "skipped_count": skipped,
-        "shape_count": shapes_total,
-        "jpeg_count": jpegs,
-        "tile_count": len(tiles),
-        "output_dir": out_dir,
-        "labels_file": labels_file,
-    }
+    return ExportResult(
+        json_count=written,
+        skipped_count=skipped,
+        shape_count=shapes_total,
+        jpeg_count=jpegs,
+        tile_count=len(tiles),
+        output_dir=out_dir,
+        labels_file=labels_file,
+    )
