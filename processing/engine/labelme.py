@@ -29,7 +29,7 @@ from osgeo import gdal, ogr
 from .dataset import MASK_IGNORE
 from .errors import GullySegError
 from .gdalio import ring_polygon
-from .windows import bounds_of
+from .windows import bounds_of, to_pixel
 
 LABELME_VERSION = "5.4.1"  # the format version GullySeg writes (Labelme 5.x reads it silently)
 IGNORE_LABEL = "__ignore__"
@@ -441,15 +441,7 @@ def write_labelme(path, document):
         handle.write("\n")
 
 
-def to_pixel_of(geotransform):
-    """(x, y) map coordinates -> (col, row) of a raster with ``geotransform``, as GDAL's rasterizer
-    computes them (the inverse geotransform)."""
-    inv = gdal.InvGeoTransform(tuple(geotransform))
-
-    def _apply(x, y):
-        return inv[0] + x * inv[1] + y * inv[2], inv[3] + x * inv[4] + y * inv[5]
-
-    return _apply
+to_pixel_of = to_pixel  # windows.to_pixel
 
 
 def split_holes(poly, depth=0):
