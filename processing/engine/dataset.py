@@ -434,11 +434,12 @@ def read_json(path, what):
         raise GullySegError(f"{what}: cannot read '{path}': {exc}") from None
 
 
-def write_json(path, data, overwrite=True, what="manifest", indent=1):
-    """Write ``data`` as sorted, indented JSON through ``gdalio.atomic_output``."""
+def write_json(path, data, overwrite=True, what="manifest", indent=1, sort_keys=True):
+    """Write ``data`` as indented JSON (sorted keys unless ``sort_keys`` is false) through
+    ``gdalio.atomic_output``."""
     with gdalio.atomic_output(path, overwrite=overwrite, what=what) as tmp:
         with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=indent, sort_keys=True)
+            json.dump(data, handle, indent=indent, sort_keys=sort_keys)
             handle.write("\n")
 
 

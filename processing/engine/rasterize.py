@@ -15,8 +15,6 @@ x right, y down, pixel-corner origin), polygons in map space on the tile's geore
 grid; both on the same array.
 """
 
-import csv
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -26,6 +24,7 @@ import numpy as np
 from osgeo import gdal, ogr, osr
 
 from . import dataset, gdalio, labelme, windows
+from . import report as reports
 from .dataset import TileGrid, tile_grid  # noqa: F401 (importable from here as before)
 from .dataset import index_paths as _index_path_and_paths
 from .dataset import rel_or_abs as _rel_or_abs
@@ -195,17 +194,10 @@ def write_report(path, problems):
     """Problems -> CSV (or JSON when ``path`` ends with .json), written atomically."""
     if not path:
         return None
-    with gdalio.atomic_output(path, overwrite=True, what="OUTPUT_REPORT") as tmp:
-        if str(path).lower().endswith(".json"):
-            with open(tmp, "w", encoding="utf-8") as handle:
-                json.dump([p.as_dict() for p in problems], handle, indent=2)
-                handle.write("\n")
-        else:
-            with open(tmp, "w", encoding="utf-8", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=REPORT_FIELDS)
-                writer.writeheader()
-                for p in problems:
-                    writer.writerow(p.as_dict())
+    if str(path).lower().endswith(".json"):
+        reports.write_json(path, [p.as_dict() for p in problems])
+    else:
+        reports.write_csv(path, REPORT_FIELDS, [p.as_dict() for p in problems])
     return path
 
 
