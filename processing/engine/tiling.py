@@ -19,7 +19,6 @@ has written are removed again and no index is written, so nothing points at a mi
 import contextlib
 import os
 import re
-from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,6 +29,16 @@ from . import stretch as _stretch
 from .errors import Cancelled, GullySegError
 from .feedback import Feedback
 from .stretch import STRETCH_PERCENTILES, stretch_to_byte  # noqa: F401 (re-exported)
+from .tile_writers import (  # noqa: F401 (JPEG_QUALITY, TILE_GTIFF_OPTIONS importable from here as before)
+    _JPG_SIDES,
+    _TIF_SIDES,
+    JPEG_QUALITY,
+    TILE_GTIFF_OPTIONS,
+    _TileWriter,
+    _to_byte,
+    _write_gtiff,
+    _write_jpeg,
+)
 
 FORMAT_GTIFF = 0
 FORMAT_JPEG = 1
@@ -39,10 +48,6 @@ FORMAT_NAMES = {FORMAT_GTIFF: ["tif"], FORMAT_JPEG: ["jpg"], FORMAT_BOTH: ["tif"
 DEFAULT_TILE_SIZE = 256
 DEFAULT_MAX_NODATA = 0.999
 STRETCH_FULL_READ_PIXELS = _stretch.STRETCH_FULL_READ_PIXELS  # scenes up to this size are read whole
-JPEG_QUALITY = 90
-# GeoTIFF tiles: DEFLATE, one strip per tile (a 256x256 tile is a single block). The benchmark
-# gives gdal_retile.py the same compression so both write the same kind of file.
-TILE_GTIFF_OPTIONS = list(gdalio.GTIFF_SMALL)
 # Value that fills padding (EDGE=pad) in bands that have no nodata value; the padding is also
 # declared invalid by an internal mask band on those tiles (GDAL's per-dataset mask).
 DEFAULT_PAD_VALUE = 0
@@ -122,98 +127,6 @@ def compute_stretch(ds, bands, validity, percentiles=STRETCH_PERCENTILES, max_sa
     """``stretch.compute_stretch`` with this module's ``STRETCH_FULL_READ_PIXELS``."""
     return _stretch.compute_stretch(ds, bands, validity, percentiles, max_samples, feedback,
                                     full_read_pixels=STRETCH_FULL_READ_PIXELS)
-
-
-def _to_byte(arr, bands, stretch, valid):
-    """(len(bands), h, w) uint8 from a tile array using the scene-wide stretch."""
-    data = arr[[b - 1 for b in bands]]
-    if stretch["method"] != "none":
-        return stretch_to_byte(data, stretch["low"], stretch["high"], valid)
-    out = data.astype(np.uint8)
-    if valid is not None:
-        out[:, ~valid] = 0
-    return out
-
-
-# --- writers ------------------------------------------------------------------------------
-
-def _write_gtiff(path, arr, gdal_type, geotransform, crs_wkt, nodata, mask, overwrite):
-    bands, height, width = arr.shape
-    with gdalio.atomic_output(path, overwrite=overwrite, what="OUTPUT_DIR", side_suffixes=_TIF_SIDES) as tmp:
-        ds = gdalio.create_raster(tmp, width, height, bands, gdal_type, geotransform, crs_wkt,
-                                  nodata=nodata, options=TILE_GTIFF_OPTIONS)
-        ds.WriteRaster(0, 0, width, height, np.ascontiguousarray(arr),
-                       width, height, gdal_type, list(range(1, bands + 1)))
-        if mask is not None:
-            ds.CreateMaskBand(gdal.GMF_PER_DATASET)
-            ds.GetRasterBand(1).GetMaskBand().WriteArray(mask.astype(np.uint8) * 255)
-        ds = None
-
-
-def _world_file_text(gt):
-    """ESRI world file: pixel sizes, rotations, and the centre of the upper-left pixel."""
-    cx = gt[0] + gt[1] / 2.0 + gt[2] / 2.0
-    cy = gt[3] + gt[4] / 2.0 + gt[5] / 2.0
-    return "\n".join(repr(float(v)) for v in (gt[1], gt[4], gt[2], gt[5], cx, cy)) + "\n"
-
-
-# the only side files the tile writers make (atomic_output then needs no directory listing)
-_TIF_SIDES = [".tif.aux.xml", ".tif.msk"]
-_JPG_SIDES = [".jgw", ".jpg.aux.xml", ".wld"]
-_MEM = gdal.GetDriverByName("MEM")
-_JPEG = gdal.GetDriverByName("JPEG")
-
-
-def _write_jpeg(path, rgb, geotransform, crs_wkt, overwrite):
-    bands, height, width = rgb.shape
-    with gdalio.atomic_output(path, overwrite=overwrite, what="OUTPUT_DIR", side_suffixes=_JPG_SIDES) as tmp:
-        mem = _MEM.Create("", width, height, bands, gdal.GDT_Byte)
-        mem.WriteRaster(0, 0, width, height, np.ascontiguousarray(rgb), width, height,
-                        gdal.GDT_Byte, list(range(1, bands + 1)))
-        mem.SetGeoTransform(tuple(geotransform))
-        mem.SetProjection(crs_wkt)
-        if bands == 3:
-            for i, ci in enumerate((gdal.GCI_RedBand, gdal.GCI_GreenBand, gdal.GCI_BlueBand)):
-                mem.GetRasterBand(i + 1).SetColorInterpretation(ci)
-        out = _JPEG.CreateCopy(tmp, mem, 0, [f"QUALITY={JPEG_QUALITY}"])
-        if out is None:
-            raise GullySegError(f"OUTPUT_DIR: GDAL could not write the JPEG tile '{path}'.")
-        out = None
-        mem = None
-        with open(os.path.splitext(tmp)[0] + ".jgw", "w", encoding="ascii") as handle:
-            handle.write(_world_file_text(geotransform))
-
-
-class _TileWriter:
-    """Writes tiles in a few threads (GDAL compresses and writes without holding the GIL).
-
-    At most ``2 x threads`` tiles wait in memory; the first error is raised in the caller.
-    """
-
-    def __init__(self, threads=None):
-        self.threads = threads or max(1, min(4, os.cpu_count() or 1))
-        self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="gullyseg-tiles")
-        self.pending = set()
-
-    def submit(self, fn, *args):
-        if len(self.pending) >= 2 * self.threads:
-            self._collect(FIRST_COMPLETED)
-        self.pending.add(self.pool.submit(fn, *args))
-
-    def _collect(self, how):
-        done, self.pending = wait(self.pending, return_when=how)
-        for future in done:
-            future.result()
-
-    def finish(self):
-        try:
-            self._collect(ALL_COMPLETED)
-        finally:
-            self.pool.shutdown(wait=True)
-
-    def abort(self):
-        self.pool.shutdown(wait=True, cancel_futures=True)
-        self.pending = set()
 
 
 # --- the dataset folder -------------------------------------------------------------------
