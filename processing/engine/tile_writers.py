@@ -1,14 +1,16 @@
-"""The tile writers of gridtiles: GeoTIFF tiles (exact pixels), JPEG quick-looks (8-bit, stretched
+"""The tile files of gridtiles: GeoTIFF tiles (exact pixels), JPEG quick-looks (8-bit, stretched
 once for the scene) with world file and CRS, written by a small thread pool through
-``gdalio.atomic_output``."""
+``gdalio.atomic_output``; which files of a dataset folder a run owns, and their removal."""
 
+import contextlib
 import os
+import re
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 import numpy as np
 from osgeo import gdal
 
-from . import gdalio
+from . import dataset, gdalio
 from .errors import GullySegError
 from .stretch import stretch_to_byte
 
@@ -108,3 +110,80 @@ class _TileWriter:
     def abort(self):
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.pending = set()
+
+
+# --- the files a run owns ----------------------------------------------------------------
+
+_TILE_FILE = re.compile(r"^[A-Za-z0-9_.-]+_r\d{4,}_c\d{4,}\.(tif|tiff|jpg|jgw|wld|tfw)(\.aux\.xml)?$")
+_PARTIAL = re.compile(r"^\..*\.partial-[0-9a-f]{8}")
+
+
+def _owned_files(root, index_path):
+    """Files of ``root`` that grid division owns (replaced by OVERWRITE)."""
+    paths = dataset.DatasetPaths(root)
+    owned = []
+    for p in (paths.index, index_path):  # the GeoPackage and SQLite's own side files, nothing else
+        owned += [q for q in (p, p + "-journal", p + "-wal", p + "-shm", p + ".aux.xml") if os.path.exists(q)]
+    owned += [p for p in (paths.card, paths.card_md) if os.path.exists(p)]
+    if os.path.isdir(paths.images):
+        for name in sorted(os.listdir(paths.images)):
+            full = os.path.join(paths.images, name)
+            if os.path.isfile(full) and (_TILE_FILE.match(name) or _PARTIAL.match(name)):
+                owned.append(full)
+    return sorted(set(owned))
+
+
+def _check_output(root, index_path, overwrite, input_path):
+    """Refuse a non-empty dataset folder or an existing index unless ``overwrite``."""
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise GullySegError(f"OUTPUT_DIR: '{root}' exists and is not a folder.")
+    if os.path.isdir(index_path):
+        raise GullySegError(f"OUTPUT_INDEX: '{index_path}' is a folder, not a GeoPackage file.")
+    if not overwrite:
+        if os.path.isdir(root) and os.listdir(root):
+            raise GullySegError(
+                f"OUTPUT_DIR: the dataset folder '{root}' is not empty. Choose an empty or new folder, "
+                "or set OVERWRITE=true to replace the tiles, index and card of an earlier run "
+                "(masks/, labelme/ and any other file are kept)."
+            )
+        if os.path.exists(index_path):
+            raise GullySegError(f"OUTPUT_INDEX: '{index_path}' already exists; set OVERWRITE=true to replace it.")
+    inp = os.path.abspath(input_path)
+    if os.path.exists(inp) and inp in {os.path.abspath(p) for p in _owned_files(root, index_path)}:
+        raise GullySegError(f"OUTPUT_DIR: the input '{input_path}' would be replaced by this run's outputs.")
+
+
+def _remove_earlier_run(root, index_path, input_path, feedback):
+    """OVERWRITE: remove the files an earlier run of this step wrote (only those; never masks or
+    annotations, which are reported as kept)."""
+    old = [p for p in _owned_files(root, index_path) if os.path.abspath(p) != os.path.abspath(input_path)]
+    for p in old:
+        _remove(p)
+    if old:
+        feedback.info(f"OVERWRITE: removed {len(old)} file(s) of the earlier run in '{root}'.")
+    kept = [d for d in (dataset.MASKS_DIR, dataset.LABELME_DIR) if os.path.isdir(os.path.join(root, d))
+            and os.listdir(os.path.join(root, d))]
+    if kept:
+        feedback.warn(
+            f"OVERWRITE: kept {', '.join(d + '/' for d in kept)} in '{root}' (annotations and masks are "
+            "never deleted); they match the new tiles only if the grid is unchanged."
+        )
+
+
+def _undo(written, created):
+    """After an error or cancel: remove the tiles written (and their side files) and the folders
+    this run created, if left empty."""
+    for path in written:
+        stem = os.path.splitext(path)[0]
+        for side in [path] + [stem + suffix for suffix in (_TIF_SIDES + _JPG_SIDES)]:
+            _remove(side)
+    for folder in reversed(created):
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
+
+
+def _remove(path):
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass

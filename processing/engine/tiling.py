@@ -16,7 +16,6 @@ Every file goes through ``gdalio.atomic_output``; if the run fails or is cancell
 has written are removed again and no index is written, so nothing points at a missing file.
 """
 
-import contextlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -34,8 +33,13 @@ from .tile_writers import (  # noqa: F401 (JPEG_QUALITY, TILE_GTIFF_OPTIONS impo
     _TIF_SIDES,
     JPEG_QUALITY,
     TILE_GTIFF_OPTIONS,
+    _check_output,
+    _owned_files,
+    _remove,
+    _remove_earlier_run,
     _TileWriter,
     _to_byte,
+    _undo,
     _write_gtiff,
     _write_jpeg,
 )
@@ -52,8 +56,7 @@ STRETCH_FULL_READ_PIXELS = _stretch.STRETCH_FULL_READ_PIXELS  # scenes up to thi
 # declared invalid by an internal mask band on those tiles (GDAL's per-dataset mask).
 DEFAULT_PAD_VALUE = 0
 
-_TILE_FILE = re.compile(r"^[A-Za-z0-9_.-]+_r\d{4,}_c\d{4,}\.(tif|tiff|jpg|jgw|wld|tfw)(\.aux\.xml)?$")
-_PARTIAL = re.compile(r"^\..*\.partial-[0-9a-f]{8}")
+
 
 
 @dataclass
@@ -129,43 +132,6 @@ def compute_stretch(ds, bands, validity, percentiles=STRETCH_PERCENTILES, max_sa
                                     full_read_pixels=STRETCH_FULL_READ_PIXELS)
 
 
-# --- the dataset folder -------------------------------------------------------------------
-
-def _owned_files(root, index_path):
-    """Files of ``root`` that grid division owns (replaced by OVERWRITE)."""
-    paths = dataset.DatasetPaths(root)
-    owned = []
-    for p in (paths.index, index_path):  # the GeoPackage and SQLite's own side files, nothing else
-        owned += [q for q in (p, p + "-journal", p + "-wal", p + "-shm", p + ".aux.xml") if os.path.exists(q)]
-    owned += [p for p in (paths.card, paths.card_md) if os.path.exists(p)]
-    if os.path.isdir(paths.images):
-        for name in sorted(os.listdir(paths.images)):
-            full = os.path.join(paths.images, name)
-            if os.path.isfile(full) and (_TILE_FILE.match(name) or _PARTIAL.match(name)):
-                owned.append(full)
-    return sorted(set(owned))
-
-
-def _check_output(root, index_path, overwrite, input_path):
-    """Refuse a non-empty dataset folder or an existing index unless ``overwrite``."""
-    if os.path.exists(root) and not os.path.isdir(root):
-        raise GullySegError(f"OUTPUT_DIR: '{root}' exists and is not a folder.")
-    if os.path.isdir(index_path):
-        raise GullySegError(f"OUTPUT_INDEX: '{index_path}' is a folder, not a GeoPackage file.")
-    if not overwrite:
-        if os.path.isdir(root) and os.listdir(root):
-            raise GullySegError(
-                f"OUTPUT_DIR: the dataset folder '{root}' is not empty. Choose an empty or new folder, "
-                "or set OVERWRITE=true to replace the tiles, index and card of an earlier run "
-                "(masks/, labelme/ and any other file are kept)."
-            )
-        if os.path.exists(index_path):
-            raise GullySegError(f"OUTPUT_INDEX: '{index_path}' already exists; set OVERWRITE=true to replace it.")
-    inp = os.path.abspath(input_path)
-    if os.path.exists(inp) and inp in {os.path.abspath(p) for p in _owned_files(root, index_path)}:
-        raise GullySegError(f"OUTPUT_DIR: the input '{input_path}' would be replaced by this run's outputs.")
-
-
 # --- AOI ----------------------------------------------------------------------------------
 
 def _aoi_geometry(aoi, crs_wkt):
@@ -204,30 +170,8 @@ def _inside_aoi(aoi, bounds):
 
 # --- the main entry point -----------------------------------------------------------------
 
-def grid_tiles(input_path, output_dir, tile_size=DEFAULT_TILE_SIZE, stride=0, edge=windows.EDGE_PAD,
-               max_nodata=DEFAULT_MAX_NODATA, aoi=None, fmt=FORMAT_BOTH, jpeg_bands=None,
-               output_index=None, overwrite=False, feedback=None, scene_name=None):
-    """Split ``input_path`` into tiles in the dataset folder ``output_dir``. Returns a TilingResult.
-
-    tile_size: pixels (square). stride: pixels between tile origins; 0 = tile_size (no overlap).
-    edge: windows.EDGE_PAD (0), EDGE_SKIP (1) or EDGE_SHIFT (2).
-    max_nodata: tiles whose nodata fraction (nodata values, mask band, padding) exceeds it are
-        not written. aoi: WKT string(s) or OGR geometries in the scene CRS; only tiles that
-        intersect it are written. fmt: FORMAT_GTIFF, FORMAT_JPEG or FORMAT_BOTH.
-    jpeg_bands: '3,2,1' / [3, 2, 1] / None (default_jpeg_bands). output_index: default
-        <output_dir>/index.gpkg. overwrite: replace the files of an earlier run (only those).
-    """
-    feedback = feedback or Feedback()
-    ds, info = gdalio.open_checked(input_path, "INPUT")
-    srs = info.srs
-    if srs.GetAuthorityCode(None) in ("3857", "900913") or "Pseudo-Mercator" in (srs.GetName() or ""):
-        feedback.warn(
-            f"INPUT: '{input_path}' is in Web Mercator ({info.crs_label}); its 'metres' are stretched by "
-            "1/cos(latitude), so pixel sizes and areas are not ground distances. Tiling works, but "
-            "consider a UTM CRS for real work."
-        )
-
-    # parameters ---------------------------------------------------------------------
+def _check_parameters(input_path, info, tile_size, stride, edge, max_nodata, fmt):
+    """Validated (tile_size, stride, max_nodata, formats), or a GullySegError naming the parameter."""
     try:
         tile_size = int(tile_size)
         stride = int(stride or 0)
@@ -259,7 +203,199 @@ def grid_tiles(input_path, output_dir, tile_size=DEFAULT_TILE_SIZE, stride=0, ed
         raise GullySegError(f"MAX_NODATA must be between 0 and 1 (got {max_nodata}).")
     if fmt not in FORMAT_NAMES:
         raise GullySegError(f"FORMAT must be 0 (GeoTIFF), 1 (JPEG) or 2 (both), not {fmt}.")
-    formats = FORMAT_NAMES[fmt]
+    return tile_size, stride, max_nodata, FORMAT_NAMES[fmt]
+
+
+@dataclass
+class _CutSettings:
+    """What every tile of a run shares (the scene, the grid, the formats, the files)."""
+
+    ds: object
+    info: object
+    paths: object
+    scene: str
+    tile_size: int
+    max_nodata: float
+    formats: list
+    bands_rgb: list
+    stretch: dict
+    validity: object
+    pad: list
+    mask_tiles: bool
+    overwrite: bool
+
+
+def _cut_rows(cut, by_row, writer, records, written, feedback, progress):
+    """Read one strip per grid row and cut (and queue for writing) its tiles. Returns the number
+    of tiles skipped for MAX_NODATA; ``records`` and ``written`` grow as tiles are queued."""
+    ds, info, paths, tile_size, max_nodata = cut.ds, cut.info, cut.paths, cut.tile_size, cut.max_nodata
+    formats, bands_rgb, stretch, validity, pad = cut.formats, cut.bands_rgb, cut.stretch, cut.validity, cut.pad
+    mask_tiles, overwrite, scene, gt = cut.mask_tiles, cut.overwrite, cut.scene, info.geotransform
+    tile_nodata = list(info.nodata)
+    tile_pixels = float(tile_size * tile_size)
+    skipped_nodata = 0
+    block_h = max(1, ds.GetRasterBand(1).GetBlockSize()[1])
+    grid_rows = sorted(by_row)
+    strips_cached = 0
+    for n, row in enumerate(grid_rows):
+        wins = by_row[row]
+        feedback.check_cancelled()
+        y0 = wins[0].y_off
+        sx0 = min(w.x_off for w in wins)
+        sx1 = min(max(w.x_end for w in wins), info.width)
+        sy1 = min(y0 + tile_size, info.height)
+        strip = gdalio.read_window(ds, sx0, y0, sx1 - sx0, sy1 - y0)
+        strip_valid = validity.valid(strip, sx0, y0, sx1 - sx0, sy1 - y0)
+        # Release the scene's cached blocks so memory stays flat, unless the next strip needs
+        # some of them again (tall blocks, overlapping strides): then after two strips at most.
+        strips_cached += 1
+        nxt = by_row[grid_rows[n + 1]][0].y_off if n + 1 < len(grid_rows) else None
+        if nxt is None or nxt // block_h > (sy1 - 1) // block_h or strips_cached >= 2:
+            ds.FlushCache()
+            strips_cached = 0
+        for win in wins:
+            feedback.check_cancelled()
+            part = win.clip(info.width, info.height)
+            xa, ya, w, h = part
+            cols_slice = slice(xa - sx0, xa - sx0 + w)
+            inner = win.inner_slices(info.width, info.height)
+            if strip_valid is None:
+                n_valid = w * h
+            else:
+                valid_part = strip_valid[:, cols_slice]
+                n_valid = int(np.count_nonzero(valid_part))
+            nodata_frac = 1.0 - n_valid / tile_pixels
+            if nodata_frac > max_nodata:
+                skipped_nodata += 1
+                continue
+            padded = w != tile_size or h != tile_size
+            if padded:
+                arr = np.empty((info.bands, tile_size, tile_size), dtype=strip.dtype)
+                for b in range(info.bands):
+                    arr[b].fill(pad[b])
+                arr[(slice(None),) + inner] = strip[:, :, cols_slice]
+            else:
+                arr = strip[:, :, cols_slice]
+            valid = None
+            if strip_valid is not None or padded:
+                valid = np.zeros((tile_size, tile_size), dtype=bool)
+                valid[inner] = True if strip_valid is None else strip_valid[:, cols_slice]
+            tid = dataset.tile_id(scene, win.row, win.col)
+            tile_gt = win.geotransform(gt)
+            rec = {
+                "tile_id": tid, "row": win.row, "col": win.col, "x_off": win.x_off, "y_off": win.y_off,
+                "width": tile_size, "height": tile_size, "nodata_frac": round(nodata_frac, 6),
+                "status": dataset.STATUS_UNSCREENED, "split": "", "image_tif": "", "image_jpg": "",
+                "bounds": win.bounds(gt),
+            }
+            if "tif" in formats:
+                path = os.path.join(paths.images, tid + ".tif")
+                mask = valid if (mask_tiles and valid is not None and not valid.all()) else None
+                written.append(path)
+                writer.submit(_write_gtiff, path, arr, info.gdal_type, tile_gt, info.crs_wkt, tile_nodata,
+                              mask, overwrite)
+                rec["image_tif"] = paths.rel(path)
+            if "jpg" in formats:
+                path = os.path.join(paths.images, tid + ".jpg")
+                written.append(path)
+                writer.submit(_write_jpeg, path, _to_byte(arr, bands_rgb, stretch, valid), tile_gt,
+                              info.crs_wkt, overwrite)
+                rec["image_jpg"] = paths.rel(path)
+            records.append(rec)
+        progress.progress(100.0 * (n + 1) / len(by_row))
+    return skipped_nodata
+
+
+def _plan_grid(info, tile_size, stride, edge, aoi_geom, feedback):
+    """The grid's windows, its shape, the wanted windows by grid row, and the count outside the AOI."""
+    gt = info.geotransform
+    grid = list(windows.iter_windows(info.width, info.height, tile_size, stride, edge))
+    rows, cols = windows.grid_shape(info.width, info.height, tile_size, stride, edge)
+    wanted, skipped_aoi = [], 0
+    for win in grid:
+        if aoi_geom is not None and not _inside_aoi(aoi_geom, win.bounds(gt)):
+            skipped_aoi += 1
+            continue
+        wanted.append(win)
+    by_row = {}
+    for win in wanted:
+        by_row.setdefault(win.row, []).append(win)
+    feedback.info(
+        f"Grid: {rows} rows x {cols} columns of {tile_size}x{tile_size} px tiles, stride {stride}, "
+        f"EDGE={windows.EDGE_NAMES[edge]}; {len(wanted)} tiles to cut"
+        + (f" ({skipped_aoi} outside the AOI)" if aoi_geom is not None else "")
+    )
+    return grid, rows, cols, by_row, skipped_aoi
+
+
+def _write_card(root, index_path, input_path, scene, info, stretch, tiling):
+    """The dataset card's 'source', 'tiling' and 'counts' sections after a run."""
+    card_stretch = dict(stretch)
+    card_stretch.pop("sampled_pixels", None)
+    tiling = dict(tiling, stretch=card_stretch or None, index=dataset.DatasetPaths(root).rel(index_path))
+    dataset.update_card(
+        root,
+        source={
+            "scene": os.path.abspath(str(input_path)) if os.path.exists(str(input_path)) else str(input_path),
+            "scene_name": scene,
+            "crs": info.crs_label,
+            "crs_wkt": info.crs_wkt,
+            "width": info.width,
+            "height": info.height,
+            "bands": info.bands,
+            "data_type": gdal.GetDataTypeName(info.gdal_type),
+            "nodata": info.nodata,
+            "pixel_size": list(info.pixel_size),
+            "geotransform": list(info.geotransform),
+        },
+        tiling=tiling,
+        counts={"tiles": tiling["tile_count"], dataset.STATUS_UNSCREENED: tiling["tile_count"],
+                dataset.STATUS_KEEP: 0, dataset.STATUS_REJECT: 0},
+    )
+
+
+def _jpeg_stretch(ds, formats, bands_rgb, validity, progress, feedback):
+    """The scene-wide stretch of the JPEG tiles ({} without JPEGs), logged."""
+    if "jpg" not in formats:
+        return {}
+    stretch = compute_stretch(ds, bands_rgb, validity, feedback=progress)
+    if stretch["method"] != "none":
+        feedback.info(
+            "JPEG stretch (whole scene, percentiles {}-{}): ".format(*STRETCH_PERCENTILES)
+            + ", ".join(f"band {b}: {lo:g}..{hi:g}" for b, lo, hi in zip(bands_rgb, stretch["low"], stretch["high"]))
+        )
+    return stretch
+
+
+def _warn_web_mercator(input_path, info, feedback):
+    srs = info.srs
+    if srs.GetAuthorityCode(None) in ("3857", "900913") or "Pseudo-Mercator" in (srs.GetName() or ""):
+        feedback.warn(
+            f"INPUT: '{input_path}' is in Web Mercator ({info.crs_label}); its 'metres' are stretched by "
+            "1/cos(latitude), so pixel sizes and areas are not ground distances. Tiling works, but "
+            "consider a UTM CRS for real work."
+        )
+
+
+def grid_tiles(input_path, output_dir, tile_size=DEFAULT_TILE_SIZE, stride=0, edge=windows.EDGE_PAD,
+               max_nodata=DEFAULT_MAX_NODATA, aoi=None, fmt=FORMAT_BOTH, jpeg_bands=None,
+               output_index=None, overwrite=False, feedback=None, scene_name=None):
+    """Split ``input_path`` into tiles in the dataset folder ``output_dir``. Returns a TilingResult.
+
+    tile_size: pixels (square). stride: pixels between tile origins; 0 = tile_size (no overlap).
+    edge: windows.EDGE_PAD (0), EDGE_SKIP (1) or EDGE_SHIFT (2).
+    max_nodata: tiles whose nodata fraction (nodata values, mask band, padding) exceeds it are
+        not written. aoi: WKT string(s) or OGR geometries in the scene CRS; only tiles that
+        intersect it are written. fmt: FORMAT_GTIFF, FORMAT_JPEG or FORMAT_BOTH.
+    jpeg_bands: '3,2,1' / [3, 2, 1] / None (default_jpeg_bands). output_index: default
+        <output_dir>/index.gpkg. overwrite: replace the files of an earlier run (only those).
+    """
+    feedback = feedback or Feedback()
+    ds, info = gdalio.open_checked(input_path, "INPUT")
+    _warn_web_mercator(input_path, info, feedback)
+
+    tile_size, stride, max_nodata, formats = _check_parameters(input_path, info, tile_size, stride, edge,
+                                                               max_nodata, fmt)
     bands_rgb = parse_band_list(jpeg_bands, info.bands) or default_jpeg_bands(ds)
     aoi_geom = _aoi_geometry(aoi, info.crs_wkt)
     gt = info.geotransform
@@ -281,134 +417,28 @@ def grid_tiles(input_path, output_dir, tile_size=DEFAULT_TILE_SIZE, stride=0, ed
     created = [d for d in (root, paths.images) if not os.path.exists(d)]
     scene = scene_name or scene_name_from_path(input_path)
 
-    # the grid, the AOI ------------------------------------------------------------------
-    grid = list(windows.iter_windows(info.width, info.height, tile_size, stride, edge))
-    rows, cols = windows.grid_shape(info.width, info.height, tile_size, stride, edge)
-    wanted, skipped_aoi = [], 0
-    for win in grid:
-        if aoi_geom is not None and not _inside_aoi(aoi_geom, win.bounds(gt)):
-            skipped_aoi += 1
-            continue
-        wanted.append(win)
-    by_row = {}
-    for win in wanted:
-        by_row.setdefault(win.row, []).append(win)
-    feedback.info(
-        f"Grid: {rows} rows x {cols} columns of {tile_size}x{tile_size} px tiles, stride {stride}, "
-        f"EDGE={windows.EDGE_NAMES[edge]}; {len(wanted)} tiles to cut"
-        + (f" ({skipped_aoi} outside the AOI)" if aoi_geom is not None else "")
-    )
+    grid, rows, cols, by_row, skipped_aoi = _plan_grid(info, tile_size, stride, edge, aoi_geom, feedback)
 
     validity = _Validity(ds, info)
     pad = validity.pad_values(DEFAULT_PAD_VALUE)
-    tile_nodata = list(info.nodata)
     mask_tiles = not validity.has_nodata_value and not validity.alpha
 
-    stretch = {}
-    share_stretch = 0.0
-    if "jpg" in formats:
-        share_stretch = 10.0 if info.dtype != np.uint8 else 0.0
-        stretch = compute_stretch(ds, bands_rgb, validity, feedback=feedback.scaled(0, share_stretch))
-        if stretch["method"] != "none":
-            feedback.info(
-                "JPEG stretch (whole scene, percentiles {}-{}): ".format(*STRETCH_PERCENTILES)
-                + ", ".join(f"band {b}: {lo:g}..{hi:g}"
-                            for b, lo, hi in zip(bands_rgb, stretch["low"], stretch["high"]))
-            )
+    share_stretch = 10.0 if "jpg" in formats and info.dtype != np.uint8 else 0.0
+    stretch = _jpeg_stretch(ds, formats, bands_rgb, validity, feedback.scaled(0, share_stretch), feedback)
     feedback.check_cancelled()
 
-    # replace an earlier run (only the files this step owns) -------------------------------
     if overwrite:
-        old = [p for p in _owned_files(root, index_path) if os.path.abspath(p) != os.path.abspath(input_path)]
-        for p in old:
-            _remove(p)
-        if old:
-            feedback.info(f"OVERWRITE: removed {len(old)} file(s) of the earlier run in '{root}'.")
-        kept = [d for d in (dataset.MASKS_DIR, dataset.LABELME_DIR) if os.path.isdir(os.path.join(root, d))
-                and os.listdir(os.path.join(root, d))]
-        if kept:
-            feedback.warn(
-                f"OVERWRITE: kept {', '.join(d + '/' for d in kept)} in '{root}' (annotations and masks are "
-                "never deleted); they match the new tiles only if the grid is unchanged."
-            )
+        _remove_earlier_run(root, index_path, input_path, feedback)
     os.makedirs(paths.images, exist_ok=True)
 
     # cut --------------------------------------------------------------------------------
     progress = feedback.scaled(share_stretch, 99.0)
     records, written = [], []
     writer = _TileWriter()
-    skipped_nodata = 0
-    tile_pixels = float(tile_size * tile_size)
     try:
-        block_h = max(1, ds.GetRasterBand(1).GetBlockSize()[1])
-        grid_rows = sorted(by_row)
-        strips_cached = 0
-        for n, row in enumerate(grid_rows):
-            wins = by_row[row]
-            feedback.check_cancelled()
-            y0 = wins[0].y_off
-            sx0 = min(w.x_off for w in wins)
-            sx1 = min(max(w.x_end for w in wins), info.width)
-            sy1 = min(y0 + tile_size, info.height)
-            strip = gdalio.read_window(ds, sx0, y0, sx1 - sx0, sy1 - y0)
-            strip_valid = validity.valid(strip, sx0, y0, sx1 - sx0, sy1 - y0)
-            # Release the scene's cached blocks so memory stays flat, unless the next strip needs
-            # some of them again (tall blocks, overlapping strides): then after two strips at most.
-            strips_cached += 1
-            nxt = by_row[grid_rows[n + 1]][0].y_off if n + 1 < len(grid_rows) else None
-            if nxt is None or nxt // block_h > (sy1 - 1) // block_h or strips_cached >= 2:
-                ds.FlushCache()
-                strips_cached = 0
-            for win in wins:
-                feedback.check_cancelled()
-                part = win.clip(info.width, info.height)
-                xa, ya, w, h = part
-                cols_slice = slice(xa - sx0, xa - sx0 + w)
-                inner = win.inner_slices(info.width, info.height)
-                if strip_valid is None:
-                    n_valid = w * h
-                else:
-                    valid_part = strip_valid[:, cols_slice]
-                    n_valid = int(np.count_nonzero(valid_part))
-                nodata_frac = 1.0 - n_valid / tile_pixels
-                if nodata_frac > max_nodata:
-                    skipped_nodata += 1
-                    continue
-                padded = w != tile_size or h != tile_size
-                if padded:
-                    arr = np.empty((info.bands, tile_size, tile_size), dtype=strip.dtype)
-                    for b in range(info.bands):
-                        arr[b].fill(pad[b])
-                    arr[(slice(None),) + inner] = strip[:, :, cols_slice]
-                else:
-                    arr = strip[:, :, cols_slice]
-                valid = None
-                if strip_valid is not None or padded:
-                    valid = np.zeros((tile_size, tile_size), dtype=bool)
-                    valid[inner] = True if strip_valid is None else strip_valid[:, cols_slice]
-                tid = dataset.tile_id(scene, win.row, win.col)
-                tile_gt = win.geotransform(gt)
-                rec = {
-                    "tile_id": tid, "row": win.row, "col": win.col, "x_off": win.x_off, "y_off": win.y_off,
-                    "width": tile_size, "height": tile_size, "nodata_frac": round(nodata_frac, 6),
-                    "status": dataset.STATUS_UNSCREENED, "split": "", "image_tif": "", "image_jpg": "",
-                    "bounds": win.bounds(gt),
-                }
-                if "tif" in formats:
-                    path = os.path.join(paths.images, tid + ".tif")
-                    mask = valid if (mask_tiles and valid is not None and not valid.all()) else None
-                    written.append(path)
-                    writer.submit(_write_gtiff, path, arr, info.gdal_type, tile_gt, info.crs_wkt, tile_nodata,
-                                  mask, overwrite)
-                    rec["image_tif"] = paths.rel(path)
-                if "jpg" in formats:
-                    path = os.path.join(paths.images, tid + ".jpg")
-                    written.append(path)
-                    writer.submit(_write_jpeg, path, _to_byte(arr, bands_rgb, stretch, valid), tile_gt,
-                                  info.crs_wkt, overwrite)
-                    rec["image_jpg"] = paths.rel(path)
-                records.append(rec)
-            progress.progress(100.0 * (n + 1) / len(by_row))
+        cut = _CutSettings(ds, info, paths, scene, tile_size, max_nodata, formats, bands_rgb, stretch, validity,
+                           pad, mask_tiles, overwrite)
+        skipped_nodata = _cut_rows(cut, by_row, writer, records, written, feedback, progress)
         writer.finish()
         feedback.check_cancelled()
         if not records:
@@ -416,13 +446,7 @@ def grid_tiles(input_path, output_dir, tile_size=DEFAULT_TILE_SIZE, stride=0, ed
         dataset.write_index(index_path, info.crs_wkt, records, overwrite=True)
     except BaseException as exc:
         writer.abort()  # waits for the tiles being written, so none is renamed into place later
-        for path in written:
-            stem = os.path.splitext(path)[0]
-            for side in [path] + [stem + suffix for suffix in (_TIF_SIDES + _JPG_SIDES)]:
-                _remove(side)
-        for folder in reversed(created):  # folders this run created, if left empty
-            with contextlib.suppress(OSError):
-                os.rmdir(folder)
+        _undo(written, created)
         if isinstance(exc, Cancelled):
             feedback.warn(f"Cancelled: removed the {len(written)} tile file(s) written so far; no index was written.")
         raise
@@ -430,45 +454,14 @@ def grid_tiles(input_path, output_dir, tile_size=DEFAULT_TILE_SIZE, stride=0, ed
         ds = None
 
     skipped = skipped_nodata + skipped_aoi
-    card_stretch = dict(stretch)
-    card_stretch.pop("sampled_pixels", None)
-    dataset.update_card(
-        root,
-        source={
-            "scene": os.path.abspath(str(input_path)) if os.path.exists(str(input_path)) else str(input_path),
-            "scene_name": scene,
-            "crs": info.crs_label,
-            "crs_wkt": info.crs_wkt,
-            "width": info.width,
-            "height": info.height,
-            "bands": info.bands,
-            "data_type": gdal.GetDataTypeName(info.gdal_type),
-            "nodata": info.nodata,
-            "pixel_size": list(info.pixel_size),
-            "geotransform": list(gt),
-        },
-        tiling={
-            "tile_size": tile_size,
-            "stride": stride,
-            "edge": windows.EDGE_NAMES[edge],
-            "pad_value": pad if edge == windows.EDGE_PAD else None,
-            "padding_mask": "internal mask band on padded tiles" if mask_tiles else "nodata value",
-            "max_nodata": max_nodata,
-            "aoi": aoi_geom is not None,
-            "formats": formats,
-            "jpeg_bands": bands_rgb if "jpg" in formats else None,
-            "stretch": card_stretch or None,
-            "grid_rows": rows,
-            "grid_cols": cols,
-            "grid_tiles": len(grid),
-            "tile_count": len(records),
-            "skipped_nodata": skipped_nodata,
-            "skipped_aoi": skipped_aoi,
-            "index": dataset.DatasetPaths(root).rel(index_path),
-        },
-        counts={"tiles": len(records), dataset.STATUS_UNSCREENED: len(records),
-                dataset.STATUS_KEEP: 0, dataset.STATUS_REJECT: 0},
-    )
+    _write_card(root, index_path, input_path, scene, info, stretch, dict(
+        tile_size=tile_size, stride=stride, edge=windows.EDGE_NAMES[edge],
+        pad_value=pad if edge == windows.EDGE_PAD else None,
+        padding_mask="internal mask band on padded tiles" if mask_tiles else "nodata value",
+        max_nodata=max_nodata, aoi=aoi_geom is not None, formats=formats,
+        jpeg_bands=bands_rgb if "jpg" in formats else None, grid_rows=rows, grid_cols=cols, grid_tiles=len(grid),
+        tile_count=len(records), skipped_nodata=skipped_nodata, skipped_aoi=skipped_aoi,
+    ))
     feedback.progress(100.0)
     feedback.info(
         f"{len(records)} tiles written to '{paths.images}', {skipped} skipped "
@@ -479,10 +472,3 @@ def grid_tiles(input_path, output_dir, tile_size=DEFAULT_TILE_SIZE, stride=0, ed
         skipped_nodata=skipped_nodata, skipped_aoi=skipped_aoi, grid_rows=rows, grid_cols=cols,
         records=records, stretch=stretch,
     )
-
-
-def _remove(path):
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
