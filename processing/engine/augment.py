@@ -358,6 +358,83 @@ def _files_of(paths, entry):
 
 # --- the step --------------------------------------------------------------------------
 
+def _write_variants(paths, plan, seed, ranges_by_ext, feedback):
+    """Write every planned variant into a temporary folder under augmented/. Returns (that folder,
+    the manifest's variants); on error or cancel the folder is removed."""
+    tmp_root = os.path.join(paths.root, dataset.AUGMENTED_DIR, f".partial-{uuid.uuid4().hex[:8]}")
+    variants = {}
+    try:
+        os.makedirs(os.path.join(tmp_root, IMAGES))
+        os.makedirs(os.path.join(tmp_root, MASKS))
+        by_tile = {}
+        for t, c, vid, steps in plan:
+            by_tile.setdefault(t.tile_id, (t, []))[1].append((c, vid, steps))
+        done = 0
+        for tid in sorted(by_tile):
+            t, items = by_tile[tid]
+            feedback.check_cancelled()
+            srcs = {"images": {ext: _Raster(paths.abs(rel)) for ext, rel in t.images.items()},
+                    "mask": _Raster(paths.abs(t.mask))}
+            for c, vid, steps in items:
+                entry, means = _write_variant(paths, tmp_root, vid, srcs, steps, ranges_by_ext)
+                recorded = []
+                for step in steps:
+                    step = dict(step)
+                    if step["op"] == "contrast":
+                        step["mean"] = {ext: m[0] for ext, m in means.items()}
+                    recorded.append(step)
+                entry.update({"source_tile": tid, "copy": c, "seed": int(seed), "split": t.split or "",
+                              "transforms": recorded, "georeferenced": False})
+                variants[vid] = entry
+                done += 1
+            feedback.progress(5 + 85.0 * done / max(1, len(plan)))
+    except BaseException:
+        shutil.rmtree(tmp_root, ignore_errors=True)
+        raise
+    return tmp_root, variants
+
+
+def _swap_in(paths, tmp_root, owned):
+    """Remove the previous run's variants (``owned``), move the new ones in, drop empty folders."""
+    for rel in sorted(owned):
+        path = paths.abs(rel)
+        if os.path.lexists(path):
+            os.remove(path)
+    for sub in (IMAGES, MASKS):
+        folder = os.path.join(tmp_root, sub)
+        final = os.path.join(paths.root, dataset.AUGMENTED_DIR, sub)
+        os.makedirs(final, exist_ok=True)
+        for name in sorted(os.listdir(folder)):
+            os.replace(os.path.join(folder, name), os.path.join(final, name))
+    shutil.rmtree(tmp_root, ignore_errors=True)
+    for sub in (IMAGES, MASKS, ""):
+        folder = os.path.join(paths.root, dataset.AUGMENTED_DIR, sub)
+        if os.path.isdir(folder) and not os.listdir(folder):
+            os.rmdir(folder)
+
+
+def _card_section(settings, sources, variants):
+    """The dataset card's 'augmentation' section."""
+    per_split = {}
+    for entry in variants.values():
+        key = entry["split"] or "unsplit"
+        per_split[key] = per_split.get(key, 0) + 1
+    card_section = dict(settings)
+    card_section.update({
+        "source_tiles": sources,
+        "variants": len(variants),
+        "variants_per_split": dict(sorted(per_split.items())),
+        "manifest": dataset.AUGMENT_MANIFEST,
+        "folders": f"{dataset.AUGMENTED_DIR}/images/<tile_id>__aNN.tif|.jpg, "
+                   f"{dataset.AUGMENTED_DIR}/masks/<tile_id>__aNN.tif",
+        "georeferenced": False,
+        "conventions": "one geometric transform per variant (rot90 = counter-clockwise), then the radiometric ones "
+                       "on valid image pixels; masks only geometric; dtype kept, clipped to the radiometric range; "
+                       "nodata kept",
+    })
+    return card_section
+
+
 def augment_dataset(root: str, splits: Sequence[str] = ("train",), transforms: Sequence[str] = DEFAULT_TRANSFORMS,
                     copies: int = 4, brightness: Optional[Sequence[float]] = None,
                     contrast: Optional[Sequence[float]] = None, gamma: Optional[Sequence[float]] = None,
@@ -419,53 +496,9 @@ def augment_dataset(root: str, splits: Sequence[str] = ("train",), transforms: S
             lo, hi = ranges_by_ext[ext]
             feedback.info(f"Radiometric range of the .{ext} images: {lo:g}..{hi:g}")
 
-    tmp_root = os.path.join(paths.root, dataset.AUGMENTED_DIR, f".partial-{uuid.uuid4().hex[:8]}")
-    variants = {}
-    try:
-        os.makedirs(os.path.join(tmp_root, IMAGES))
-        os.makedirs(os.path.join(tmp_root, MASKS))
-        by_tile = {}
-        for t, c, vid, steps in plan:
-            by_tile.setdefault(t.tile_id, (t, []))[1].append((c, vid, steps))
-        done = 0
-        for tid in sorted(by_tile):
-            t, items = by_tile[tid]
-            feedback.check_cancelled()
-            srcs = {"images": {ext: _Raster(paths.abs(rel)) for ext, rel in t.images.items()},
-                    "mask": _Raster(paths.abs(t.mask))}
-            for c, vid, steps in items:
-                entry, means = _write_variant(paths, tmp_root, vid, srcs, steps, ranges_by_ext)
-                recorded = []
-                for step in steps:
-                    step = dict(step)
-                    if step["op"] == "contrast":
-                        step["mean"] = {ext: m[0] for ext, m in means.items()}
-                    recorded.append(step)
-                entry.update({"source_tile": tid, "copy": c, "seed": int(seed), "split": t.split or "",
-                              "transforms": recorded, "georeferenced": False})
-                variants[vid] = entry
-                done += 1
-            feedback.progress(5 + 85.0 * done / max(1, len(plan)))
-    except BaseException:
-        shutil.rmtree(tmp_root, ignore_errors=True)
-        raise
+    tmp_root, variants = _write_variants(paths, plan, seed, ranges_by_ext, feedback)
 
-    # Swap: remove the previous run's variants, move the new ones in.
-    for rel in sorted(owned):
-        path = paths.abs(rel)
-        if os.path.lexists(path):
-            os.remove(path)
-    for sub in (IMAGES, MASKS):
-        folder = os.path.join(tmp_root, sub)
-        final = os.path.join(paths.root, dataset.AUGMENTED_DIR, sub)
-        os.makedirs(final, exist_ok=True)
-        for name in sorted(os.listdir(folder)):
-            os.replace(os.path.join(folder, name), os.path.join(final, name))
-    shutil.rmtree(tmp_root, ignore_errors=True)
-    for sub in (IMAGES, MASKS, ""):
-        folder = os.path.join(paths.root, dataset.AUGMENTED_DIR, sub)
-        if os.path.isdir(folder) and not os.listdir(folder):
-            os.rmdir(folder)
+    _swap_in(paths, tmp_root, owned)
 
     settings = {
         "splits": list(splits) if has_split else "all (not split yet)",
@@ -481,23 +514,7 @@ def augment_dataset(root: str, splits: Sequence[str] = ("train",), transforms: S
     manifest = {"format": MANIFEST_FORMAT, "settings": settings, "variants": variants}
     dataset.write_json(manifest_path, manifest, what=dataset.AUGMENT_MANIFEST)
 
-    per_split = {}
-    for entry in variants.values():
-        key = entry["split"] or "unsplit"
-        per_split[key] = per_split.get(key, 0) + 1
-    card_section = dict(settings)
-    card_section.update({
-        "source_tiles": len(sources),
-        "variants": len(variants),
-        "variants_per_split": dict(sorted(per_split.items())),
-        "manifest": dataset.AUGMENT_MANIFEST,
-        "folders": f"{dataset.AUGMENTED_DIR}/images/<tile_id>__aNN.tif|.jpg, "
-                   f"{dataset.AUGMENTED_DIR}/masks/<tile_id>__aNN.tif",
-        "georeferenced": False,
-        "conventions": "one geometric transform per variant (rot90 = counter-clockwise), then the radiometric ones "
-                       "on valid image pixels; masks only geometric; dtype kept, clipped to the radiometric range; "
-                       "nodata kept",
-    })
+    card_section = _card_section(settings, len(sources), variants)
     dataset.update_card(paths.root, augmentation=card_section)
     feedback.info(f"Wrote {len(variants)} variants of {len(sources)} tiles ({copies} per tile).")
 
