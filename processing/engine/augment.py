@@ -105,21 +105,21 @@ INVERSE = {"hflip": "hflip", "vflip": "vflip", "rot90": "rot270", "rot180": "rot
            "transpose": "transpose", "antitranspose": "antitranspose"}
 
 
-def geometric(array, op):
+def geometric(array, op) -> np.ndarray:
     """Apply a geometric transform to (..., rows, cols) arrays."""
     return np.ascontiguousarray(_OPS[op](array))
 
 
-def tile_key(tile_id):
+def tile_key(tile_id) -> int:
     return int.from_bytes(hashlib.sha256(tile_id.encode("utf-8")).digest()[:8], "little")
 
 
-def variant_id(tile_id, copy, copies):
+def variant_id(tile_id, copy, copies) -> str:
     width = 3 if copies > 99 else 2
     return f"{tile_id}__a{copy:0{width}d}"
 
 
-def plan_variant(tile_id, copy, transforms, ranges, seed):
+def plan_variant(tile_id, copy, transforms, ranges, seed) -> list:
     """The ordered transform steps of copy ``copy`` (1-based) of ``tile_id``: [{'op': ..., param: ...}]."""
     steps = []
     geo = [op for op in GEOMETRIC if op in transforms]
@@ -146,7 +146,7 @@ def _check_range(name, value):
     return lo, hi
 
 
-def check_parameters(splits, transforms, copies, ranges):
+def check_parameters(splits, transforms, copies, ranges) -> dict:
     unknown = [t for t in transforms if t not in TRANSFORMS]
     if unknown or not transforms:
         raise GullySegError(f"TRANSFORMS: choose one or more of {', '.join(TRANSFORMS)} (got {list(transforms)}).")

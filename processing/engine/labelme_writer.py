@@ -16,7 +16,7 @@ LABELME_VERSION = "5.4.1"  # the format version GullySeg writes (Labelme 5.x rea
 BACKGROUND_LABEL = "_background_"
 
 
-def labelme_shape(label, points, shape_type="polygon"):
+def labelme_shape(label, points, shape_type="polygon") -> dict:
     return {
         "label": label,
         "points": [[float(x), float(y)] for x, y in points],
@@ -28,7 +28,7 @@ def labelme_shape(label, points, shape_type="polygon"):
     }
 
 
-def labelme_document(shapes, image_path, width, height):
+def labelme_document(shapes, image_path, width, height) -> dict:
     """A Labelme document as Labelme writes it (imageData null: the image is read from imagePath)."""
     return {
         "version": LABELME_VERSION,
@@ -41,7 +41,7 @@ def labelme_document(shapes, image_path, width, height):
     }
 
 
-def write_labelme(path, document):
+def write_labelme(path, document) -> None:
     with open(path, "w", encoding="utf-8") as handle:
         json.dump(document, handle, indent=2, ensure_ascii=False)
         handle.write("\n")
@@ -50,7 +50,7 @@ def write_labelme(path, document):
 to_pixel_of = to_pixel  # windows.to_pixel
 
 
-def split_holes(poly, depth=0):
+def split_holes(poly, depth=0) -> list:
     """Hole-free polygons covering ``poly`` (pixel coordinates): the one way GullySeg writes a
     polygon with holes to Labelme, whose polygons have none.
 
@@ -100,7 +100,7 @@ def _ring_area(ring):
 
 
 def polygon_shapes(geom, label, to_pixel=None, holes=HOLES_BACKGROUND, simplify_px=0.0, min_area=1e-9,
-                   size=None, decimals=None):
+                   size=None, decimals=None) -> list:
     """The polygons of ``geom`` as Labelme polygon shapes: the one Labelme polygon writer.
 
     ``to_pixel(x, y) -> (col, row)`` maps map coordinates to pixel coordinates (None: ``geom`` is
@@ -166,7 +166,7 @@ def polygon_shapes(geom, label, to_pixel=None, holes=HOLES_BACKGROUND, simplify_
 
 
 def layer_shapes(layer, geotransform, width, height, label, holes=HOLES_BACKGROUND, simplify_px=0.0, min_area=1e-9,
-                 decimals=None):
+                 decimals=None) -> list:
     """Labelme shapes of the polygons of an OGR ``layer`` (in the raster's CRS) on one image.
 
     The image is ``width`` x ``height`` pixels with ``geotransform``. Features are clipped to it,
@@ -196,13 +196,13 @@ def layer_shapes(layer, geotransform, width, height, label, holes=HOLES_BACKGROU
                           decimals=decimals)
 
 
-def geometry_to_shapes(geom, label, to_pixel, min_area=1e-9):
+def geometry_to_shapes(geom, label, to_pixel, min_area=1e-9) -> list:
     """Polygons (OGR, map coordinates) -> Labelme polygon shapes in pixel coordinates
     (``polygon_shapes`` with ``_background_`` holes, no simplification)."""
     return polygon_shapes(geom, label, to_pixel, min_area=min_area)
 
 
-def collect_polygons(geom, out):
+def collect_polygons(geom, out) -> None:
     if geom is None or geom.IsEmpty():
         return
     gtype = ogr.GT_Flatten(geom.GetGeometryType())

@@ -13,7 +13,7 @@ from .dataset import side_files as _side_files
 from .errors import GullySegError
 
 
-def link_or_copy(src, dst):
+def link_or_copy(src, dst) -> bool:
     """Hard link ``src`` to ``dst``; copy when the file system refuses. Returns True for a link."""
     try:
         os.link(src, dst)
@@ -51,7 +51,7 @@ def _owned(previous):
     return set((previous or {}).get("materialized_files") or [])
 
 
-def check_outputs_free(paths, planned_rel, previous, overwrite, lists=True):
+def check_outputs_free(paths, planned_rel, previous, overwrite, lists=True) -> None:
     """Raise before writing when a file this step does not own is in the way (unless overwrite)."""
     owned = _owned(previous)
     blocked = []
@@ -69,7 +69,7 @@ def check_outputs_free(paths, planned_rel, previous, overwrite, lists=True):
         )
 
 
-def materialize(paths, plan, previous, feedback):
+def materialize(paths, plan, previous, feedback) -> tuple:
     """Build the new <split>/images|masks files in a temporary folder, then swap them in.
 
     Returns (relative files, links, copies). A cancel or error leaves the previous state.
@@ -99,7 +99,7 @@ def materialize(paths, plan, previous, feedback):
     return sorted(rel for _, rel in plan), links, copies
 
 
-def remove_owned(paths, previous):
+def remove_owned(paths, previous) -> None:
     """Remove the files a previous run materialised (and the folders they leave empty)."""
     folders = set()
     for rel in _owned(previous):

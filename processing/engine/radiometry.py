@@ -16,7 +16,7 @@ def _dtype_limits(dtype):
     return None
 
 
-def radiometric_range(paths, tiles, ext, feedback):
+def radiometric_range(paths, tiles, ext, feedback) -> list:
     """[lo, hi] of the format ``ext`` (see the module docstring)."""
     first = gdalio.open_raster(paths.abs(tiles[0].images[ext]), "DATASET")
     dtype = gdalio.raster_info(first).dtype
@@ -52,7 +52,7 @@ def radiometric_range(paths, tiles, ext, feedback):
     return [0.0 if low >= 0 else limits[0], float(min(2 ** bits - 1, limits[1]))]
 
 
-def apply_radiometric(array, steps, lo, hi, nodata, valid, alpha):
+def apply_radiometric(array, steps, lo, hi, nodata, valid, alpha) -> tuple:
     """Radiometric steps on (bands, rows, cols); returns (new array, contrast means used per step).
 
     nodata: per band (None where unset); valid: bool (rows, cols) from ``gdalio.Validity``; alpha: per band

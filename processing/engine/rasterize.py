@@ -60,7 +60,7 @@ def _pixel_srs():
     return srs
 
 
-def burn_rule(all_touched):
+def burn_rule(all_touched) -> str:
     return ("all touched: every pixel a shape touches is burnt" if all_touched
             else "pixel centre: a pixel is burnt when its centre is inside the shape (gdal_rasterize default)")
 
@@ -88,7 +88,7 @@ class GeometryLayer:
         self._defn = self.layer.GetLayerDefn()
         self.count = 0
 
-    def add(self, geometry, value):
+    def add(self, geometry, value) -> None:
         if isinstance(geometry, str):
             geometry = ogr.CreateGeometryFromWkt(geometry)
         if geometry is None or geometry.IsEmpty():
@@ -99,7 +99,7 @@ class GeometryLayer:
         self.layer.CreateFeature(feat)
         self.count += 1
 
-    def burn(self, ds, all_touched, bounds=None):
+    def burn(self, ds, all_touched, bounds=None) -> None:
         """Burn into band 1 of ``ds`` (features within ``bounds`` if given, in layer order)."""
         if self.count == 0:
             return
@@ -121,7 +121,7 @@ def _mem_raster(width, height, geotransform, srs_wkt):
     return ds
 
 
-def burn_items(ds, items, all_touched):
+def burn_items(ds, items, all_touched) -> None:
     """Burn Labelme BurnItems (pixel space) into band 1 of ``ds`` in their order.
 
     ``ds``'s geotransform is switched to pixel space for the duration and restored.
@@ -152,7 +152,7 @@ def burn_items(ds, items, all_touched):
     ds.SetProjection(saved_wkt)
 
 
-def rasterize_shapes(width, height, items, all_touched=False):
+def rasterize_shapes(width, height, items, all_touched=False) -> np.ndarray:
     """Labelme BurnItems -> uint8 array (height, width), background 0. For one image."""
     ds = _mem_raster(width, height, PIXEL_GT, _pixel_srs().ExportToWkt())
     burn_items(ds, items, all_touched)
@@ -160,7 +160,7 @@ def rasterize_shapes(width, height, items, all_touched=False):
 
 
 def rasterize_labelme_file(path, classes, width=None, height=None, all_touched=False, line_width=10.0,
-                           point_radius=5.0, unknown_labels="error"):
+                           point_radius=5.0, unknown_labels="error") -> tuple:
     """One Labelme file -> (uint8 label map, problems). Size from the file unless given."""
     problems = []
     doc = labelme.read_labelme(path, problems)
@@ -190,7 +190,7 @@ def _match_tile(doc_path, doc, tiles_by_id):
     return None
 
 
-def write_report(path, problems):
+def write_report(path, problems) -> Optional[str]:
     """Problems -> CSV (or JSON when ``path`` ends with .json), written atomically."""
     if not path:
         return None

@@ -113,7 +113,7 @@ class SplitResult(DictAccess):
 
 # --- parameters ------------------------------------------------------------------------
 
-def parse_ratios(text):
+def parse_ratios(text) -> tuple:
     """'6:2:2', '0.7,0.15,0.15', '1 0 0' ... -> three non-negative floats summing to 1."""
     if isinstance(text, (list, tuple)):
         parts = list(text)
@@ -133,13 +133,13 @@ def parse_ratios(text):
     return tuple(v / total for v in values)
 
 
-def ratios_label(ratios):
+def ratios_label(ratios) -> str:
     return ":".join(f"{r:g}" for r in ratios)
 
 
 # --- mask pixels ----------------------------------------------------------------------
 
-def count_mask_pixels(paths, tiles, ignore, feedback):
+def count_mask_pixels(paths, tiles, ignore, feedback) -> None:
     """Set ``gully`` and ``labelled`` pixel counts on every tile from its mask (and check sizes)."""
     for i, tile in enumerate(tiles):
         feedback.check_cancelled()
@@ -168,7 +168,7 @@ def count_mask_pixels(paths, tiles, ignore, feedback):
 
 # --- groups and allocation -------------------------------------------------------------
 
-def group_of(tile, strategy, block_size):
+def group_of(tile, strategy, block_size) -> str:
     if strategy == STRATEGY_TILE:
         return tile.tile_id
     if tile.row is None or tile.col is None:
@@ -180,7 +180,7 @@ def group_of(tile, strategy, block_size):
     return f"{scene}_b{int(tile.row) // block_size:04d}_{int(tile.col) // block_size:04d}"
 
 
-def stratum_bins(shares, ratios):
+def stratum_bins(shares, ratios) -> tuple:
     """Bin per group: 0 for no gully pixels, 1..n equal-count quantile bins of the positive shares.
 
     A bin holds about one dealing cycle, 1 / (smallest non-zero ratio) groups (5 for 6:2:2), so
@@ -195,7 +195,7 @@ def stratum_bins(shares, ratios):
     return bins, n_bins
 
 
-def deal(order, weights, ratios):
+def deal(order, weights, ratios) -> list:
     """Sequential largest remainder: each item to the split furthest below ``ratio * dealt``."""
     active = [k for k, r in enumerate(ratios) if r > 0]
     filled = [0.0] * len(ratios)
@@ -212,7 +212,7 @@ def deal(order, weights, ratios):
 CANDIDATES = 32  # stratified allocations tried per run; the best balanced one is kept
 
 
-def share_spread(assigned, pixels, ratios):
+def share_spread(assigned, pixels, ratios) -> float:
     """Largest |gully share of a split - overall share| over the non-empty splits with a ratio."""
     gully = [0.0] * len(SPLITS)
     labelled = [0.0] * len(SPLITS)
@@ -227,7 +227,7 @@ def share_spread(assigned, pixels, ratios):
                 if ratios[k] > 0 and labelled[k] > 0), default=0.0)
 
 
-def allocate(group_ids, weights, shares, ratios, seed, stratify, pixels=None, candidates=CANDIDATES):
+def allocate(group_ids, weights, shares, ratios, seed, stratify, pixels=None, candidates=CANDIDATES) -> tuple:
     """{group id: split name}, and the number of stratification bins used.
 
     Without ``stratify``: one seeded shuffle, dealt out. With it: the groups are binned by gully
@@ -257,7 +257,7 @@ def allocate(group_ids, weights, shares, ratios, seed, stratify, pixels=None, ca
 
 # --- outputs: lists, materialised folders (materialize.py), manifest ---------------------
 
-def build_samples(tiles, groups, variants):
+def build_samples(tiles, groups, variants) -> dict:
     """Sample entries for every tile that has a split, and for its variants."""
     samples = {}
     by_tile = {t.tile_id: t for t in tiles}
@@ -280,7 +280,7 @@ def build_samples(tiles, groups, variants):
     return samples
 
 
-def summarize(tiles, samples):
+def summarize(tiles, samples) -> dict:
     summary = {}
     for name in SPLITS:
         members = [t for t in tiles if t.split == name]
@@ -299,7 +299,7 @@ def summarize(tiles, samples):
     return summary
 
 
-def summary_text(summary):
+def summary_text(summary) -> str:
     parts = []
     for name in SPLITS:
         s = summary[name]
@@ -310,7 +310,7 @@ def summary_text(summary):
     return "; ".join(parts)
 
 
-def counts_section(card, records, summary):
+def counts_section(card, records, summary) -> dict:
     """The card's 'counts' section with per-status and per-split numbers merged in."""
     counts = dict(card.get("counts") or {}) if isinstance(card.get("counts"), dict) else {}
     status = {}
@@ -325,7 +325,7 @@ def counts_section(card, records, summary):
     return counts
 
 
-def write_outputs(paths, records, tiles, groups, settings, overwrite=False, feedback=None, extra_warnings=()):
+def write_outputs(paths, records, tiles, groups, settings, overwrite=False, feedback=None, extra_warnings=()) -> dict:
     """Write lists, (materialised folders), split.json, the augment manifest's split fields and the card.
 
     ``tiles`` carry their split; ``groups`` maps tile id -> group id. Shared by splitdataset
@@ -391,7 +391,7 @@ def write_outputs(paths, records, tiles, groups, settings, overwrite=False, feed
     return manifest
 
 
-def refresh_outputs(paths, tiles, overwrite=False, feedback=None):
+def refresh_outputs(paths, tiles, overwrite=False, feedback=None) -> None:
     """Rewrite the split's lists, folders and manifest after the variants changed (augment.py).
 
     Keeps the previous split's settings and groups (split.json; else the index's split field).
@@ -498,6 +498,6 @@ def split_dataset(root: str, ratios: Union[str, Sequence[float]] = "6:2:2", seed
     )
 
 
-def records_after(paths):
+def records_after(paths) -> list:
     records, _ = dataset.read_index(paths.index)
     return records

@@ -19,6 +19,7 @@ has written are removed again and no index is written, so nothing points at a mi
 import os
 import re
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 from osgeo import gdal, ogr
@@ -73,14 +74,14 @@ class TilingResult:
     stretch: dict = field(default_factory=dict)
 
 
-def scene_name_from_path(path):
+def scene_name_from_path(path) -> str:
     """The scene part of tile ids: the file's stem with anything but [A-Za-z0-9_-] replaced by '_'."""
     stem = os.path.splitext(os.path.basename(str(path).rstrip("/")))[0]
     name = re.sub(r"[^A-Za-z0-9_-]+", "_", stem).strip("_")
     return name or "scene"
 
 
-def parse_band_list(text, band_count, what="JPEG_BANDS"):
+def parse_band_list(text, band_count, what="JPEG_BANDS") -> Optional[list]:
     """'3,2,1' -> [3, 2, 1]; '' or None -> None. One or three bands, each within 1..band_count."""
     if text is None or (isinstance(text, str) and not text.strip()):
         return None
@@ -100,7 +101,7 @@ def parse_band_list(text, band_count, what="JPEG_BANDS"):
     return bands
 
 
-def default_jpeg_bands(ds):
+def default_jpeg_bands(ds) -> list:
     """Red, green, blue by colour interpretation; else 3,2,1 for 4 bands (BGRN); else 1,2,3; else 1."""
     count = ds.RasterCount
     interp = {ds.GetRasterBand(i).GetColorInterpretation(): i for i in range(count, 0, -1)}
@@ -126,7 +127,7 @@ class _Validity(gdalio.Validity):
 # --- the stretch for JPEG tiles (engine/stretch.py) ----------------------------------------
 
 def compute_stretch(ds, bands, validity, percentiles=STRETCH_PERCENTILES, max_samples=2_000_000,
-                    feedback=None):
+                    feedback=None) -> dict:
     """``stretch.compute_stretch`` with this module's ``STRETCH_FULL_READ_PIXELS``."""
     return _stretch.compute_stretch(ds, bands, validity, percentiles, max_samples, feedback,
                                     full_read_pixels=STRETCH_FULL_READ_PIXELS)
@@ -379,7 +380,7 @@ def _warn_web_mercator(input_path, info, feedback):
 
 def grid_tiles(input_path, output_dir, tile_size=DEFAULT_TILE_SIZE, stride=0, edge=windows.EDGE_PAD,
                max_nodata=DEFAULT_MAX_NODATA, aoi=None, fmt=FORMAT_BOTH, jpeg_bands=None,
-               output_index=None, overwrite=False, feedback=None, scene_name=None):
+               output_index=None, overwrite=False, feedback=None, scene_name=None) -> TilingResult:
     """Split ``input_path`` into tiles in the dataset folder ``output_dir``. Returns a TilingResult.
 
     tile_size: pixels (square). stride: pixels between tile origins; 0 = tile_size (no overlap).

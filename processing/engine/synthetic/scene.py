@@ -61,7 +61,7 @@ class SceneResult:
     extra: dict = field(default_factory=dict)
 
     @property
-    def gully_fraction(self):
+    def gully_fraction(self) -> float:
         """Share of valid (inside-footprint) pixels that are gully."""
         return self.gully_pixels / self.valid_pixels if self.valid_pixels else 0.0
 
@@ -121,7 +121,7 @@ def _config(key, value):
 
 def make_scene(path, width=512, height=512, seed=0, bands="rgb", nodata_edge=False, mask_path=None,
                gullies_path=None, pixel_size=DEFAULT_PIXEL_SIZE, epsg=DEFAULT_EPSG, origin=None,
-               overwrite=False, feedback=None, density=2.5, window_size=WINDOW):
+               overwrite=False, feedback=None, density=2.5, window_size=WINDOW) -> SceneResult:
     """Write a synthetic scene (and optionally its mask and gully polygons); return SceneResult.
 
     path: GeoTIFF (tiled 256x256, DEFLATE). bands: 'rgb' (3 x uint8) or 'bgrn' (4 x uint16,
