@@ -103,9 +103,7 @@ class GullySegAlgorithm(QgsProcessingAlgorithm):
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         try:
             return self.execute(parameters, context, feedback)
-        except Cancelled as exc:
-            raise QgsProcessingException(str(exc)) from None
-        except GullySegError as exc:
+        except (Cancelled, GullySegError) as exc:
             raise QgsProcessingException(str(exc)) from None
 
     def execute(self, parameters, context, feedback):
@@ -117,13 +115,6 @@ class GullySegAlgorithm(QgsProcessingAlgorithm):
     @staticmethod
     def engine_feedback(feedback):
         return QgisFeedback(feedback)
-
-    @staticmethod
-    def layer_source_path(layer):
-        """The GDAL/OGR path of a layer's source (drops '|layername=' style suffixes for rasters)."""
-        if layer is None:
-            return None
-        return layer.source()
 
     @staticmethod
     def raster_path(layer, what):
