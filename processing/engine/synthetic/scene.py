@@ -34,7 +34,7 @@ from .params import (
     MIN_SIZE,
     WINDOW,
 )
-from .render import _blur, _encode, _rasterize, _render
+from .render import _blur, _encode, _render
 
 
 @dataclass
@@ -279,12 +279,10 @@ def _write_rasters(img_path, mask_path, gpkg_path, render_path, footprint, width
         feedback.check_cancelled()
         xa, ya, w, h = win.clip(width, height)
         hx, hy, hw, hh = xa - HALO, ya - HALO, w + 2 * HALO, h + 2 * HALO
-        hgt = windows.geotransform_at(gt, hx, hy)
-        bounds = windows.bounds_of(gt, hx, hy, hw, hh)
-        gully = _rasterize(glayer, hgt, hw, hh, bounds)
-        land = _rasterize(land_layer, hgt, hw, hh, bounds)
-        body = _rasterize(body_layer, hgt, hw, hh, bounds)
-        valid = _rasterize(fp_layer, hgt, hw, hh, bounds).astype(bool)
+        gully = gdalio.polygon_mask(glayer, gt, hx, hy, hw, hh)
+        land = gdalio.polygon_mask(land_layer, gt, hx, hy, hw, hh)
+        body = gdalio.polygon_mask(body_layer, gt, hx, hy, hw, hh)
+        valid = gdalio.polygon_mask(fp_layer, gt, hx, hy, hw, hh).astype(bool)
         grid = _Grid(hx, hy, hw, hh, seed)
         refl = _blur(_render(grid, gully, land, body))
         white = grid.white(99)
