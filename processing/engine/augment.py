@@ -50,7 +50,7 @@ Manifest ``<dataset>/augment.json``
     (COPIES=0 removes them all); other files in augmented/ are never touched.
 
 When the dataset is already split, the variants are added to their split's list file, folders
-(when materialised) and ``split.json`` (through ``split.refresh_outputs``).
+(when materialised) and ``split.json`` (through ``split_outputs.refresh_outputs``).
 """
 
 import hashlib
@@ -64,7 +64,7 @@ from typing import Optional, Sequence
 import numpy as np
 from osgeo import gdal
 
-from . import dataset, gdalio, split
+from . import dataset, gdalio, split_outputs
 from .errors import GullySegError
 from .feedback import Feedback
 from .radiometry import _dtype_limits, apply_radiometric, radiometric_range  # noqa: F401 (as before)
@@ -428,7 +428,7 @@ def augment_dataset(root: str, splits: Sequence[str] = ("train",), transforms: S
     feedback.info(f"Wrote {len(variants)} variants of {len(sources)} tiles ({copies} per tile).")
 
     if has_split:
-        split.refresh_outputs(paths, tiles, overwrite=overwrite, feedback=feedback.scaled(90, 100))
+        split_outputs.refresh_outputs(paths, tiles, overwrite=overwrite, feedback=feedback.scaled(90, 100))
     feedback.progress(100)
     return AugmentResult(count=len(variants), manifest=manifest_path, sources=len(sources),
                          splits=list(splits) if has_split else [])
