@@ -13,6 +13,7 @@ relative to the dataset folder, with '/' separators.
 
 import json
 import os
+from typing import Any, Callable, Optional
 
 from osgeo import gdal, ogr, osr
 
@@ -67,7 +68,7 @@ OPTIONAL_FIELDS = {
 _PY_TO_OGR = {str: ogr.OFTString, int: ogr.OFTInteger, float: ogr.OFTReal}
 
 
-def tile_id(scene_name, row, col):
+def tile_id(scene_name, row, col) -> str:
     """Stable tile id that sorts in grid order: '<scene>_r0007_c0012'."""
     return f"{scene_name}_r{row:04d}_c{col:04d}"
 
@@ -89,11 +90,11 @@ class DatasetPaths:
     card = property(lambda self: os.path.join(self.root, CARD_JSON))
     card_md = property(lambda self: os.path.join(self.root, CARD_MD))
 
-    def abs(self, relative):
+    def abs(self, relative) -> Optional[str]:
         """Absolute path of a path stored relative to the dataset folder ('' -> None)."""
         return os.path.join(self.root, *relative.split("/")) if relative else None
 
-    def rel(self, path):
+    def rel(self, path) -> str:
         return os.path.relpath(os.path.abspath(path), self.root).replace(os.sep, "/")
 
 
@@ -105,13 +106,13 @@ def _field_type(name, value=None):
     return _PY_TO_OGR.get(type(value), ogr.OFTString)
 
 
-def tile_polygon(bounds):
+def tile_polygon(bounds) -> ogr.Geometry:
     """The footprint of a tile (xmin, ymin, xmax, ymax), from its top-left corner clockwise."""
     xmin, ymin, xmax, ymax = bounds
     return gdalio.ring_polygon([(xmin, ymax), (xmax, ymax), (xmax, ymin), (xmin, ymin)])
 
 
-def write_index(path, crs_wkt, records, overwrite=False, extra_fields=None):
+def write_index(path, crs_wkt, records, overwrite=False, extra_fields=None) -> str:
     """Write a new tile index atomically.
 
     records: dicts with the INDEX_FIELDS (missing ones empty) and 'bounds' (xmin, ymin, xmax, ymax).
@@ -168,7 +169,7 @@ def _open_index(path, update=False):
     return ds, layer
 
 
-def read_index(path):
+def read_index(path) -> tuple:
     """Return (records, crs_wkt): records are dicts of every field plus 'fid' and 'bounds'."""
     ds, layer = _open_index(path)
     srs = layer.GetSpatialRef()
@@ -189,7 +190,7 @@ def read_index(path):
     return records, wkt
 
 
-def update_index(path, updates):
+def update_index(path, updates) -> int:
     """Set fields of tiles: ``updates`` is {tile_id: {field: value}}. Adds missing fields."""
     if not updates:
         return 0
@@ -219,7 +220,7 @@ def update_index(path, updates):
     return changed
 
 
-def tiles_for_work(records, only_kept=True):
+def tiles_for_work(records, only_kept=True) -> list:
     """Tiles a step should work on: the kept ones once anything is kept, else all."""
     if only_kept and any(r.get("status") == STATUS_KEEP for r in records):
         return [r for r in records if r.get("status") == STATUS_KEEP]
@@ -228,13 +229,13 @@ def tiles_for_work(records, only_kept=True):
 
 # --- the dataset card ------------------------------------------------------------------
 
-def read_card(root):
+def read_card(root) -> dict:
     """The dataset card (dataset.json) of the folder ``root``; {} when it has none."""
     card = read_json(DatasetPaths(root).card, "DATASET: the dataset card")
     return {} if card is None else card
 
 
-def update_card(root, **sections):
+def update_card(root, **sections) -> dict:
     """Merge top-level sections into dataset.json and rewrite dataset.md (both atomically).
 
     Deterministic: no timestamps, sorted keys, so re-running a step gives the same card.
@@ -251,7 +252,7 @@ def update_card(root, **sections):
     return card
 
 
-def card_markdown(card):
+def card_markdown(card) -> str:
     """A short human-readable rendering of the card."""
     lines = ["# Dataset card", "", "Written by GullySeg; the machine-readable version is dataset.json.", ""]
     for section in sorted(k for k in card if k != "gullyseg_version"):
@@ -282,15 +283,15 @@ class TileGrid:
         self.nodata_frac = nodata_frac or 0.0
 
     @property
-    def bounds(self):
+    def bounds(self) -> tuple:
         return windows.bounds_of(self.geotransform, 0, 0, self.width, self.height)
 
-    def to_pixel(self):
+    def to_pixel(self) -> Callable[[float, float], tuple]:
         """(x, y) map coordinates -> (col, row), computed as GDAL's rasterizer does."""
         return windows.to_pixel(self.geotransform)
 
 
-def tile_grid(rec, paths, index_crs):
+def tile_grid(rec, paths, index_crs) -> "TileGrid":
     """The grid of an index record: from its GeoTIFF (exact) when present, else from the index."""
     image = paths.abs(rec.get("image_tif") or "")
     if image and os.path.exists(image):
@@ -313,14 +314,14 @@ def tile_grid(rec, paths, index_crs):
                     rec.get("nodata_frac"))
 
 
-def index_paths(index_path):
+def index_paths(index_path) -> tuple:
     """(index path, DatasetPaths) of an existing tile index, or an error naming TILES."""
     if not index_path or not os.path.exists(str(index_path)):
         raise GullySegError(f"TILES: tile index '{index_path}' does not exist.")
     return str(index_path), DatasetPaths.from_index(index_path)
 
 
-def rel_or_abs(paths, path):
+def rel_or_abs(paths, path) -> str:
     """``path`` relative to the dataset folder when inside it, else absolute ('/' separators)."""
     rel = paths.rel(path)
     return rel if not rel.startswith("..") else os.path.abspath(path).replace(os.sep, "/")
@@ -344,21 +345,21 @@ class TileSample:
         self.labelled = 0
 
     @property
-    def gully_share(self):
+    def gully_share(self) -> float:
         return self.gully / self.labelled if self.labelled else 0.0
 
 
-def existing(paths, relative):
+def existing(paths, relative) -> bool:
     return bool(relative) and os.path.isfile(paths.abs(relative))
 
 
-def listing(names):
+def listing(names) -> str:
     shown = ", ".join(names[:MAX_LISTED])
     more = f" and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else ""
     return f"{shown}{more}"
 
 
-def collect_tiles(root, what="DATASET"):
+def collect_tiles(root, what="DATASET") -> tuple:
     """Read the index and return ``(paths, records, tiles)`` for the tiles the steps work on.
 
     The kept tiles once anything is kept, else all tiles (``tiles_for_work``). A tile's
@@ -408,7 +409,7 @@ def collect_tiles(root, what="DATASET"):
     return paths, records, tiles
 
 
-def ignore_value(card):
+def ignore_value(card) -> int:
     """The mask ignore value recorded in the card by the label step (any 'ignore_value' key), else 255."""
     stack = [card]
     while stack:
@@ -423,7 +424,7 @@ def ignore_value(card):
 
 # --- manifests (split.json, augment.json) and side files ----------------------------------
 
-def read_json(path, what):
+def read_json(path, what) -> Any:
     """The JSON document at ``path`` (None when there is none); a broken one is an error naming it."""
     if not os.path.exists(path):
         return None
@@ -434,7 +435,7 @@ def read_json(path, what):
         raise GullySegError(f"{what}: cannot read '{path}': {exc}") from None
 
 
-def write_json(path, data, overwrite=True, what="manifest", indent=1, sort_keys=True):
+def write_json(path, data, overwrite=True, what="manifest", indent=1, sort_keys=True) -> None:
     """Write ``data`` as indented JSON (sorted keys unless ``sort_keys`` is false) through
     ``gdalio.atomic_output``."""
     with gdalio.atomic_output(path, overwrite=overwrite, what=what) as tmp:
@@ -443,7 +444,7 @@ def write_json(path, data, overwrite=True, what="manifest", indent=1, sort_keys=
             handle.write("\n")
 
 
-def read_variants(paths, tile_ids):
+def read_variants(paths, tile_ids) -> dict:
     """Variants of ``augment.json`` whose source is one of ``tile_ids`` and whose files exist."""
     manifest = read_json(os.path.join(paths.root, AUGMENT_MANIFEST), "DATASET") or {}
     out = {}
@@ -453,7 +454,7 @@ def read_variants(paths, tile_ids):
     return out
 
 
-def set_variant_splits(paths, split_of_tile):
+def set_variant_splits(paths, split_of_tile) -> None:
     """Keep the 'split' of every variant in augment.json equal to its source tile's split."""
     path = os.path.join(paths.root, AUGMENT_MANIFEST)
     manifest = read_json(path, "DATASET")
@@ -469,7 +470,7 @@ def set_variant_splits(paths, split_of_tile):
         write_json(path, manifest, what=AUGMENT_MANIFEST)
 
 
-def side_files(src_abs):
+def side_files(src_abs) -> list:
     """(source side file, suffix to put after the destination stem) pairs that exist."""
     found = []
     for suffix in SIDE_SUFFIXES:

@@ -22,6 +22,7 @@ import math
 import os
 import uuid
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 from osgeo import gdal, ogr
@@ -73,7 +74,7 @@ class Problem:
     shape_index: object = None  # 0-based index of the shape (or feature) in its file; None: the whole file
     tile_id: str = ""
 
-    def as_dict(self):
+    def as_dict(self) -> dict:
         return {
             "file": self.file,
             "tile_id": self.tile_id,
@@ -119,32 +120,32 @@ class ClassMap:
     def __contains__(self, label):
         return label in self.values
 
-    def value(self, label):
+    def value(self, label) -> int:
         return self.values[label]
 
     @property
-    def classes(self):
+    def classes(self) -> dict:
         """{label: value} of the real classes (not background, not ignored)."""
         return {k: v for k, v in self.values.items() if v not in (0, self.ignore_value)}
 
-    def foreground_values(self):
+    def foreground_values(self) -> list:
         """Values counted by ``gully_frac``: the class 'gully' if mapped, else every class."""
         if "gully" in self.values and self.values["gully"] not in (0, self.ignore_value):
             return [self.values["gully"]]
         return sorted(set(self.classes.values()))
 
-    def first_class(self):
+    def first_class(self) -> tuple:
         """(label, value) of the first real class, used for polygons without a class field."""
         for label, value in self.values.items():
             if value not in (0, self.ignore_value):
                 return label, value
         raise GullySegError(f"{self.source}: the class map has no class besides background and ignore.")
 
-    def as_dict(self):
+    def as_dict(self) -> dict:
         return dict(sorted(self.values.items(), key=lambda kv: (kv[1], kv[0])))
 
 
-def read_labels_txt(path, ignore_value=DEFAULT_IGNORE_VALUE):
+def read_labels_txt(path, ignore_value=DEFAULT_IGNORE_VALUE) -> "ClassMap":
     """A Labelme labels.txt: ``__ignore__`` (-1 -> ignore), ``_background_`` (0), classes 1..n."""
     try:
         with open(path, encoding="utf-8") as handle:
@@ -170,7 +171,7 @@ def read_labels_txt(path, ignore_value=DEFAULT_IGNORE_VALUE):
     return ClassMap(values, ignore_value, source=f"CLASSES ({os.path.basename(path)})")
 
 
-def parse_class_map(text, ignore_value=DEFAULT_IGNORE_VALUE):
+def parse_class_map(text, ignore_value=DEFAULT_IGNORE_VALUE) -> "ClassMap":
     """``'gully=1, dam_land=2, cloud=ignore'`` or the path of a labels.txt -> ClassMap."""
     text = (text or "").strip()
     if not text:
@@ -203,7 +204,7 @@ def parse_class_map(text, ignore_value=DEFAULT_IGNORE_VALUE):
 
 parse_classes = parse_class_map  # the earlier name (metrics.parse_class_names parses class *names*)
 
-def write_labels_txt(path, labels):
+def write_labels_txt(path, labels) -> None:
     """labels.txt in Labelme's convention: __ignore__, _background_, then the classes."""
     names = [IGNORE_LABEL, BACKGROUND_LABEL] + [n for n in labels if n not in (IGNORE_LABEL, BACKGROUND_LABEL)]
     with open(path, "w", encoding="utf-8") as handle:
@@ -231,7 +232,7 @@ class LabelmeDoc:
     version: str = ""
 
 
-def read_labelme(path, problems):
+def read_labelme(path, problems) -> Optional["LabelmeDoc"]:
     """Parse a Labelme JSON. Returns a LabelmeDoc, or None after adding an ERROR to ``problems``."""
     try:
         with open(path, "rb") as handle:
@@ -295,13 +296,13 @@ def _segments(radius, tolerance=CIRCLE_TOLERANCE):
     return int(min(4096, max(16, math.ceil(n))))
 
 
-def circle_polygon(cx, cy, radius):
+def circle_polygon(cx, cy, radius) -> ogr.Geometry:
     n = _segments(radius)
     angles = [2.0 * math.pi * k / n for k in range(n)]
     return ring_polygon([(cx + radius * math.cos(a), cy + radius * math.sin(a)) for a in angles])
 
 
-def decode_mask_png(b64):
+def decode_mask_png(b64) -> np.ndarray:
     """A Labelme mask (base64 PNG) -> bool array (rows, cols), decoded by GDAL via /vsimem."""
     try:
         raw = base64.b64decode(b64, validate=False)
@@ -339,7 +340,7 @@ class BurnItem:
 
 
 def shape_items(doc, width, height, classes, line_width, point_radius, problems, tile_id="",
-                unknown_labels="error"):
+                unknown_labels="error") -> tuple:
     """Turn a LabelmeDoc's shapes into BurnItems (pixel space) in file order, reporting problems.
 
     Returns (items, ok): ``ok`` is False when the file has an ERROR (it must then not be burnt).
