@@ -111,7 +111,8 @@ def write_index(path, crs_wkt, records, overwrite=False, extra_fields=None):
     """
     fields = dict(INDEX_FIELDS)
     fields.update(extra_fields or {})
-    with gdalio.atomic_output(path, overwrite=overwrite, what="OUTPUT_INDEX") as tmp:
+    with gdalio.atomic_output(path, overwrite=overwrite, what="OUTPUT_INDEX") as tmp, \
+            gdalio.checked_write(path, "OUTPUT_INDEX"):
         drv = ogr.GetDriverByName("GPKG")
         ds = drv.CreateDataSource(tmp)
         srs = osr.SpatialReference()
@@ -185,6 +186,15 @@ def update_index(path, updates):
     """Set fields of tiles: ``updates`` is {tile_id: {field: value}}. Adds missing fields."""
     if not updates:
         return 0
+    try:
+        return _update_index(path, updates)
+    except RuntimeError as exc:  # read-only file or folder, a locked database, a full disk
+        raise GullySegError(f"TILES: cannot update the tile index '{path}': {exc}") from None
+
+
+def _update_index(path, updates):
+    if not os.access(str(path), os.W_OK):
+        raise GullySegError(f"TILES: the tile index '{path}' is read-only; nothing was changed.")
     ds, layer = _open_index(path, update=True)
     defn = layer.GetLayerDefn()
     existing = {defn.GetFieldDefn(i).GetName() for i in range(defn.GetFieldCount())}

@@ -15,6 +15,7 @@ x right, y down, pixel-corner origin), polygons in map space on the tile's geore
 grid; both on the same array.
 """
 
+import contextlib
 import csv
 import json
 import math
@@ -33,6 +34,7 @@ PIXEL_GT = (0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 BURN_FIELD = "burn"
 REPORT_FIELDS = ["file", "tile_id", "shape_index", "severity", "problem"]
 MAX_LOGGED_PROBLEMS = 200
+_MASK_SIDES = [".tif.aux.xml", ".tif.msk"]  # the only side files a mask may get
 
 
 def _pixel_srs():
@@ -434,43 +436,50 @@ def rasterize_labels(index_path, labelme_dir=None, vector=None, vector_crs=None,
         )
 
     # 5. Burn and write ----------------------------------------------------------------------
-    os.makedirs(output_dir, exist_ok=True)
+    gdalio.make_folder(output_dir, "OUTPUT_DIR")
+    gdalio.remove_stale_partials(output_dir)  # left by a killed run (kill -9)
     fg_values = np.array(classes.foreground_values() or [1], dtype=np.uint8)
     updates = {}
     ignore = classes.ignore_value
-    for k, tid in enumerate(targets):
-        feedback.check_cancelled()
-        feedback.progress(30.0 + 68.0 * k / len(targets))
-        grid = grids.get(tid) or tile_grid(tiles_by_id[tid], paths, index_crs)
-        ds = _mem_raster(grid.width, grid.height, grid.geotransform, grid.crs_wkt)
-        if layer is not None:
-            layer.burn(ds, all_touched, grid.bounds)
-        json_path = None
-        if tid in per_tile:
-            json_path, items = per_tile[tid]
-            burn_items(ds, items, all_touched)
-        arr = ds.GetRasterBand(1).ReadAsArray()
-        if ignore_nodata and grid.nodata_frac > 0 and grid.image and os.path.exists(grid.image):
-            img = gdal.Open(grid.image)
-            if (img.RasterXSize, img.RasterYSize) == (grid.width, grid.height):
-                valid = gdalio.valid_mask(img, 0, 0, grid.width, grid.height)
-                arr[~valid] = ignore
-                ds.GetRasterBand(1).WriteArray(arr)
-            img = None
-        labelled = int(np.count_nonzero(arr != ignore))
-        frac = float(np.count_nonzero(np.isin(arr, fg_values))) / labelled if labelled else 0.0
-        with gdalio.atomic_output(masks[tid], overwrite=overwrite, what="OUTPUT_DIR") as tmp:
-            out = gdalio.create_raster(tmp, grid.width, grid.height, 1, gdal.GDT_Byte, grid.geotransform,
-                                       grid.crs_wkt, nodata=ignore, options=gdalio.GTIFF_SMALL)
-            out.GetRasterBand(1).WriteArray(arr)
-            out = None
-        ds = None
-        values = {"gully_frac": round(frac, 6), "mask": _rel_or_abs(paths, masks[tid])}
-        if json_path:
-            values["labelme"] = _rel_or_abs(paths, json_path)
-        updates[tid] = values
+    # Masks stay under hidden temporary names until the index has been updated: a failed update
+    # (read-only or locked index, full disk) removes them again, so no mask is orphaned.
+    with contextlib.ExitStack() as stack:
+        for k, tid in enumerate(targets):
+            feedback.check_cancelled()
+            feedback.progress(30.0 + 68.0 * k / len(targets))
+            grid = grids.get(tid) or tile_grid(tiles_by_id[tid], paths, index_crs)
+            ds = _mem_raster(grid.width, grid.height, grid.geotransform, grid.crs_wkt)
+            if layer is not None:
+                layer.burn(ds, all_touched, grid.bounds)
+            json_path = None
+            if tid in per_tile:
+                json_path, items = per_tile[tid]
+                burn_items(ds, items, all_touched)
+            arr = ds.GetRasterBand(1).ReadAsArray()
+            if ignore_nodata and grid.nodata_frac > 0 and grid.image and os.path.exists(grid.image):
+                img = gdal.Open(grid.image)
+                if (img.RasterXSize, img.RasterYSize) == (grid.width, grid.height):
+                    valid = gdalio.valid_mask(img, 0, 0, grid.width, grid.height)
+                    arr[~valid] = ignore
+                    ds.GetRasterBand(1).WriteArray(arr)
+                img = None
+            labelled = int(np.count_nonzero(arr != ignore))
+            frac = float(np.count_nonzero(np.isin(arr, fg_values))) / labelled if labelled else 0.0
+            tmp = stack.enter_context(gdalio.atomic_output(masks[tid], overwrite=overwrite, what="OUTPUT_DIR",
+                                                          side_suffixes=_MASK_SIDES))
+            with gdalio.checked_write(masks[tid], "OUTPUT_DIR"):
+                out = gdalio.create_raster(tmp, grid.width, grid.height, 1, gdal.GDT_Byte, grid.geotransform,
+                                           grid.crs_wkt, nodata=ignore, options=gdalio.GTIFF_SMALL)
+                out.GetRasterBand(1).WriteArray(arr)
+                out.FlushCache()
+                out = None
+            ds = None
+            values = {"gully_frac": round(frac, 6), "mask": _rel_or_abs(paths, masks[tid])}
+            if json_path:
+                values["labelme"] = _rel_or_abs(paths, json_path)
+            updates[tid] = values
 
-    dataset.update_index(index_path, updates)
+        dataset.update_index(index_path, updates)
     card_labels = {
         "classes": classes.as_dict(),
         "ignore_value": ignore,

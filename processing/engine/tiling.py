@@ -256,14 +256,16 @@ def _to_byte(arr, bands, stretch, valid):
 def _write_gtiff(path, arr, gdal_type, geotransform, crs_wkt, nodata, mask, overwrite):
     bands, height, width = arr.shape
     with gdalio.atomic_output(path, overwrite=overwrite, what="OUTPUT_DIR", side_suffixes=_TIF_SIDES) as tmp:
-        ds = gdalio.create_raster(tmp, width, height, bands, gdal_type, geotransform, crs_wkt,
-                                  nodata=nodata, options=TILE_GTIFF_OPTIONS)
-        ds.WriteRaster(0, 0, width, height, np.ascontiguousarray(arr),
-                       width, height, gdal_type, list(range(1, bands + 1)))
-        if mask is not None:
-            ds.CreateMaskBand(gdal.GMF_PER_DATASET)
-            ds.GetRasterBand(1).GetMaskBand().WriteArray(mask.astype(np.uint8) * 255)
-        ds = None
+        with gdalio.checked_write(path, "OUTPUT_DIR"):
+            ds = gdalio.create_raster(tmp, width, height, bands, gdal_type, geotransform, crs_wkt,
+                                      nodata=nodata, options=TILE_GTIFF_OPTIONS)
+            ds.WriteRaster(0, 0, width, height, np.ascontiguousarray(arr),
+                           width, height, gdal_type, list(range(1, bands + 1)))
+            if mask is not None:
+                ds.CreateMaskBand(gdal.GMF_PER_DATASET)
+                ds.GetRasterBand(1).GetMaskBand().WriteArray(mask.astype(np.uint8) * 255)
+            ds.FlushCache()
+            ds = None
 
 
 def _world_file_text(gt):
@@ -291,10 +293,12 @@ def _write_jpeg(path, rgb, geotransform, crs_wkt, overwrite):
         if bands == 3:
             for i, ci in enumerate((gdal.GCI_RedBand, gdal.GCI_GreenBand, gdal.GCI_BlueBand)):
                 mem.GetRasterBand(i + 1).SetColorInterpretation(ci)
-        out = _JPEG.CreateCopy(tmp, mem, 0, [f"QUALITY={JPEG_QUALITY}"])
-        if out is None:
-            raise GullySegError(f"OUTPUT_DIR: GDAL could not write the JPEG tile '{path}'.")
-        out = None
+        with gdalio.checked_write(path, "OUTPUT_DIR"):
+            out = _JPEG.CreateCopy(tmp, mem, 0, [f"QUALITY={JPEG_QUALITY}"])
+            if out is None:
+                raise GullySegError(f"OUTPUT_DIR: GDAL could not write the JPEG tile '{path}'.")
+            out.FlushCache()
+            out = None
         mem = None
         with open(os.path.splitext(tmp)[0] + ".jgw", "w", encoding="ascii") as handle:
             handle.write(_world_file_text(geotransform))
