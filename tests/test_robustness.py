@@ -13,7 +13,8 @@ import subprocess
 import pytest
 
 from gullyseg.processing.engine import dataset, labelme, rasterize, tiling
-from gullyseg.processing.engine.errors import GullySegError
+from gullyseg.processing.engine.errors import Cancelled, GullySegError
+from gullyseg.processing.engine.feedback import RecordingFeedback
 
 
 @pytest.fixture
@@ -117,3 +118,57 @@ def test_locked_index_leaves_no_orphan_masks(index):
     masks = os.path.join(root, "masks")
     assert not os.path.isdir(masks) or os.listdir(masks) == []
     assert all(not r.get("mask") for r in dataset.read_index(index)[0])
+
+
+# --- 2. a failed or cancelled OVERWRITE leaves the earlier dataset untouched -----------------
+
+def _snapshot(root):
+    files = {}
+    for base, _, names in os.walk(root):
+        for n in names:
+            full = os.path.join(base, n)
+            files[os.path.relpath(full, root)] = open(full, "rb").read()
+    return files
+
+
+def _screened_dataset(scene, tmp_path):
+    index = tiling.grid_tiles(str(scene), str(tmp_path / "ds"), tile_size=256).index_path
+    ids = tile_ids(index)
+    dataset.update_index(index, {ids[0]: {"status": dataset.STATUS_KEEP}, ids[1]: {"status": dataset.STATUS_REJECT}})
+    return index, _snapshot(os.path.dirname(index))
+
+
+def test_failed_overwrite_keeps_the_old_dataset(scene, tmp_path, monkeypatch):
+    index, before = _screened_dataset(scene, tmp_path)
+    calls = []
+    real = tiling._write_jpeg
+
+    def failing(*args):
+        calls.append(1)
+        if len(calls) == 5:
+            raise GullySegError("OUTPUT_DIR: No space left on device (forced)")
+        return real(*args)
+
+    monkeypatch.setattr(tiling, "_write_jpeg", failing)
+    with pytest.raises(GullySegError, match="No space left"):
+        tiling.grid_tiles(str(scene), os.path.dirname(index), tile_size=128, overwrite=True)
+    assert _snapshot(os.path.dirname(index)) == before  # screening decisions, tiles, card: all as they were
+    statuses = {r["status"] for r in dataset.read_index(index)[0]}
+    assert {dataset.STATUS_KEEP, dataset.STATUS_REJECT} <= statuses
+
+
+def test_cancelled_overwrite_keeps_the_old_dataset(scene, tmp_path):
+    index, before = _screened_dataset(scene, tmp_path)
+    with pytest.raises(Cancelled):
+        tiling.grid_tiles(str(scene), os.path.dirname(index), tile_size=128, overwrite=True,
+                          feedback=RecordingFeedback(cancel_after=3))
+    assert _snapshot(os.path.dirname(index)) == before
+
+
+def test_successful_overwrite_replaces_and_leaves_no_staging(scene, tmp_path):
+    index, _ = _screened_dataset(scene, tmp_path)
+    result = tiling.grid_tiles(str(scene), os.path.dirname(index), tile_size=128, overwrite=True)
+    assert result.tile_count == 16 and len(tile_ids(index)) == 16
+    assert {r["status"] for r in dataset.read_index(index)[0]} == {dataset.STATUS_UNSCREENED}
+    names = os.listdir(os.path.join(os.path.dirname(index), "images"))
+    assert len([n for n in names if n.endswith(".tif")]) == 16 and leftovers(os.path.dirname(index)) == []

@@ -20,6 +20,8 @@ import contextlib
 import math
 import os
 import re
+import shutil
+import uuid
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
@@ -353,6 +355,75 @@ def _owned_files(root, index_path):
     return sorted(set(owned))
 
 
+_STAGING_PREFIX = ".gullyseg-staging-"  # a new dataset being built beside the old one (OVERWRITE)
+_OLD_PREFIX = ".gullyseg-old-"  # the old files, moved aside during the swap
+_STAGED_INDEX = ".staged-"
+_LEFTOVER = re.compile(r"^\.gullyseg-(staging|old)-[0-9a-f]{8}$")
+
+
+def _remove_leftovers(root, feedback):
+    """Remove what a killed run (kill -9) left: staging folders and hidden temporaries."""
+    if not os.path.isdir(root):
+        return
+    removed = 0
+    for entry in os.scandir(root):
+        if _LEFTOVER.match(entry.name) and entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed += 1
+        elif _STAGED_INDEX in entry.name and entry.name.startswith(".") and entry.is_file(follow_symlinks=False):
+            gdalio.remove_with_side_files(entry.path)
+            removed += 1
+    removed += gdalio.remove_stale_partials(root)
+    images = dataset.DatasetPaths(root).images
+    if os.path.isdir(images):
+        removed += gdalio.remove_stale_partials(images)
+    if removed:
+        feedback.info(f"OUTPUT_DIR: removed {removed} leftover(s) of an interrupted earlier run in '{root}'.")
+
+
+def _swap_in(root, index_path, input_path, staging, staged_index, feedback):
+    """Replace the old tiles and index by the staged ones; the index last, in one rename."""
+    paths = dataset.DatasetPaths(root)
+    old_files = [p for p in _owned_files(root, index_path)
+                 if os.path.abspath(p) != os.path.abspath(input_path)
+                 and os.path.dirname(os.path.abspath(p)) == paths.images]
+    aside = os.path.join(root, f"{_OLD_PREFIX}{uuid.uuid4().hex[:8]}")
+    os.makedirs(aside)
+    moved = []
+    try:
+        for p in old_files:
+            os.replace(p, os.path.join(aside, os.path.basename(p)))
+            moved.append(p)
+        new_images = os.path.join(staging, dataset.IMAGES_DIR)
+        for name in os.listdir(new_images):
+            os.replace(os.path.join(new_images, name), os.path.join(paths.images, name))
+    except OSError as exc:  # put the old tiles back
+        for p in moved:
+            with contextlib.suppress(OSError):
+                os.replace(os.path.join(aside, os.path.basename(p)), p)
+        shutil.rmtree(aside, ignore_errors=True)
+        raise GullySegError(f"OUTPUT_DIR: could not swap the new tiles into '{paths.images}': {exc}") from None
+    for side in ("-journal", "-wal", "-shm", ".aux.xml"):  # the old index's SQLite files must not outlive it
+        _remove(index_path + side)
+    os.replace(staged_index, index_path)
+    stale = [paths.card, paths.card_md]  # rebuilt by this run (update_card) rather than merged
+    if os.path.abspath(paths.index) != os.path.abspath(index_path):
+        stale += [paths.index + s for s in ("", "-journal", "-wal", "-shm", ".aux.xml")]
+    for p in stale:
+        _remove(p)
+    shutil.rmtree(aside, ignore_errors=True)
+    shutil.rmtree(staging, ignore_errors=True)
+    if old_files:
+        feedback.info(f"OVERWRITE: replaced {len(old_files)} file(s) of the earlier run in '{root}'.")
+    kept = [d for d in (dataset.MASKS_DIR, dataset.LABELME_DIR) if os.path.isdir(os.path.join(root, d))
+            and os.listdir(os.path.join(root, d))]
+    if kept:
+        feedback.warn(
+            f"OVERWRITE: kept {', '.join(d + '/' for d in kept)} in '{root}' (annotations and masks are "
+            "never deleted); they match the new tiles only if the grid is unchanged."
+        )
+
+
 def _check_output(root, index_path, overwrite, input_path):
     """Refuse a non-empty dataset folder or an existing index unless ``overwrite``."""
     if os.path.exists(root) and not os.path.isdir(root):
@@ -484,8 +555,18 @@ def grid_tiles(input_path, output_dir, tile_size=DEFAULT_TILE_SIZE, stride=0, ed
     index_path = os.path.abspath(str(output_index)) if output_index else paths.index
     if not index_path.lower().endswith(".gpkg"):
         raise GullySegError(f"OUTPUT_INDEX: '{index_path}' must be a GeoPackage (.gpkg).")
+    _remove_leftovers(root, feedback)
     _check_output(root, index_path, overwrite, input_path)
     created = [d for d in (root, paths.images) if not os.path.exists(d)]
+    # OVERWRITE builds the new tiles and index beside the old ones (a hidden staging folder) and
+    # swaps them in only when everything is written: a failure or cancel leaves the old dataset
+    # (index.gpkg with its screening decisions) as it was.
+    staging = None
+    if overwrite and _owned_files(root, index_path):
+        staging = os.path.join(root, f"{_STAGING_PREFIX}{uuid.uuid4().hex[:8]}")
+    images_dir = os.path.join(staging, dataset.IMAGES_DIR) if staging else paths.images
+    write_index_path = (os.path.join(os.path.dirname(index_path), f".{os.path.basename(index_path)}"
+                                     f"{_STAGED_INDEX}{uuid.uuid4().hex[:8]}.gpkg") if staging else index_path)
     scene = scene_name or scene_name_from_path(input_path)
 
     # the grid, the AOI ------------------------------------------------------------------
@@ -524,22 +605,7 @@ def grid_tiles(input_path, output_dir, tile_size=DEFAULT_TILE_SIZE, stride=0, ed
             )
     feedback.check_cancelled()
 
-    # replace an earlier run (only the files this step owns) -------------------------------
-    if overwrite:
-        old = [p for p in _owned_files(root, index_path) if os.path.abspath(p) != os.path.abspath(input_path)]
-        for p in old:
-            _remove(p)
-        if old:
-            feedback.info(f"OVERWRITE: removed {len(old)} file(s) of the earlier run in '{root}'.")
-        kept = [d for d in (dataset.MASKS_DIR, dataset.LABELME_DIR) if os.path.isdir(os.path.join(root, d))
-                and os.listdir(os.path.join(root, d))]
-        if kept:
-            feedback.warn(
-                f"OVERWRITE: kept {', '.join(d + '/' for d in kept)} in '{root}' (annotations and masks are "
-                "never deleted); they match the new tiles only if the grid is unchanged."
-            )
-    os.makedirs(paths.images, exist_ok=True)
-
+    gdalio.make_folder(images_dir, "OUTPUT_DIR")
     # cut --------------------------------------------------------------------------------
     progress = feedback.scaled(share_stretch, 99.0)
     records, written = [], []
@@ -602,28 +668,34 @@ def grid_tiles(input_path, output_dir, tile_size=DEFAULT_TILE_SIZE, stride=0, ed
                     "bounds": win.bounds(gt),
                 }
                 if "tif" in formats:
-                    path = os.path.join(paths.images, tid + ".tif")
+                    path = os.path.join(images_dir, tid + ".tif")
                     mask = valid if (mask_tiles and valid is not None and not valid.all()) else None
                     written.append(path)
                     writer.submit(_write_gtiff, path, arr, info.gdal_type, tile_gt, info.crs_wkt, tile_nodata,
                                   mask, overwrite)
-                    rec["image_tif"] = paths.rel(path)
+                    rec["image_tif"] = paths.rel(os.path.join(paths.images, tid + ".tif"))
                 if "jpg" in formats:
-                    path = os.path.join(paths.images, tid + ".jpg")
+                    path = os.path.join(images_dir, tid + ".jpg")
                     written.append(path)
                     writer.submit(_write_jpeg, path, _to_byte(arr, bands_rgb, stretch, valid), tile_gt,
                                   info.crs_wkt, overwrite)
-                    rec["image_jpg"] = paths.rel(path)
+                    rec["image_jpg"] = paths.rel(os.path.join(paths.images, tid + ".jpg"))
                 records.append(rec)
             progress.progress(100.0 * (n + 1) / len(by_row))
         writer.finish()
         feedback.check_cancelled()
         if not records:
             feedback.warn("No tile was written: every tile exceeded MAX_NODATA or lay outside the AOI.")
-        dataset.write_index(index_path, info.crs_wkt, records, overwrite=True)
+        dataset.write_index(write_index_path, info.crs_wkt, records, overwrite=True)
+        if staging:
+            feedback.check_cancelled()
+            _swap_in(root, index_path, input_path, staging, write_index_path, feedback)
     except BaseException as exc:
         writer.abort()  # waits for the tiles being written, so none is renamed into place later
-        for path in written:
+        if staging:
+            shutil.rmtree(staging, ignore_errors=True)
+            gdalio.remove_with_side_files(write_index_path)
+        for path in [] if staging else written:
             stem = os.path.splitext(path)[0]
             for side in [path] + [stem + suffix for suffix in (_TIF_SIDES + _JPG_SIDES)]:
                 _remove(side)
@@ -631,7 +703,8 @@ def grid_tiles(input_path, output_dir, tile_size=DEFAULT_TILE_SIZE, stride=0, ed
             with contextlib.suppress(OSError):
                 os.rmdir(folder)
         if isinstance(exc, Cancelled):
-            feedback.warn(f"Cancelled: removed the {len(written)} tile file(s) written so far; no index was written.")
+            feedback.warn(f"Cancelled: removed the {len(written)} tile file(s) written so far; no index was written"
+                          + ("; the earlier dataset is unchanged." if staging else "."))
         raise
     finally:
         ds = None
