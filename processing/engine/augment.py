@@ -192,7 +192,7 @@ def radiometric_range(paths, tiles, ext, feedback):
 def apply_radiometric(array, steps, lo, hi, nodata, valid, alpha):
     """Radiometric steps on (bands, rows, cols); returns (new array, contrast means used per step).
 
-    nodata: per band (None where unset); valid: bool (rows, cols) from mask bands; alpha: per band
+    nodata: per band (None where unset); valid: bool (rows, cols) from ``gdalio.Validity``; alpha: per band
     flags (alpha bands are never changed).
     """
     out = array.astype(np.float64)
@@ -202,9 +202,7 @@ def apply_radiometric(array, steps, lo, hi, nodata, valid, alpha):
         if alpha[b]:
             keep[b] = True
             continue
-        keep[b] = ~valid
-        if nodata[b] is not None:
-            keep[b] |= array[b] == nodata[b]
+        keep[b] = ~valid  # gdalio.Validity: nodata values, NaN, mask bands
     means = []
     for step in steps:
         op = step["op"]

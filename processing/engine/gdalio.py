@@ -2,6 +2,7 @@
 
 import contextlib
 import glob
+import math
 import os
 import re
 import uuid
@@ -142,17 +143,108 @@ def read_window(ds, x_off, y_off, width, height, bands=None):
     return ds.ReadAsArray(x_off, y_off, width, height, band_list=bands).reshape(len(bands), height, width)
 
 
+def representable(value, dtype):
+    """True when ``value`` is a value pixels of ``dtype`` can take (any value for float types)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        return True
+    limits = np.iinfo(dtype)
+    return float(value).is_integer() and limits.min <= value <= limits.max
+
+
+class Validity:
+    """The one rule for which pixels of a raster hold data; every engine module uses it.
+
+    A pixel is valid where every used band has data:
+
+    * not equal to the band's nodata value (a value no pixel of the band's type can take marks
+      nothing; a NaN nodata value is covered by the next rule);
+    * finite, for floating-point bands: NaN (and infinity) is nodata whether or not a nodata
+      value is declared;
+    * set in the band's mask band or the dataset's mask (``.msk``, internal mask, alpha band);
+      a per-dataset mask is read once.
+
+    ``bands`` is a 1-based list (default all). ``nodata_values=False`` leaves the nodata values out
+    (a caller with its own rule for them, e.g. evaluation, where a nodata value inside the class
+    range is a class). The same rule as inference's reader (``inference._validity``).
+    """
+
+    def __init__(self, ds, bands=None, nodata_values=True):
+        self.ds = ds
+        self.bands = list(bands or range(1, ds.RasterCount + 1))
+        objs = [ds.GetRasterBand(b) for b in self.bands]
+        self.nodata = [b.GetNoDataValue() for b in objs]
+        self.flags = [b.GetMaskFlags() for b in objs]
+        self.dtypes = [np.dtype(gdal_array.GDALTypeCodeToNumericTypeCode(b.DataType)) for b in objs]
+        self.floating = [d.kind == "f" for d in self.dtypes]
+        self.by_value = [
+            nodata_values and nd is not None and not math.isnan(nd) and representable(nd, dt)
+            for nd, dt in zip(self.nodata, self.dtypes)
+        ]
+        self.mask_bands = []  # positions in ``bands`` whose mask band must be read
+        per_dataset = False
+        for i, flags in enumerate(self.flags):
+            if flags & gdal.GMF_ALL_VALID or flags == gdal.GMF_NODATA:
+                continue
+            if flags & gdal.GMF_PER_DATASET:
+                if per_dataset:
+                    continue
+                per_dataset = True
+            self.mask_bands.append(i)
+        self.alpha = any(f & gdal.GMF_ALPHA for f in self.flags)
+        self.has_nodata_value = any(nd is not None for nd in self.nodata)
+        self.all_valid = not any(self.by_value) and not any(self.floating) and not self.mask_bands
+
+    def valid(self, raw, x_off, y_off, width, height):
+        """Boolean (height, width) for ``raw`` = the used bands of that window; None when all valid.
+
+        ``raw`` is (len(bands), height, width) as read by ``read_window(ds, ..., bands)``; it may be
+        None when no band needs its values (no nodata value, no float band).
+        """
+        if self.all_valid:
+            return None
+        valid = np.ones((height, width), dtype=bool)
+        for i in range(len(self.bands)):
+            if self.by_value[i]:
+                data = raw[i]
+                valid &= data != data.dtype.type(self.nodata[i])  # a scalar of the data's type: fast
+            if self.floating[i]:
+                valid &= np.isfinite(raw[i])
+        for i in self.mask_bands:
+            valid &= self.ds.GetRasterBand(self.bands[i]).GetMaskBand().ReadAsArray(x_off, y_off, width, height) > 0
+        return valid
+
+    def mask(self, raw, x_off, y_off, width, height):
+        """Like ``valid`` but always an array."""
+        valid = self.valid(raw, x_off, y_off, width, height)
+        return np.ones((height, width), dtype=bool) if valid is None else valid
+
+    def needs_values(self):
+        """True when ``valid`` needs the pixel values (nodata values or float bands)."""
+        return any(self.by_value) or any(self.floating)
+
+    def read_mask(self, x_off, y_off, width, height):
+        """Read what is needed and return the boolean (height, width) validity of a window."""
+        raw = read_window(self.ds, x_off, y_off, width, height, self.bands) if self.needs_values() else None
+        return self.mask(raw, x_off, y_off, width, height)
+
+    def pad_values(self, default=0):
+        """Per band: the nodata value where pixels can take it, else ``default`` (fills padding)."""
+        return [nd if nd is not None and representable(nd, dt) else default
+                for nd, dt in zip(self.nodata, self.dtypes)]
+
+
+def validity(ds, bands, raw, x_off, y_off, width, height):
+    """Boolean (height, width): True where every band of ``bands`` has data (``Validity``'s rule).
+
+    The drop-in form of inference's ``_validity(ds, bands, raw, x, y, w, h)``.
+    """
+    return Validity(ds, bands).mask(raw, x_off, y_off, width, height)
+
+
 def valid_mask(ds, x_off, y_off, width, height):
-    """Boolean (height, width): True where every band has data (nodata value and mask band)."""
-    valid = np.ones((height, width), dtype=bool)
-    for i in range(1, ds.RasterCount + 1):
-        band = ds.GetRasterBand(i)
-        flags = band.GetMaskFlags()
-        if flags & gdal.GMF_ALL_VALID:
-            continue
-        mask = band.GetMaskBand().ReadAsArray(x_off, y_off, width, height)
-        valid &= mask > 0
-    return valid
+    """Boolean (height, width): True where every band has data (``Validity``'s rule)."""
+    return Validity(ds).read_mask(x_off, y_off, width, height)
 
 
 def create_raster(path, width, height, bands, gdal_type, geotransform=None, crs_wkt=None,

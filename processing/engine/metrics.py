@@ -18,7 +18,9 @@ Conventions (stated in every report):
   also left out of the matrix, counted separately as ``prediction_nodata`` and warned about, so a
   model is never rewarded or punished for pixels it was not asked to classify, and the user sees
   how many there were.
-* A declared band nodata value outside the class range is treated like ``ignore_value``.
+* A declared band nodata value outside the class range is treated like ``ignore_value``, and so are
+  the other nodata pixels of ``gdalio.Validity`` (NaN in float rasters, mask bands); a nodata value
+  inside the class range is a class.
 * IoU of class k = TP / (TP + FP + FN). mIoU is the mean of the per-class IoUs over all classes
   (background and gully for the binary case, as in the published numbers); the gully IoU is
   reported separately. A class absent from both the reference and the prediction has an
@@ -250,17 +252,18 @@ class _Accumulator:
         self.cell_nodata = np.zeros((cell_rows, cell_cols), dtype=np.int64)
         self.cell_size = cell_size  # (w, h)
 
-    def add(self, ref, pred, x_off, y_off, ref_extra_ignore, pred_extra_ignore, names):
-        """ref, pred: 2-D integer-like arrays of one window at (x_off, y_off)."""
+    def add(self, ref, pred, x_off, y_off, ref_nodata, pred_nodata, names):
+        """ref, pred: 2-D integer-like arrays of one window at (x_off, y_off); ref_nodata, pred_nodata:
+        boolean arrays of their nodata pixels (``_LabelBand.read``) or None."""
         k = self.k
         ref = _as_labels(ref, names[0])
         pred = _as_labels(pred, names[1])
         ref_ign = ref == self.ignore
-        if ref_extra_ignore is not None:
-            ref_ign |= ref == ref_extra_ignore
+        if ref_nodata is not None:
+            ref_ign |= ref_nodata
         pred_ign = pred == self.ignore
-        if pred_extra_ignore is not None:
-            pred_ign |= pred == pred_extra_ignore
+        if pred_nodata is not None:
+            pred_ign |= pred_nodata
         _check_range(ref, ref_ign, k, self.ignore, names[0], x_off, y_off)
         _check_range(pred, pred_ign, k, self.ignore, names[1], x_off, y_off)
         valid = ~ref_ign & ~pred_ign
@@ -396,6 +399,24 @@ def _extra_ignore(info, n_classes):
     return value if float(value).is_integer() else None
 
 
+class _LabelBand:
+    """Band 1 of a class raster, read with its nodata pixels.
+
+    Nodata is ``gdalio.Validity``'s rule (NaN in float rasters, mask bands, the nodata value),
+    except that a nodata value inside the class range is a class, not nodata (``_extra_ignore``).
+    """
+
+    def __init__(self, ds, info, n_classes):
+        self.band = ds.GetRasterBand(1)
+        self.validity = gdalio.Validity(ds, [1], nodata_values=_extra_ignore(info, n_classes) is not None)
+
+    def read(self, x_off, y_off, width, height):
+        """(values, nodata) of a window; nodata is None when every pixel has data."""
+        values = self.band.ReadAsArray(x_off, y_off, width, height)
+        valid = self.validity.valid(values[None], x_off, y_off, width, height)
+        return values, (None if valid is None else ~valid)
+
+
 def _open(path, what):
     ds = gdalio.open_raster(path, what)
     return ds, gdalio.raster_info(ds, str(path))
@@ -430,14 +451,14 @@ def evaluate_rasters(prediction, reference, classes=None, ignore_value=DEFAULT_I
     win_w = min(tile_size * max(1, read_size // tile_size), cell_cols * tile_size)
     win_h = min(tile_size * max(1, read_size // 2 // tile_size), cell_rows * tile_size)
     windows = list(iter_windows(width, height, (win_w, win_h), edge=EDGE_PAD))
-    extra = (_extra_ignore(ref_info, k), _extra_ignore(pred_info, k))
+    ref_band, pred_band = _LabelBand(ref_ds, ref_info, k), _LabelBand(pred_ds, pred_info, k)
     labels = (f"REFERENCE '{ref_info.path}'", f"PREDICTION '{pred_info.path}'")
     for i, win in enumerate(windows):
         feedback.check_cancelled()
         xa, ya, w, h = win.clip(width, height)
-        ref = ref_ds.GetRasterBand(1).ReadAsArray(xa, ya, w, h)
-        pred = pred_ds.GetRasterBand(1).ReadAsArray(xa, ya, w, h)
-        acc.add(ref, pred, xa, ya, extra[0], extra[1], labels)
+        ref, ref_nodata = ref_band.read(xa, ya, w, h)
+        pred, pred_nodata = pred_band.read(xa, ya, w, h)
+        acc.add(ref, pred, xa, ya, ref_nodata, pred_nodata, labels)
         feedback.progress(100.0 * (i + 1) / len(windows))
     tiles = []
     for r in range(cell_rows):
@@ -559,13 +580,14 @@ def evaluate_folders(prediction_dir, reference_dir, classes=None, ignore_value=D
         ref_ds = gdalio.open_raster(ref_info.path, "REFERENCE_FOLDER")
         w, h = ref_info.width, ref_info.height
         acc = _Accumulator(k, ignore_value, 1, 1, (max(w, 1), max(h, 1)))
-        extra_ign = (_extra_ignore(ref_info, k), _extra_ignore(pred_info, k))
+        ref_band, pred_band = _LabelBand(ref_ds, ref_info, k), _LabelBand(pred_ds, pred_info, k)
         labels = (f"REFERENCE_FOLDER '{ref_info.path}'", f"PREDICTION_FOLDER '{pred_info.path}'")
         for win in iter_windows(w, h, (min(w, 4096), min(h, 1024)), edge=EDGE_PAD):
             feedback.check_cancelled()
             xa, ya, ww, hh = win.clip(w, h)
-            acc.add(ref_ds.GetRasterBand(1).ReadAsArray(xa, ya, ww, hh),
-                    pred_ds.GetRasterBand(1).ReadAsArray(xa, ya, ww, hh), xa, ya, extra_ign[0], extra_ign[1], labels)
+            ref, ref_nodata = ref_band.read(xa, ya, ww, hh)
+            pred, pred_nodata = pred_band.read(xa, ya, ww, hh)
+            acc.add(ref, pred, xa, ya, ref_nodata, pred_nodata, labels)
         total += acc.matrix
         ignored += int(acc.cell_ignored.sum())
         nodata += int(acc.cell_nodata.sum())

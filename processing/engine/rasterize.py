@@ -29,6 +29,7 @@ from . import dataset, gdalio, labelme
 from .errors import GullySegError
 from .feedback import Feedback
 from .labelme import ERROR, WARNING, Problem
+from .stretch import percentile_limits
 
 PIXEL_GT = (0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 BURN_FIELD = "burn"
@@ -554,14 +555,12 @@ def write_tile_jpeg(image_tif, path):
     scale = None
     if src.GetRasterBand(1).DataType != gdal.GDT_Byte:
         scale = []
-        for b in bands:
-            arr = src.GetRasterBand(b).ReadAsArray().astype(float)
-            valid = arr[np.isfinite(arr)]
-            nodata = src.GetRasterBand(b).GetNoDataValue()
-            if nodata is not None:
-                valid = valid[valid != nodata]
-            lo, hi = (np.percentile(valid, [2, 98]) if valid.size else (0.0, 1.0))
-            scale.append([float(lo), float(hi if hi > lo else lo + 1), 0, 255])
+        data = gdalio.read_window(src, 0, 0, src.RasterXSize, src.RasterYSize, bands)
+        valid = gdalio.Validity(src, bands).mask(data, 0, 0, src.RasterXSize, src.RasterYSize)
+        for band in data:
+            values = band[valid]
+            lo, hi = percentile_limits(values) if values.size else (0.0, 1.0)
+            scale.append([lo, hi, 0, 255])
     opts = gdal.TranslateOptions(format="JPEG", bandList=bands, outputType=gdal.GDT_Byte,
                                  scaleParams=scale, creationOptions=["QUALITY=95", "WORLDFILE=NO"])
     gdal.Translate(path, src, options=opts)

@@ -17,7 +17,6 @@ has written are removed again and no index is written, so nothing points at a mi
 """
 
 import contextlib
-import math
 import os
 import re
 import shutil
@@ -29,8 +28,10 @@ import numpy as np
 from osgeo import gdal, ogr
 
 from . import dataset, gdalio, windows
+from . import stretch as _stretch
 from .errors import Cancelled, GullySegError
 from .feedback import Feedback
+from .stretch import STRETCH_PERCENTILES, stretch_to_byte  # noqa: F401 (re-exported)
 
 FORMAT_GTIFF = 0
 FORMAT_JPEG = 1
@@ -39,8 +40,7 @@ FORMAT_NAMES = {FORMAT_GTIFF: ["tif"], FORMAT_JPEG: ["jpg"], FORMAT_BOTH: ["tif"
 
 DEFAULT_TILE_SIZE = 256
 DEFAULT_MAX_NODATA = 0.999
-STRETCH_PERCENTILES = (2.0, 98.0)
-STRETCH_FULL_READ_PIXELS = 16_000_000  # scenes up to this size are read entirely for the stretch
+STRETCH_FULL_READ_PIXELS = _stretch.STRETCH_FULL_READ_PIXELS  # scenes up to this size are read whole
 JPEG_QUALITY = 90
 # GeoTIFF tiles: DEFLATE, one strip per tile (a 256x256 tile is a single block). The benchmark
 # gives gdal_retile.py the same compression so both write the same kind of file.
@@ -110,136 +110,20 @@ def default_jpeg_bands(ds):
 
 # --- nodata ----------------------------------------------------------------------------
 
-class _Validity:
-    """How to tell valid pixels of the scene: nodata values, mask bands, alpha."""
+class _Validity(gdalio.Validity):
+    """The scene's validity (``gdalio.Validity`` over all bands); kept for the name's callers."""
 
-    def __init__(self, ds, info):
-        self.ds = ds
-        self.nodata = list(info.nodata)
-        self.flags = [ds.GetRasterBand(i + 1).GetMaskFlags() for i in range(ds.RasterCount)]
-        self.by_value = [f & gdal.GMF_NODATA and nd is not None for f, nd in zip(self.flags, self.nodata)]
-        self.mask_bands = [
-            i for i, f in enumerate(self.flags) if not (f & gdal.GMF_ALL_VALID) and not (f & gdal.GMF_NODATA)
-        ]
-        self.per_dataset = bool(self.mask_bands) and all(self.flags[i] & gdal.GMF_PER_DATASET for i in self.mask_bands)
-        self.alpha = any(f & gdal.GMF_ALPHA for f in self.flags)
-        self.all_valid = not any(self.by_value) and not self.mask_bands
-        self.has_nodata_value = any(nd is not None for nd in self.nodata)
-
-    def valid(self, arr, x_off, y_off, width, height):
-        """Boolean (height, width) for ``arr`` = all bands of that window; None when all valid."""
-        if self.all_valid:
-            return None
-        valid = np.ones((height, width), dtype=bool)
-        for i, by_value in enumerate(self.by_value):
-            if by_value:
-                nd = self.nodata[i]
-                if isinstance(nd, float) and math.isnan(nd):
-                    valid &= ~np.isnan(arr[i])
-                elif _representable(nd, arr.dtype):
-                    valid &= arr[i] != arr.dtype.type(nd)
-        bands = self.mask_bands[:1] if self.per_dataset else self.mask_bands
-        for i in bands:
-            mask = self.ds.GetRasterBand(i + 1).GetMaskBand().ReadAsArray(x_off, y_off, width, height)
-            valid &= mask > 0
-        return valid
-
-    def pad_values(self, dtype):
-        return [nd if nd is not None and _representable(nd, dtype) else DEFAULT_PAD_VALUE for nd in self.nodata]
+    def __init__(self, ds, info=None):
+        super().__init__(ds)
 
 
-def _representable(value, dtype):
-    dtype = np.dtype(dtype)
-    if dtype.kind == "f":
-        return True
-    info = np.iinfo(dtype)
-    return float(value).is_integer() and info.min <= value <= info.max
-
-
-# --- the stretch for JPEG tiles ------------------------------------------------------------
+# --- the stretch for JPEG tiles (engine/stretch.py) ----------------------------------------
 
 def compute_stretch(ds, bands, validity, percentiles=STRETCH_PERCENTILES, max_samples=2_000_000,
                     feedback=None):
-    """Per-band (low, high) for the whole scene, from a block-aligned sample of valid pixels.
-
-    Small scenes (<= 16 Mpx) are read entirely; larger ones are sampled: about sqrt(number of
-    blocks) of the scene's own blocks (as many as GDAL's approximate histograms read), on an even
-    lattice of block rows and columns over the whole scene. 8-bit data are not stretched.
-    Returns the dict recorded in the dataset card.
-    """
-    feedback = feedback or Feedback()
-    dtype = np.dtype(gdalio.raster_info(ds).dtype)
-    if dtype == np.uint8:
-        return {"method": "none", "reason": "8-bit data are written as they are", "bands": bands}
-    width, height = ds.RasterXSize, ds.RasterYSize
-    bw, bh = ds.GetRasterBand(1).GetBlockSize()
-    small = width * height <= STRETCH_FULL_READ_PIXELS
-    if small:
-        bw, bh = width, min(height, max(bh, 256))
-    blocks = list(windows.iter_blocks(width, height, bw, bh))
-    if small:
-        picked = blocks
-    else:  # about sqrt(n) blocks on an even lattice over the whole scene (rows and columns)
-        nbx, nby = math.ceil(width / bw), math.ceil(height / bh)
-        target = max(1, math.ceil(math.sqrt(nbx * nby)))
-        kx = min(nbx, max(1, round(math.sqrt(target * nbx / nby))))
-        ky = min(nby, max(1, math.ceil(target / kx)))
-        cols = sorted({round(i * (nbx - 1) / max(1, kx - 1)) for i in range(kx)})
-        rows = sorted({round(j * (nby - 1) / max(1, ky - 1)) for j in range(ky)})
-        picked = [blocks[r * nbx + c] for r in rows for c in cols]
-    total = sum(w * h for _, _, w, h in picked)
-    step = max(1, math.ceil(total / max_samples))
-    samples = [[] for _ in bands]
-    for n, (x, y, w, h) in enumerate(picked):
-        feedback.check_cancelled()
-        arr = gdalio.read_window(ds, x, y, w, h)
-        valid = validity.valid(arr, x, y, w, h)
-        for k, b in enumerate(bands):
-            values = arr[b - 1].ravel()[::step]
-            keep = np.isfinite(values) if values.dtype.kind == "f" else np.ones(values.shape, bool)
-            if valid is not None:
-                keep &= valid.ravel()[::step]
-            samples[k].append(values[keep])
-        feedback.progress(100.0 * (n + 1) / len(picked))
-    ds.FlushCache()
-    lows, highs = [], []
-    for k, b in enumerate(bands):
-        values = np.concatenate(samples[k]) if samples[k] else np.array([])
-        if values.size == 0:
-            raise GullySegError(
-                f"INPUT: band {b} has no valid pixels in the sample used for the JPEG stretch; "
-                "is the whole scene nodata?"
-            )
-        lo, hi = (float(v) for v in np.percentile(values.astype(np.float64), percentiles))
-        if hi <= lo:
-            hi = lo + 1.0
-        lows.append(lo)
-        highs.append(hi)
-    return {
-        "method": "percent_clip",
-        "percentiles": list(percentiles),
-        "bands": bands,
-        "low": lows,
-        "high": highs,
-        "sampled_pixels": int(sum(sum(len(s) for s in band) for band in samples) / max(1, len(bands))),
-    }
-
-
-def stretch_to_byte(data, lows, highs, valid=None):
-    """(bands, h, w) array -> uint8: band k maps lows[k]..highs[k] linearly onto 0..255 (rounded,
-    clipped); non-finite and invalid pixels become 0. The one 8-bit conversion: JPEG tiles and the
-    dock's tile view use it, so both show the same pixels."""
-    out = np.empty(data.shape, dtype=np.uint8)
-    for k, band in enumerate(data):
-        lo, hi = float(lows[k]), float(highs[k])
-        scaled = (band.astype(np.float32) - lo) * (255.0 / (hi - lo) if hi > lo else 1.0) + 0.5
-        np.clip(scaled, 0, 255, out=scaled)
-        if band.dtype.kind == "f":
-            scaled[~np.isfinite(band)] = 0
-        out[k] = scaled.astype(np.uint8)
-    if valid is not None:
-        out[:, ~valid] = 0
-    return out
+    """``stretch.compute_stretch`` with this module's ``STRETCH_FULL_READ_PIXELS``."""
+    return _stretch.compute_stretch(ds, bands, validity, percentiles, max_samples, feedback,
+                                    full_read_pixels=STRETCH_FULL_READ_PIXELS)
 
 
 def _to_byte(arr, bands, stretch, valid):
@@ -588,7 +472,7 @@ def grid_tiles(input_path, output_dir, tile_size=DEFAULT_TILE_SIZE, stride=0, ed
     )
 
     validity = _Validity(ds, info)
-    pad = validity.pad_values(info.dtype)
+    pad = validity.pad_values(DEFAULT_PAD_VALUE)
     tile_nodata = list(info.nodata)
     mask_tiles = not validity.has_nodata_value and not validity.alpha
 
