@@ -7,12 +7,14 @@ containers; elsewhere those tests are skipped with the reason)."""
 import contextlib
 import json
 import os
+import signal
 import sqlite3
 import subprocess
+import time
 
 import pytest
 
-from gullyseg.processing.engine import dataset, labelme, rasterize, tiling
+from gullyseg.processing.engine import dataset, gdalio, labelme, rasterize, tiling
 from gullyseg.processing.engine.errors import Cancelled, GullySegError
 from gullyseg.processing.engine.feedback import RecordingFeedback
 
@@ -172,3 +174,90 @@ def test_successful_overwrite_replaces_and_leaves_no_staging(scene, tmp_path):
     assert {r["status"] for r in dataset.read_index(index)[0]} == {dataset.STATUS_UNSCREENED}
     names = os.listdir(os.path.join(os.path.dirname(index), "images"))
     assert len([n for n in names if n.endswith(".tif")]) == 16 and leftovers(os.path.dirname(index)) == []
+
+
+# --- 3. SIGTERM / SIGHUP to a real qgis_process child clean up as SIGINT does ------------------
+
+def _start(runner, alg_id, params):
+    return subprocess.Popen(runner.args(alg_id, params), env=runner.env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(predicate, proc, timeout=240):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.05)
+    return False
+
+
+def _kill_and_collect(proc, sig):
+    proc.send_signal(sig)
+    try:
+        output, _ = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        output, _ = proc.communicate()
+        pytest.fail(f"qgis_process did not stop after {sig.name}:\n{output[-3000:]}")
+    return proc.returncode, output
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_signal_during_gridtiles_leaves_nothing(qgis_process_runner, scene_factory, tmp_path, sig):
+    scene = scene_factory("robust_big", width=2048, height=2048, seed=7)
+    out = tmp_path / "ds"
+    proc = _start(qgis_process_runner, "gullyseg:gridtiles",
+                  {"INPUT": str(scene), "OUTPUT_DIR": str(out), "TILE_SIZE": 32, "FORMAT": 2})
+    images = out / "images"
+    started = _wait_for(lambda: images.is_dir() and len(os.listdir(images)) > 20, proc)
+    rc, output = _kill_and_collect(proc, sig)
+    assert started, f"gridtiles finished or failed before the signal:\n{output[-3000:]}"
+    assert rc == -sig, output[-3000:]  # it still ends by the signal, as the caller expects
+    assert not out.exists() or (not (out / "index.gpkg").exists() and leftovers(out) == []
+                                and (not images.exists() or os.listdir(images) == [])), sorted(os.listdir(images))
+
+
+def test_sigterm_during_segment_leaves_nothing(qgis_process_runner, scene_factory, tmp_path):
+    import onnx_models as om
+
+    scene = scene_factory("robust_seg", width=640, height=512, seed=13)
+    slow = om.make_slow_model(tmp_path / "slow.onnx")
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = _start(qgis_process_runner, "gullyseg:segment",
+                  {"INPUT": str(scene), "MODEL": str(slow), "OUTPUT_PROBABILITY": str(out / "p.tif"),
+                   "OUTPUT_MASK": str(out / "m.tif")})
+    started = _wait_for(lambda: any(".partial" in n for n in os.listdir(out)), proc)
+    time.sleep(0.5)
+    rc, output = _kill_and_collect(proc, signal.SIGTERM)
+    assert started, f"segment finished or failed before the signal:\n{output[-3000:]}"
+    assert rc == -signal.SIGTERM, output[-3000:]
+    assert os.listdir(out) == []
+
+
+def test_leftovers_of_kill_9_are_removed_by_the_next_run(scene, tmp_path):
+    out = tmp_path / "ds"
+    index = tiling.grid_tiles(str(scene), str(out)).index_path
+    images = out / "images"
+    # what kill -9 leaves: hidden temporaries of atomic_output, a half-built staging dataset
+    (images / ".robust_r0000_c0000.partial-0123abcd.tif").write_bytes(b"half")
+    (out / ".index.partial-89abcdef.gpkg").write_bytes(b"half")
+    (out / ".gullyseg-staging-0badf00d" / "images").mkdir(parents=True)
+    (out / ".gullyseg-staging-0badf00d" / "images" / "x_r0000_c0000.tif").write_bytes(b"half")
+    tiling.grid_tiles(str(scene), str(out), overwrite=True)
+    assert leftovers(out) == [] and len(tile_ids(index)) == 4
+    # and a plain run into a folder holding only leftovers is not refused as "not empty"
+    fresh = tmp_path / "fresh"
+    (fresh / ".gullyseg-staging-0badf00d").mkdir(parents=True)
+    (fresh / ".index.partial-89abcdef.gpkg").write_bytes(b"half")
+    tiling.grid_tiles(str(scene), str(fresh))
+    assert leftovers(fresh) == []
+    # segment-style outputs: the next run into the same output removes its stale temporaries
+    stale = tmp_path / ".p.partial-0123abcd.tif"
+    stale.write_bytes(b"half")
+    with gdalio.atomic_output(tmp_path / "p.tif") as tmp:
+        open(tmp, "wb").write(b"ok")
+    assert not stale.exists() and (tmp_path / "p.tif").read_bytes() == b"ok"
