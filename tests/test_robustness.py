@@ -4,6 +4,7 @@ folders, and clear errors instead of tracebacks. See docs/guarantees.md.
 The full disk is a real one: a small tmpfs mounted for the test (needs root, as in the project's
 containers; elsewhere those tests are skipped with the reason)."""
 
+import base64
 import contextlib
 import json
 import os
@@ -13,6 +14,7 @@ import subprocess
 import time
 
 import pytest
+from osgeo import gdal
 
 from gullyseg.processing.engine import dataset, gdalio, labelme, rasterize, tiling
 from gullyseg.processing.engine.errors import Cancelled, GullySegError
@@ -261,3 +263,149 @@ def test_leftovers_of_kill_9_are_removed_by_the_next_run(scene, tmp_path):
     with gdalio.atomic_output(tmp_path / "p.tif") as tmp:
         open(tmp, "wb").write(b"ok")
     assert not stale.exists() and (tmp_path / "p.tif").read_bytes() == b"ok"
+
+
+# --- 5. STRICT=false skips (and reports) a file with a shape rejected while parsing ----------
+
+def test_non_strict_skips_files_with_parse_time_errors(scene, tmp_path):
+    index = tiling.grid_tiles(str(scene), str(tmp_path / "ds"), tile_size=128).index_path
+    ids = tile_ids(index)
+    lm = os.path.join(os.path.dirname(index), "labelme")
+    good = labelme.labelme_shape("gully", [(3, 3), (60, 60)], "rectangle")
+    nan = labelme.labelme_shape("gully", [(1, 1), (float("nan"), 5), (1, 9)])
+    triple = dict(good, points=[[1, 2, 3], [5, 6, 7]])
+    number_label = dict(good, label=5)
+    far = labelme.labelme_shape("gully", [(1, 1), (1e12, 5), (1, 9)])
+    write_json(lm, ids[0], [good], 128, 128)
+    write_json(lm, ids[1], [good, nan], 128, 128)
+    write_json(lm, ids[2], [good, triple], 128, 128)
+    write_json(lm, ids[3], [good, number_label], 128, 128)
+    write_json(lm, ids[4], [good, far], 128, 128)
+    write_json(lm, ids[5], [good], 128, 128, imageWidth="wide")
+    feedback = RecordingFeedback()
+    result = rasterize.rasterize_labels(index, strict=False, feedback=feedback)
+    assert sorted(result["masks"]) == [ids[0]]
+    assert result["skipped_files"] == 5
+    assert any("5 file(s) with errors skipped" in w for w in feedback.warnings)
+    assert any("beyond" in str(p) for p in result["problems"])
+    with pytest.raises(GullySegError, match="STRICT"):
+        rasterize.rasterize_labels(index, overwrite=True)
+
+
+# --- 7. mask shapes: PNG only, size checked before decoding ----------------------------------
+
+def _mask_shape(raw, box=((2, 2), (11, 11))):
+    shape = labelme.labelme_shape("gully", list(box), "mask")
+    shape["mask"] = base64.b64encode(raw).decode()
+    return shape
+
+
+def test_mask_shape_vrt_is_refused(index, tmp_path):
+    secret = str(tmp_path / "secret.tif")
+    ds = gdal.GetDriverByName("GTiff").Create(secret, 10, 10, 1, gdal.GDT_Byte)
+    ds.GetRasterBand(1).Fill(7)
+    ds = None
+    ds = gdal.Translate("/vsimem/robust.vrt", secret, format="VRT")
+    ds = None
+    raw = gdal.VSIFOpenL("/vsimem/robust.vrt", "rb")
+    data = gdal.VSIFReadL(1, 100000, raw)
+    gdal.VSIFCloseL(raw)
+    gdal.Unlink("/vsimem/robust.vrt")
+    assert b"VRTDataset" in data and secret.encode() in data
+    lm = os.path.join(os.path.dirname(index), "labelme")
+    tid = tile_ids(index)[0]
+    write_json(lm, tid, [_mask_shape(data)])
+    with pytest.raises(GullySegError, match="not a PNG"):
+        rasterize.rasterize_labels(index)
+    with pytest.raises(GullySegError, match="not a PNG"):
+        labelme.decode_mask_png(base64.b64encode(b"<VRTDataset><VRTRasterBand/></VRTDataset>"))
+
+
+def _png(width, height):
+    mem = gdal.GetDriverByName("MEM").Create("", width, height, 1, gdal.GDT_Byte)
+    gdal.GetDriverByName("PNG").CreateCopy("/vsimem/robust.png", mem)
+    handle = gdal.VSIFOpenL("/vsimem/robust.png", "rb")
+    data = gdal.VSIFReadL(1, 10_000_000, handle)
+    gdal.VSIFCloseL(handle)
+    gdal.Unlink("/vsimem/robust.png")
+    return data
+
+
+def test_mask_png_larger_than_its_box_is_refused(index):
+    lm = os.path.join(os.path.dirname(index), "labelme")
+    tid = tile_ids(index)[0]
+    write_json(lm, tid, [_mask_shape(_png(1000, 1000))])  # box 10x10
+    with pytest.raises(GullySegError, match="larger than its shape's box"):
+        rasterize.rasterize_labels(index)
+    assert labelme.decode_mask_png(base64.b64encode(_png(10, 10)), max_size=(10, 10)).shape == (10, 10)
+
+
+def test_huge_declared_png_is_refused_before_decoding():
+    header = _png(1, 1)
+    # the same PNG with IHDR claiming 100000 x 100000 pixels (10 GB decoded); CRC left wrong on purpose
+    huge = header[:16] + (100000).to_bytes(4, "big") + (100000).to_bytes(4, "big") + header[24:]
+    with pytest.raises(GullySegError, match="100000x100000"):
+        labelme.decode_mask_png(base64.b64encode(huge))
+
+
+# --- 8. paths in an index stay inside the dataset --------------------------------------------
+
+def test_index_path_outside_the_dataset_is_refused(index, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("secret")
+    tid = tile_ids(index)[0]
+    dataset.update_index(index, {tid: {"image_jpg": "../outside/secret.txt", "image_tif": ""}})
+    with pytest.raises(GullySegError, match="outside the dataset folder"):
+        rasterize.export_labelme(index, only_kept=False)
+    labelme_dir = os.path.join(os.path.dirname(index), "labelme")
+    for base, _, names in os.walk(labelme_dir):
+        for n in names:
+            assert open(os.path.join(base, n), "rb").read() != b"secret"
+    with pytest.raises(GullySegError, match="outside the dataset folder"):
+        dataset.DatasetPaths(os.path.dirname(index)).abs("/etc/passwd")
+
+
+def test_image_symlinked_outside_is_not_exported(index, tmp_path):
+    (tmp_path / "secret.jpg").write_bytes(b"secret")
+    tid = tile_ids(index)[0]
+    jpg = os.path.join(os.path.dirname(index), "images", f"{tid}.jpg")
+    os.remove(jpg)
+    os.symlink(tmp_path / "secret.jpg", jpg)
+    with pytest.raises(GullySegError, match="outside the dataset"):
+        rasterize.export_labelme(index, only_kept=False)
+
+
+# --- 9. special files: FIFOs, devices, oversized JSON, labels.txt links --------------------------
+
+def test_fifo_and_device_json_are_refused_not_read(index):
+    lm = label_every_tile(index)
+    os.mkfifo(os.path.join(lm, "pipe.json"))
+    os.symlink("/dev/zero", os.path.join(lm, "zero.json"))
+    feedback = RecordingFeedback()
+    result = rasterize.rasterize_labels(index, strict=False, feedback=feedback)
+    assert result["mask_count"] == 4 and result["skipped_files"] == 2
+    messages = " ".join(str(p) for p in result["problems"])
+    assert "FIFO" in messages and "device" in messages
+
+
+def test_oversized_json_is_refused(index, monkeypatch):
+    lm = label_every_tile(index)
+    tid = tile_ids(index)[0]
+    path = write_json(lm, tid, [labelme.labelme_shape("gully", [(3, 3), (120, 200)], "rectangle")],
+                      padding="x" * 5000)
+    monkeypatch.setattr(labelme.safefiles, "MAX_JSON_BYTES", 4096)
+    with pytest.raises(GullySegError, match="limit is 4,096 bytes"):
+        rasterize.rasterize_labels(index)
+    assert os.path.getsize(path) > 4096
+
+
+def test_labels_txt_link_outside_is_never_appended(index, tmp_path):
+    outside = tmp_path / "shared_labels.txt"
+    outside.write_text("__ignore__\n_background_\nroad\n")
+    lm = os.path.join(os.path.dirname(index), "labelme")
+    os.makedirs(lm)
+    os.symlink(outside, os.path.join(lm, "labels.txt"))
+    with pytest.raises(GullySegError, match="outside the folder"):
+        rasterize.export_labelme(index, only_kept=False)
+    assert outside.read_text() == "__ignore__\n_background_\nroad\n"

@@ -17,7 +17,7 @@ import os
 from osgeo import ogr, osr
 
 from ...metadata import VERSION
-from . import gdalio
+from . import gdalio, safefiles
 from .errors import GullySegError
 
 INDEX_NAME = "index.gpkg"
@@ -82,8 +82,10 @@ class DatasetPaths:
     card_md = property(lambda self: os.path.join(self.root, CARD_MD))
 
     def abs(self, relative):
-        """Absolute path of a path stored relative to the dataset folder ('' -> None)."""
-        return os.path.join(self.root, *relative.split("/")) if relative else None
+        """Absolute path of a path stored relative to the dataset folder ('' -> None).
+
+        It must stay inside the folder (no '..', no absolute path), else a GullySegError."""
+        return safefiles.confined(self.root, relative) if relative else None
 
     def rel(self, path):
         return os.path.relpath(os.path.abspath(path), self.root).replace(os.sep, "/")

@@ -140,7 +140,14 @@ def open_checked(path, what="INPUT", projected=True):
 def read_window(ds, x_off, y_off, width, height, bands=None):
     """Read (bands, height, width) from ``ds``; ``bands`` is a 1-based list (default all)."""
     bands = list(bands or range(1, ds.RasterCount + 1))
-    return ds.ReadAsArray(x_off, y_off, width, height, band_list=bands).reshape(len(bands), height, width)
+    try:
+        arr = ds.ReadAsArray(x_off, y_off, width, height, band_list=bands)
+    except RuntimeError as exc:  # IReadBlock failed: a truncated or damaged file
+        raise GullySegError(
+            f"INPUT: cannot read the pixels of '{ds.GetDescription()}' at ({x_off}, {y_off}, {width}x{height}): "
+            f"{str(exc).rstrip('.')}. The file may be truncated or damaged; check it with gdalinfo -checksum."
+        ) from None
+    return arr.reshape(len(bands), height, width)
 
 
 def representable(value, dtype):

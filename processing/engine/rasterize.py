@@ -25,7 +25,7 @@ import shutil
 import numpy as np
 from osgeo import gdal, ogr, osr
 
-from . import dataset, gdalio, labelme
+from . import dataset, gdalio, labelme, safefiles
 from .errors import GullySegError
 from .feedback import Feedback
 from .labelme import ERROR, WARNING, Problem
@@ -157,7 +157,7 @@ def rasterize_labelme_file(path, classes, width=None, height=None, all_touched=F
         raise GullySegError(f"'{path}': no imageWidth/imageHeight; give the size.")
     items, ok = labelme.shape_items(doc, width, height, classes, line_width, point_radius, problems,
                                     unknown_labels=unknown_labels)
-    if not ok:
+    if not ok or any(p.severity == ERROR for p in problems):
         raise GullySegError("; ".join(str(p) for p in problems if p.severity == ERROR))
     return rasterize_shapes(width, height, items, all_touched), problems
 
@@ -359,7 +359,8 @@ def rasterize_labels(index_path, labelme_dir=None, vector=None, vector_crs=None,
                                         problems, tid, unknown_labels)
         for p in problems[before:]:
             p.tile_id = tid
-        if not ok:
+        # a shape rejected while parsing (NaN points, no label, bad imageWidth ...) makes the file bad too
+        if not ok or any(p.severity == ERROR for p in problems[before:]):
             bad_files.add(path)
             continue
         per_tile[tid] = (path, items)
@@ -576,6 +577,11 @@ def _place_jpeg(grid, rec, paths, out_dir, feedback):
     if not source or not os.path.exists(source):
         guess = os.path.join(paths.images, f"{grid.tile_id}.jpg")
         source = guess if os.path.exists(guess) else None
+    if source:  # never link or copy a file from outside the dataset (a planted symlink) or a special file
+        if not safefiles.is_inside(paths.root, source, real=True):
+            raise GullySegError(f"TILES: the image '{source}' of tile '{grid.tile_id}' resolves outside the dataset "
+                                f"folder '{paths.root}' (a link?); it is not exported.")
+        safefiles.require_regular(source, "TILES")
     with gdalio.atomic_output(target, what="OUTPUT_DIR") as tmp:
         if source:
             try:
@@ -614,7 +620,13 @@ def export_labelme(index_path, only_kept=True, prefill=None, label="gully", outp
     if not tiles:
         raise GullySegError(f"TILES: the index '{index_path}' has no tiles.")
     out_dir = os.path.abspath(output_dir) if output_dir else paths.labelme
-    os.makedirs(out_dir, exist_ok=True)
+    labels_file = os.path.join(out_dir, "labels.txt")
+    if os.path.lexists(labels_file):  # never write through a link that leaves the folder
+        if not safefiles.is_inside(out_dir, labels_file, real=True):
+            raise GullySegError(f"OUTPUT_DIR: '{labels_file}' is a link to '{os.path.realpath(labels_file)}', "
+                                "outside the folder; GullySeg does not write through it. Remove the link.")
+        safefiles.require_regular(labels_file, "OUTPUT_DIR")
+    gdalio.make_folder(out_dir, "OUTPUT_DIR")
     layer = None
     if prefill is not None:
         prefill_ds = ogr.GetDriverByName("Memory").CreateDataSource("prefill")  # keeps the layer alive
@@ -675,16 +687,16 @@ def export_labelme(index_path, only_kept=True, prefill=None, label="gully", outp
         written += 1
         shapes_total += len(shapes)
         updates[tid] = {"labelme": _rel_or_abs(paths, json_path)}
-    labels_file = os.path.join(out_dir, "labels.txt")
     if not os.path.exists(labels_file):
         with gdalio.atomic_output(labels_file, what="OUTPUT_DIR") as tmp:
             labelme.write_labels_txt(tmp, [label])
     else:
-        with open(labels_file, encoding="utf-8") as handle:
-            names = [line.strip() for line in handle if line.strip()]
+        text = safefiles.read_bytes(labels_file, "OUTPUT_DIR", safefiles.MAX_TEXT_BYTES).decode("utf-8", "replace")
+        names = [line.strip() for line in text.splitlines() if line.strip()]
         if label not in names:
-            with open(labels_file, "a", encoding="utf-8") as handle:
-                handle.write(label + "\n")
+            with gdalio.atomic_output(labels_file, overwrite=True, what="OUTPUT_DIR") as tmp:
+                with open(tmp, "w", encoding="utf-8") as handle:
+                    handle.write(text + ("" if not text or text.endswith("\n") else "\n") + label + "\n")
             feedback.info(f"Added '{label}' to the existing {labels_file}.")
     dataset.update_index(index_path, updates)
     dataset.update_card(paths.root, labelme={

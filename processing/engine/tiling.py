@@ -39,6 +39,7 @@ FORMAT_BOTH = 2
 FORMAT_NAMES = {FORMAT_GTIFF: ["tif"], FORMAT_JPEG: ["jpg"], FORMAT_BOTH: ["tif", "jpg"]}
 
 DEFAULT_TILE_SIZE = 256
+MAX_TILE_SIZE = 8192  # a tile (all bands, padding, its JPEG) is held in memory whole
 DEFAULT_MAX_NODATA = 0.999
 STRETCH_FULL_READ_PIXELS = _stretch.STRETCH_FULL_READ_PIXELS  # scenes up to this size are read whole
 JPEG_QUALITY = 90
@@ -395,8 +396,9 @@ def grid_tiles(input_path, output_dir, tile_size=DEFAULT_TILE_SIZE, stride=0, ed
         stride = int(stride or 0)
     except (TypeError, ValueError):
         raise GullySegError(f"TILE_SIZE/STRIDE must be whole numbers (got {tile_size!r}, {stride!r}).") from None
-    if tile_size < 1:
-        raise GullySegError(f"TILE_SIZE must be a positive number of pixels (got {tile_size}).")
+    if not 1 <= tile_size <= MAX_TILE_SIZE:
+        raise GullySegError(f"TILE_SIZE must be between 1 and {MAX_TILE_SIZE} pixels (got {tile_size}); tiles are "
+                            "held in memory whole, and training tiles are usually 256 to 1024 pixels.")
     if stride < 0:
         raise GullySegError(f"STRIDE must be 0 (= TILE_SIZE) or a positive number of pixels (got {stride}).")
     if stride > tile_size:
