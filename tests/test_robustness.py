@@ -409,3 +409,82 @@ def test_labels_txt_link_outside_is_never_appended(index, tmp_path):
     with pytest.raises(GullySegError, match="outside the folder"):
         rasterize.export_labelme(index, only_kept=False)
     assert outside.read_text() == "__ignore__\n_background_\nroad\n"
+
+
+# --- 10. clear errors instead of tracebacks ---------------------------------------------------
+
+def test_truncated_geotiff_is_a_clear_error(scene, tmp_path):
+    broken = tmp_path / "truncated.tif"
+    gdal.Translate(str(broken), str(scene), creationOptions=["TILED=YES", "COMPRESS=DEFLATE"])
+    with open(broken, "r+b") as handle:
+        handle.truncate(os.path.getsize(broken) // 2)
+    with pytest.raises(GullySegError, match="truncated.tif.*truncated or damaged"):
+        tiling.grid_tiles(str(broken), str(tmp_path / "ds"))
+    assert not (tmp_path / "ds").exists() or leftovers(tmp_path / "ds") == []
+
+
+def test_read_only_output_folder_is_a_clear_error(scene, index, tmp_path):
+    with small_tmpfs(tmp_path / "ro", size="1m") as ro:
+        subprocess.run(["mount", "-o", "remount,ro", ro], check=True)
+        with pytest.raises(GullySegError, match=f"OUTPUT_DIR.*{ro}/ds.*Read-only"):
+            tiling.grid_tiles(str(scene), os.path.join(ro, "ds"))
+        label_every_tile(index)
+        with pytest.raises(GullySegError, match=f"OUTPUT_DIR.*{ro}/masks.*Read-only"):
+            rasterize.rasterize_labels(index, output_dir=os.path.join(ro, "masks"))
+
+
+def test_output_below_a_file_is_a_clear_error(scene, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(GullySegError, match="afile"):
+        tiling.grid_tiles(str(scene), str(tmp_path / "afile" / "ds"))
+
+
+def test_failed_rename_is_a_clear_error_and_leaves_no_temporary(tmp_path, monkeypatch):
+    def denied(src, dst):
+        raise PermissionError(13, "Permission denied", dst)
+
+    monkeypatch.setattr(gdalio.os, "replace", denied)
+    with pytest.raises(GullySegError, match="out.txt.*Permission denied"):
+        with gdalio.atomic_output(tmp_path / "out.txt") as tmp:
+            open(tmp, "w").write("x")
+    assert os.listdir(tmp_path) == []
+
+
+def test_atomic_output_cleanup_does_not_hide_the_real_error(tmp_path, monkeypatch):
+    def read_only(path):
+        raise OSError(30, "Read-only file system", path)
+
+    monkeypatch.setattr(gdalio.os, "remove", read_only)
+    with pytest.raises(GullySegError, match="the real problem"):
+        with gdalio.atomic_output(tmp_path / "out.txt") as tmp:
+            open(tmp, "w").write("x")
+            raise GullySegError("the real problem")
+
+
+def test_image_width_infinity_is_reported_not_a_traceback(index):
+    lm = label_every_tile(index)
+    tid = tile_ids(index)[0]
+    write_json(lm, tid, [labelme.labelme_shape("gully", [(3, 3), (120, 200)], "rectangle")],
+               imageWidth=float("inf"))
+    assert "Infinity" in open(os.path.join(lm, f"{tid}.json")).read()
+    result = rasterize.rasterize_labels(index, strict=False)
+    assert result["mask_count"] == 3 and result["skipped_files"] == 1
+    assert any("imageWidth" in str(p) and "inf" in str(p) for p in result["problems"])
+    with pytest.raises(GullySegError, match="imageWidth"):
+        rasterize.rasterize_labels(index, overwrite=True)
+
+
+def test_deeply_nested_json_stops_the_whole_run(index):
+    lm = label_every_tile(index)
+    deep = os.path.join(lm, "deep.json")
+    with open(deep, "w") as handle:
+        handle.write('{"shapes": [], "x": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(GullySegError, match="deep.json.*nested too deeply"):
+        rasterize.rasterize_labels(index, strict=False)
+    assert not os.path.isdir(os.path.join(os.path.dirname(index), "masks"))
+
+
+def test_huge_tile_size_is_a_clear_bound(scene, tmp_path):
+    with pytest.raises(GullySegError, match="TILE_SIZE must be between 1 and 8192"):
+        tiling.grid_tiles(str(scene), str(tmp_path / "ds"), tile_size=100000)
+    assert not (tmp_path / "ds").exists()
