@@ -50,7 +50,7 @@ Manifest ``<dataset>/augment.json``
     (COPIES=0 removes them all); other files in augmented/ are never touched.
 
 When the dataset is already split, the variants are added to their split's list file, folders
-(when materialised) and ``split.json`` (through ``split.write_outputs``).
+(when materialised) and ``split.json`` (through ``split.refresh_outputs``).
 """
 
 import hashlib
@@ -136,7 +136,7 @@ def check_parameters(splits, transforms, copies, ranges):
     unknown = [t for t in transforms if t not in TRANSFORMS]
     if unknown or not transforms:
         raise GullySegError(f"TRANSFORMS: choose one or more of {', '.join(TRANSFORMS)} (got {list(transforms)}).")
-    bad = [s for s in splits if s not in split.SPLITS]
+    bad = [s for s in splits if s not in dataset.SPLITS]
     if bad or not splits:
         raise GullySegError(f"SPLITS: choose one or more of train, val, test (got {list(splits)}).")
     if int(copies) != copies or copies < 0 or copies > 999:
@@ -295,7 +295,7 @@ def _write(path, array, src, driver, options, mask=None):
 
 def _write_variant(paths, tmp_root, vid, sources, steps, ranges_by_ext):
     """Write one variant's files under ``tmp_root``; returns its manifest entry's path fields and means."""
-    entry = {"image_tif": None, "image_jpg": None, "mask": f"{split.AUGMENTED_DIR}/{MASKS}/{vid}.tif"}
+    entry = {"image_tif": None, "image_jpg": None, "mask": f"{dataset.AUGMENTED_DIR}/{MASKS}/{vid}.tif"}
     geo = [s["op"] for s in steps if s["op"] in GEOMETRIC]
     radio = [s for s in steps if s["op"] in RADIOMETRIC]
     means = {}
@@ -314,7 +314,7 @@ def _write_variant(paths, tmp_root, vid, sources, steps, ranges_by_ext):
         mask_band = src.mask
         for op in geo:
             mask_band = geometric(mask_band, op) if mask_band is not None else None
-        rel = f"{split.AUGMENTED_DIR}/{IMAGES}/{vid}.{ext}"
+        rel = f"{dataset.AUGMENTED_DIR}/{IMAGES}/{vid}.{ext}"
         target = os.path.join(tmp_root, IMAGES, f"{vid}.{ext}")
         if ext == "tif":
             _write(target, array, src, "GTiff", gdalio.GTIFF_SMALL, mask_band)
@@ -337,7 +337,7 @@ def _files_of(paths, entry):
         if not rel:
             continue
         out.append(rel)
-        for suffix in (".aux.xml",):
+        for suffix in dataset.SIDE_SUFFIXES:
             if os.path.exists(paths.abs(rel) + suffix):
                 out.append(rel + suffix)
     return out
@@ -356,8 +356,8 @@ def augment_dataset(root, splits=("train",), transforms=DEFAULT_TRANSFORMS, copi
     ranges = check_parameters(list(splits or []), list(transforms or []), copies, given)
     transforms = [t for t in TRANSFORMS if t in set(transforms)]  # canonical order
     copies = int(copies)
-    paths, records, tiles = split.collect_tiles(root)
-    has_split = any(t.split in split.SPLITS for t in tiles)
+    paths, records, tiles = dataset.collect_tiles(root)
+    has_split = any(t.split in dataset.SPLITS for t in tiles)
     if has_split:
         sources = [t for t in tiles if t.split in splits]
         feedback.info(f"Augmenting the {', '.join(splits)} split(s): {len(sources)} of {len(tiles)} tiles.")
@@ -372,8 +372,8 @@ def augment_dataset(root, splits=("train",), transforms=DEFAULT_TRANSFORMS, copi
         feedback.warn(f"COPIES={copies} but only {len(geo)} geometric transforms and no radiometric one: "
                       "some variants of a tile are identical.")
 
-    manifest_path = os.path.join(paths.root, split.AUGMENT_MANIFEST)
-    previous = split.read_json(manifest_path, "DATASET")
+    manifest_path = os.path.join(paths.root, dataset.AUGMENT_MANIFEST)
+    previous = dataset.read_json(manifest_path, "DATASET")
     if previous is None and os.path.exists(manifest_path):
         previous = {}
     owned = set()
@@ -385,13 +385,13 @@ def augment_dataset(root, splits=("train",), transforms=DEFAULT_TRANSFORMS, copi
             plan.append((t, c, variant_id(t.tile_id, c, copies), plan_variant(t.tile_id, c, transforms, ranges, seed)))
     planned_rel = []
     for t, _, vid, _ in plan:
-        planned_rel += [f"{split.AUGMENTED_DIR}/{IMAGES}/{vid}.{ext}" for ext in t.images]
-        planned_rel.append(f"{split.AUGMENTED_DIR}/{MASKS}/{vid}.tif")
+        planned_rel += [f"{dataset.AUGMENTED_DIR}/{IMAGES}/{vid}.{ext}" for ext in t.images]
+        planned_rel.append(f"{dataset.AUGMENTED_DIR}/{MASKS}/{vid}.tif")
     blocked = [rel for rel in planned_rel if rel not in owned and os.path.lexists(paths.abs(rel))]
     if blocked and not overwrite:
         raise GullySegError(
             f"DATASET: {len(blocked)} files in '{paths.root}' that the augment step did not write are in the way: "
-            f"{split._listing(sorted(blocked))}. Move them away or allow overwriting (OVERWRITE)."
+            f"{dataset.listing(sorted(blocked))}. Move them away or allow overwriting (OVERWRITE)."
         )
 
     exts = sorted({ext for t in sources for ext in t.images})
@@ -404,7 +404,7 @@ def augment_dataset(root, splits=("train",), transforms=DEFAULT_TRANSFORMS, copi
             lo, hi = ranges_by_ext[ext]
             feedback.info(f"Radiometric range of the .{ext} images: {lo:g}..{hi:g}")
 
-    tmp_root = os.path.join(paths.root, split.AUGMENTED_DIR, f".partial-{uuid.uuid4().hex[:8]}")
+    tmp_root = os.path.join(paths.root, dataset.AUGMENTED_DIR, f".partial-{uuid.uuid4().hex[:8]}")
     variants = {}
     try:
         os.makedirs(os.path.join(tmp_root, IMAGES))
@@ -442,13 +442,13 @@ def augment_dataset(root, splits=("train",), transforms=DEFAULT_TRANSFORMS, copi
             os.remove(path)
     for sub in (IMAGES, MASKS):
         folder = os.path.join(tmp_root, sub)
-        final = os.path.join(paths.root, split.AUGMENTED_DIR, sub)
+        final = os.path.join(paths.root, dataset.AUGMENTED_DIR, sub)
         os.makedirs(final, exist_ok=True)
         for name in sorted(os.listdir(folder)):
             os.replace(os.path.join(folder, name), os.path.join(final, name))
     shutil.rmtree(tmp_root, ignore_errors=True)
     for sub in (IMAGES, MASKS, ""):
-        folder = os.path.join(paths.root, split.AUGMENTED_DIR, sub)
+        folder = os.path.join(paths.root, dataset.AUGMENTED_DIR, sub)
         if os.path.isdir(folder) and not os.listdir(folder):
             os.rmdir(folder)
 
@@ -464,7 +464,7 @@ def augment_dataset(root, splits=("train",), transforms=DEFAULT_TRANSFORMS, copi
         "radiometric_range": {ext: ranges_by_ext[ext] for ext in sorted(ranges_by_ext)},
     }
     manifest = {"format": MANIFEST_FORMAT, "settings": settings, "variants": variants}
-    split.write_json(manifest_path, manifest, what=split.AUGMENT_MANIFEST)
+    dataset.write_json(manifest_path, manifest, what=dataset.AUGMENT_MANIFEST)
 
     per_split = {}
     for entry in variants.values():
@@ -475,9 +475,9 @@ def augment_dataset(root, splits=("train",), transforms=DEFAULT_TRANSFORMS, copi
         "source_tiles": len(sources),
         "variants": len(variants),
         "variants_per_split": dict(sorted(per_split.items())),
-        "manifest": split.AUGMENT_MANIFEST,
-        "folders": f"{split.AUGMENTED_DIR}/images/<tile_id>__aNN.tif|.jpg, "
-                   f"{split.AUGMENTED_DIR}/masks/<tile_id>__aNN.tif",
+        "manifest": dataset.AUGMENT_MANIFEST,
+        "folders": f"{dataset.AUGMENTED_DIR}/images/<tile_id>__aNN.tif|.jpg, "
+                   f"{dataset.AUGMENTED_DIR}/masks/<tile_id>__aNN.tif",
         "georeferenced": False,
         "conventions": "one geometric transform per variant (rot90 = counter-clockwise), then the radiometric ones "
                        "on valid image pixels; masks only geometric; dtype kept, clipped to the radiometric range; "
@@ -487,16 +487,7 @@ def augment_dataset(root, splits=("train",), transforms=DEFAULT_TRANSFORMS, copi
     feedback.info(f"Wrote {len(variants)} variants of {len(sources)} tiles ({copies} per tile).")
 
     if has_split:
-        prev_split = split.read_json(os.path.join(paths.root, split.SPLIT_MANIFEST), "DATASET") or {}
-        settings_split = prev_split.get("settings") or {"materialize": False, "note": "split read from the index"}
-        groups = {}
-        for gid, g in (prev_split.get("groups") or {}).items():
-            for tid in g.get("tiles", []):
-                groups[tid] = gid
-        split.count_mask_pixels(paths, tiles, settings_split.get("ignore_value", split.ignore_value(
-            dataset.read_card(paths.root))), feedback.scaled(90, 93))
-        split.write_outputs(paths, split.records_after(paths), tiles, groups, settings_split,
-                            overwrite=overwrite, feedback=feedback.scaled(93, 100))
+        split.refresh_outputs(paths, tiles, overwrite=overwrite, feedback=feedback.scaled(90, 100))
     feedback.progress(100)
     return {"count": len(variants), "manifest": manifest_path, "sources": len(sources),
             "splits": list(splits) if has_split else []}

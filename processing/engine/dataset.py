@@ -33,6 +33,14 @@ STATUS_KEEP = "keep"
 STATUS_REJECT = "reject"
 STATUSES = (STATUS_UNSCREENED, STATUS_KEEP, STATUS_REJECT)
 SPLITS = ("train", "val", "test")
+SPLIT_MANIFEST = "split.json"  # written by split.py
+AUGMENT_MANIFEST = "augment.json"  # written by augment.py, read by split.py
+AUGMENTED_DIR = "augmented"  # augment.py's variants: augmented/images|masks/<tile_id>__aNN.*
+MASK_IGNORE = 255  # masks: the ignore value (also their nodata value) unless the card records another
+MAX_LISTED = 20  # problems listed by name in an error message
+# Side files that travel with a tile's image when it is linked elsewhere (split's folders):
+SIDE_SUFFIXES = (".aux.xml",)  # appended to the full file name
+SIDE_EXTS = {".jpg": (".jgw", ".wld"), ".tif": (".tfw",)}  # world files: replace the extension
 
 # name -> OGR type. The core fields every index has (later steps may add more, e.g. gully_frac).
 INDEX_FIELDS = {
@@ -233,14 +241,9 @@ def tiles_for_work(records, only_kept=True):
 # --- the dataset card ------------------------------------------------------------------
 
 def read_card(root):
-    path = DatasetPaths(root).card
-    if not os.path.exists(path):
-        return {}
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except (OSError, ValueError) as exc:
-        raise GullySegError(f"DATASET: cannot read the dataset card '{path}': {exc}") from None
+    """The dataset card (dataset.json) of the folder ``root``; {} when it has none."""
+    card = read_json(DatasetPaths(root).card, "DATASET: the dataset card")
+    return {} if card is None else card
 
 
 def update_card(root, **sections):
@@ -253,10 +256,7 @@ def update_card(root, **sections):
     card["gullyseg_version"] = VERSION
     for name, value in sections.items():
         card[name] = value
-    with gdalio.atomic_output(paths.card, overwrite=True, what="dataset card") as tmp:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(card, handle, indent=2, sort_keys=True)
-            handle.write("\n")
+    write_json(paths.card, card, what="dataset card", indent=2)
     with gdalio.atomic_output(paths.card_md, overwrite=True, what="dataset card") as tmp:
         with open(tmp, "w", encoding="utf-8") as handle:
             handle.write(card_markdown(card))
@@ -277,3 +277,142 @@ def card_markdown(card):
         lines.append("")
     lines.append(f"GullySeg version {card.get('gullyseg_version', '?')}.")
     return "\n".join(lines) + "\n"
+
+
+# --- the tiles the steps work on -------------------------------------------------------
+
+class TileSample:
+    """An original tile of the dataset with its files (paths relative to the dataset folder)."""
+
+    __slots__ = ("tile_id", "row", "col", "images", "mask", "split", "gully", "labelled")
+
+    def __init__(self, tile_id, row, col, images, mask, split=""):
+        self.tile_id = tile_id
+        self.row = row
+        self.col = col
+        self.images = images  # {'tif': 'images/x.tif', 'jpg': 'images/x.jpg'}
+        self.mask = mask
+        self.split = split or ""
+        self.gully = 0
+        self.labelled = 0
+
+    @property
+    def gully_share(self):
+        return self.gully / self.labelled if self.labelled else 0.0
+
+
+def existing(paths, relative):
+    return bool(relative) and os.path.isfile(paths.abs(relative))
+
+
+def listing(names):
+    shown = ", ".join(names[:MAX_LISTED])
+    more = f" and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else ""
+    return f"{shown}{more}"
+
+
+def collect_tiles(root, what="DATASET"):
+    """Read the index and return ``(paths, records, tiles)`` for the tiles the steps work on.
+
+    The kept tiles once anything is kept, else all tiles (``tiles_for_work``). A tile's
+    mask is the index's ``mask`` field, else ``masks/<tile_id>.tif``; its images the
+    ``image_tif``/``image_jpg`` fields, else ``images/<tile_id>.tif|.jpg``. Tiles without a
+    mask or without any image are an error that names them (first 20 and the count).
+    """
+    if not root or not os.path.isdir(str(root)):
+        raise GullySegError(f"{what}: '{root}' is not a folder; give the dataset folder made by gridtiles.")
+    paths = DatasetPaths(root)
+    if not os.path.exists(paths.index):
+        raise GullySegError(
+            f"{what}: '{paths.root}' has no tile index ({INDEX_NAME}); is it a GullySeg dataset folder?")
+    records, _ = read_index(paths.index)
+    work = tiles_for_work(records)
+    if not work:
+        raise GullySegError(f"{what}: the tile index '{paths.index}' has no tiles.")
+    tiles, no_mask, no_image = [], [], []
+    for rec in work:
+        tid = rec["tile_id"]
+        mask = rec.get("mask") or ""
+        if not existing(paths, mask):
+            mask = f"{MASKS_DIR}/{tid}.tif"
+        if not existing(paths, mask):
+            no_mask.append(tid)
+        images = {}
+        for ext in ("tif", "jpg"):
+            rel = rec.get(f"image_{ext}") or ""
+            if not existing(paths, rel):
+                rel = f"{IMAGES_DIR}/{tid}.{ext}"
+            if existing(paths, rel):
+                images[ext] = rel
+        if not images:
+            no_image.append(tid)
+        tiles.append(TileSample(tid, rec.get("row"), rec.get("col"), images, mask, rec.get("split")))
+    if no_mask:
+        kept = "kept " if any(r.get("status") == STATUS_KEEP for r in records) else ""
+        raise GullySegError(
+            f"{what}: {len(no_mask)} of {len(work)} {kept}tiles have no mask in '{paths.masks}': "
+            f"{listing(no_mask)}. Rasterise their labels first (Rasterize labels to tile masks), "
+            "or reject them in the index."
+        )
+    if no_image:
+        raise GullySegError(
+            f"{what}: {len(no_image)} tiles have no image (.tif or .jpg) in '{paths.images}': {listing(no_image)}."
+        )
+    return paths, records, tiles
+
+
+def ignore_value(card):
+    """The mask ignore value recorded in the card by the label step (any 'ignore_value' key), else 255."""
+    stack = [card]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, value in item.items():
+                if key.lower() == "ignore_value" and isinstance(value, (int, float)):
+                    return int(value)
+                stack.append(value)
+    return MASK_IGNORE
+
+
+# --- manifests (split.json, augment.json) and side files ----------------------------------
+
+def read_json(path, what):
+    """The JSON document at ``path`` (None when there is none); a broken one is an error naming it."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError) as exc:
+        raise GullySegError(f"{what}: cannot read '{path}': {exc}") from None
+
+
+def write_json(path, data, overwrite=True, what="manifest", indent=1):
+    """Write ``data`` as sorted, indented JSON through ``gdalio.atomic_output``."""
+    with gdalio.atomic_output(path, overwrite=overwrite, what=what) as tmp:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=indent, sort_keys=True)
+            handle.write("\n")
+
+
+def read_variants(paths, tile_ids):
+    """Variants of ``augment.json`` whose source is one of ``tile_ids`` and whose files exist."""
+    manifest = read_json(os.path.join(paths.root, AUGMENT_MANIFEST), "DATASET") or {}
+    out = {}
+    for vid, entry in (manifest.get("variants") or {}).items():
+        if entry.get("source_tile") in tile_ids and existing(paths, entry.get("mask")):
+            out[vid] = entry
+    return out
+
+
+def side_files(src_abs):
+    """(source side file, suffix to put after the destination stem) pairs that exist."""
+    found = []
+    for suffix in SIDE_SUFFIXES:
+        if os.path.exists(src_abs + suffix):
+            found.append((src_abs + suffix, "full", suffix))
+    stem, image_ext = os.path.splitext(src_abs)
+    for ext in SIDE_EXTS.get(image_ext.lower(), ()):
+        if os.path.exists(stem + ext):
+            found.append((stem + ext, "stem", ext))
+    return found

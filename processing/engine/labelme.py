@@ -27,13 +27,14 @@ import numpy as np
 from osgeo import gdal, ogr
 
 from . import safefiles
+from .dataset import MASK_IGNORE
 from .errors import GullySegError
 from .gdalio import ring_polygon
 
 LABELME_VERSION = "5.4.1"  # the format version GullySeg writes (Labelme 5.x reads it silently)
 IGNORE_LABEL = "__ignore__"
 BACKGROUND_LABEL = "_background_"
-DEFAULT_IGNORE_VALUE = 255
+DEFAULT_IGNORE_VALUE = MASK_IGNORE
 SHAPE_TYPES = ("polygon", "rectangle", "circle", "line", "linestrip", "point", "mask")
 LINE_TYPES = ("line", "linestrip")
 POINT_COUNTS = {"rectangle": 2, "circle": 2, "line": 2, "point": 1, "mask": 2}  # exact counts Labelme writes

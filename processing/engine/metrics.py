@@ -38,13 +38,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import gdalio
+from . import dataset, gdalio
 from .errors import GullySegError
 from .feedback import Feedback
 from .windows import EDGE_PAD, iter_windows
 
 DEFAULT_CLASSES = ("background", "gully")
-DEFAULT_IGNORE = 255
+DEFAULT_IGNORE = dataset.MASK_IGNORE
 MASK_EXTENSIONS = (".tif", ".tiff", ".png", ".img", ".vrt", ".bmp", ".gif")
 CONVENTION = (
     "Confusion matrix: reference in rows, prediction in columns. mIoU is the mean of the "

@@ -25,7 +25,7 @@ import shutil
 import numpy as np
 from osgeo import gdal, ogr, osr
 
-from . import dataset, gdalio, labelme, safefiles
+from . import dataset, gdalio, labelme, safefiles, windows
 from .errors import GullySegError
 from .feedback import Feedback
 from .labelme import ERROR, WARNING, Problem
@@ -125,12 +125,11 @@ def burn_items(ds, items, all_touched):
         run.burn(ds, all_touched)  # everything before this mask shape, then the mask over it
         run = GeometryLayer()
         mask, x0, y0 = item.mask, item.x0, item.y0
-        xa, ya = max(0, x0), max(0, y0)
-        xb, yb = min(width, x0 + mask.shape[1]), min(height, y0 + mask.shape[0])
-        if xb > xa and yb > ya:
-            arr = band.ReadAsArray(xa, ya, xb - xa, yb - ya)
-            sub = mask[ya - y0:yb - y0, xa - x0:xb - x0]
-            arr[sub] = item.value
+        part = windows.intersection((x0, y0, mask.shape[1], mask.shape[0]), (0, 0, width, height))
+        if part is not None:
+            xa, ya, w, h = part
+            arr = band.ReadAsArray(xa, ya, w, h)
+            arr[mask[ya - y0:ya - y0 + h, xa - x0:xa - x0 + w]] = item.value
             band.WriteArray(arr, xa, ya)
     run.burn(ds, all_touched)
     ds.SetGeoTransform(saved_gt)
@@ -178,10 +177,7 @@ class TileGrid:
 
     @property
     def bounds(self):
-        gt = self.geotransform
-        xs = (gt[0], gt[0] + self.width * gt[1])
-        ys = (gt[3], gt[3] + self.height * gt[5])
-        return min(xs), min(ys), max(xs), max(ys)
+        return windows.bounds_of(self.geotransform, 0, 0, self.width, self.height)
 
     def to_pixel(self):
         """(x, y) map coordinates -> (col, row), computed as GDAL's rasterizer does."""

@@ -54,7 +54,6 @@ Gully share
 """
 
 import errno
-import json
 import math
 import os
 import re
@@ -65,20 +64,30 @@ import numpy as np
 from osgeo import gdal
 
 from . import dataset, gdalio, metrics
+from .dataset import (  # noqa: F401 (the dataset contract, importable from here as before)
+    AUGMENT_MANIFEST,
+    AUGMENTED_DIR,
+    MAX_LISTED,
+    SIDE_EXTS,
+    SIDE_SUFFIXES,
+    SPLIT_MANIFEST,
+    TileSample,
+    collect_tiles,
+    ignore_value,
+    read_json,
+    read_variants,
+    write_json,
+)
+from .dataset import listing as _listing
+from .dataset import side_files as _side_files
 from .errors import GullySegError
 from .feedback import Feedback
 
-SPLIT_MANIFEST = "split.json"
-AUGMENT_MANIFEST = "augment.json"
-AUGMENTED_DIR = "augmented"
 SPLITS = dataset.SPLITS  # ("train", "val", "test")
 STRATEGY_TILE = 0
 STRATEGY_BLOCK = 1
 STRATEGY_NAMES = {STRATEGY_TILE: "source tile", STRATEGY_BLOCK: "spatial block"}
-DEFAULT_IGNORE = 255
-MAX_LISTED = 20  # problems listed by name in an error message
-SIDE_SUFFIXES = (".aux.xml",)  # appended to the full file name
-SIDE_EXTS = {".jpg": (".jgw", ".wld"), ".tif": (".tfw",)}  # world files: replace the extension
+DEFAULT_IGNORE = dataset.MASK_IGNORE
 _TILE_RE = re.compile(r"^(?P<scene>.*)_r\d+_c\d+$")
 MANIFEST_FORMAT = "gullyseg-split/1"
 
@@ -109,100 +118,7 @@ def ratios_label(ratios):
     return ":".join(f"{r:g}" for r in ratios)
 
 
-# --- the tiles of a dataset ------------------------------------------------------------
-
-class TileSample:
-    """An original tile of the dataset with its files (paths relative to the dataset folder)."""
-
-    __slots__ = ("tile_id", "row", "col", "images", "mask", "split", "gully", "labelled")
-
-    def __init__(self, tile_id, row, col, images, mask, split=""):
-        self.tile_id = tile_id
-        self.row = row
-        self.col = col
-        self.images = images  # {'tif': 'images/x.tif', 'jpg': 'images/x.jpg'}
-        self.mask = mask
-        self.split = split or ""
-        self.gully = 0
-        self.labelled = 0
-
-    @property
-    def gully_share(self):
-        return self.gully / self.labelled if self.labelled else 0.0
-
-
-def _existing(paths, relative):
-    return bool(relative) and os.path.isfile(paths.abs(relative))
-
-
-def _listing(names):
-    shown = ", ".join(names[:MAX_LISTED])
-    more = f" and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else ""
-    return f"{shown}{more}"
-
-
-def collect_tiles(root, what="DATASET"):
-    """Read the index and return ``(paths, records, tiles)`` for the tiles the steps work on.
-
-    The kept tiles once anything is kept, else all tiles (``dataset.tiles_for_work``). A tile's
-    mask is the index's ``mask`` field, else ``masks/<tile_id>.tif``; its images the
-    ``image_tif``/``image_jpg`` fields, else ``images/<tile_id>.tif|.jpg``. Tiles without a
-    mask or without any image are an error that names them (first 20 and the count).
-    """
-    if not root or not os.path.isdir(str(root)):
-        raise GullySegError(f"{what}: '{root}' is not a folder; give the dataset folder made by gridtiles.")
-    paths = dataset.DatasetPaths(root)
-    if not os.path.exists(paths.index):
-        raise GullySegError(
-            f"{what}: '{paths.root}' has no tile index ({dataset.INDEX_NAME}); is it a GullySeg dataset folder?")
-    records, _ = dataset.read_index(paths.index)
-    work = dataset.tiles_for_work(records)
-    if not work:
-        raise GullySegError(f"{what}: the tile index '{paths.index}' has no tiles.")
-    tiles, no_mask, no_image = [], [], []
-    for rec in work:
-        tid = rec["tile_id"]
-        mask = rec.get("mask") or ""
-        if not _existing(paths, mask):
-            mask = f"{dataset.MASKS_DIR}/{tid}.tif"
-        if not _existing(paths, mask):
-            no_mask.append(tid)
-        images = {}
-        for ext in ("tif", "jpg"):
-            rel = rec.get(f"image_{ext}") or ""
-            if not _existing(paths, rel):
-                rel = f"{dataset.IMAGES_DIR}/{tid}.{ext}"
-            if _existing(paths, rel):
-                images[ext] = rel
-        if not images:
-            no_image.append(tid)
-        tiles.append(TileSample(tid, rec.get("row"), rec.get("col"), images, mask, rec.get("split")))
-    if no_mask:
-        kept = "kept " if any(r.get("status") == dataset.STATUS_KEEP for r in records) else ""
-        raise GullySegError(
-            f"{what}: {len(no_mask)} of {len(work)} {kept}tiles have no mask in '{paths.masks}': "
-            f"{_listing(no_mask)}. Rasterise their labels first (Rasterize labels to tile masks), "
-            "or reject them in the index."
-        )
-    if no_image:
-        raise GullySegError(
-            f"{what}: {len(no_image)} tiles have no image (.tif or .jpg) in '{paths.images}': {_listing(no_image)}."
-        )
-    return paths, records, tiles
-
-
-def ignore_value(card):
-    """The mask ignore value recorded in the card by the label step (any 'ignore_value' key), else 255."""
-    stack = [card]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            for key, value in item.items():
-                if key.lower() == "ignore_value" and isinstance(value, (int, float)):
-                    return int(value)
-                stack.append(value)
-    return DEFAULT_IGNORE
-
+# --- mask pixels ----------------------------------------------------------------------
 
 def count_mask_pixels(paths, tiles, ignore, feedback):
     """Set ``gully`` and ``labelled`` pixel counts on every tile from its mask (and check sizes)."""
@@ -226,7 +142,7 @@ def count_mask_pixels(paths, tiles, ignore, feedback):
         if nodata is not None and nodata != ignore:
             labelled &= values != nodata
         tile.labelled = int(labelled.sum())
-        tile.gully = int((labelled & (values > 0) & (values < 255)).sum())
+        tile.gully = int((labelled & (values > 0) & (values < dataset.MASK_IGNORE)).sum())
         if i % 16 == 0:
             feedback.progress(100.0 * (i + 1) / len(tiles))
 
@@ -320,49 +236,7 @@ def allocate(group_ids, weights, shares, ratios, seed, stratify, pixels=None, ca
     return {g: SPLITS[k] for g, k in best.items()}, n_bins
 
 
-# --- variants (written by augment.py) --------------------------------------------------
-
-def read_json(path, what):
-    if not os.path.exists(path):
-        return None
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except (OSError, ValueError) as exc:
-        raise GullySegError(f"{what}: cannot read '{path}': {exc}") from None
-
-
-def write_json(path, data, overwrite=True, what="manifest"):
-    with gdalio.atomic_output(path, overwrite=overwrite, what=what) as tmp:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=1, sort_keys=True)
-            handle.write("\n")
-
-
-def read_variants(paths, tile_ids):
-    """Variants of ``augment.json`` whose source is one of ``tile_ids`` and whose files exist."""
-    manifest = read_json(os.path.join(paths.root, AUGMENT_MANIFEST), "DATASET") or {}
-    out = {}
-    for vid, entry in (manifest.get("variants") or {}).items():
-        if entry.get("source_tile") in tile_ids and _existing(paths, entry.get("mask")):
-            out[vid] = entry
-    return out
-
-
 # --- outputs: lists, materialised folders, manifest ------------------------------------
-
-def _side_files(src_abs):
-    """(source side file, suffix to put after the destination stem) pairs that exist."""
-    found = []
-    for suffix in SIDE_SUFFIXES:
-        if os.path.exists(src_abs + suffix):
-            found.append((src_abs + suffix, "full", suffix))
-    stem, image_ext = os.path.splitext(src_abs)
-    for ext in SIDE_EXTS.get(image_ext.lower(), ()):
-        if os.path.exists(stem + ext):
-            found.append((stem + ext, "stem", ext))
-    return found
-
 
 def link_or_copy(src, dst):
     """Hard link ``src`` to ``dst``; copy when the file system refuses. Returns True for a link."""
@@ -612,6 +486,24 @@ def _update_augment_splits(paths, split_of_tile):
             changed = True
     if changed:
         write_json(path, manifest, what=AUGMENT_MANIFEST)
+
+
+def refresh_outputs(paths, tiles, overwrite=False, feedback=None):
+    """Rewrite the split's lists, folders and manifest after the variants changed (augment.py).
+
+    Keeps the previous split's settings and groups (split.json; else the index's split field).
+    """
+    feedback = feedback or Feedback()
+    previous = read_json(os.path.join(paths.root, SPLIT_MANIFEST), "DATASET") or {}
+    settings = previous.get("settings") or {"materialize": False, "note": "split read from the index"}
+    groups = {}
+    for gid, g in (previous.get("groups") or {}).items():
+        for tid in g.get("tiles", []):
+            groups[tid] = gid
+    ignore = settings.get("ignore_value", ignore_value(dataset.read_card(paths.root)))
+    count_mask_pixels(paths, tiles, ignore, feedback.scaled(0, 30))
+    write_outputs(paths, records_after(paths), tiles, groups, settings, overwrite=overwrite,
+                  feedback=feedback.scaled(30, 100))
 
 
 # --- the step --------------------------------------------------------------------------

@@ -39,17 +39,16 @@ from dataclasses import dataclass, field
 import numpy as np
 from osgeo import gdal, ogr, osr
 
-from . import gdalio
+from . import dataset, gdalio, windows
 from .errors import GullySegError
 from .feedback import Feedback
-from .windows import iter_windows
 
 DEFAULT_ORIGIN = (420000.0, 7010000.0)  # upper-left corner, WGS 84 / UTM zone 6N (Alaska)
 DEFAULT_PIXEL_SIZE = 0.75
 DEFAULT_EPSG = 32606
 GULLY_LAYER = "gullies"
 GULLY_LABEL = "gully"
-MASK_GULLY, MASK_BACKGROUND, MASK_NODATA = 1, 0, 255
+MASK_GULLY, MASK_BACKGROUND, MASK_NODATA = 1, 0, dataset.MASK_IGNORE
 IMAGE_NODATA = 0
 BAND_SETS = {
     "rgb": ("red", "green", "blue"),
@@ -894,14 +893,14 @@ def _write_rasters(img_path, mask_path, gpkg_path, render_path, footprint, width
     feat.SetGeometry(footprint)
     fp_layer.CreateFeature(feat)
 
-    wins = list(iter_windows(width, height, window_size))
+    wins = list(windows.iter_windows(width, height, window_size))
     last_row = -1
     for n, win in enumerate(wins):
         feedback.check_cancelled()
         xa, ya, w, h = win.clip(width, height)
         hx, hy, hw, hh = xa - HALO, ya - HALO, w + 2 * HALO, h + 2 * HALO
-        hgt = (gt[0] + hx * gt[1], gt[1], 0.0, gt[3] + hy * gt[5], 0.0, gt[5])
-        bounds = (hgt[0], hgt[3] + hh * gt[5], hgt[0] + hw * gt[1], hgt[3])
+        hgt = windows.geotransform_at(gt, hx, hy)
+        bounds = windows.bounds_of(gt, hx, hy, hw, hh)
         gully = _rasterize(glayer, hgt, hw, hh, bounds)
         land = _rasterize(land_layer, hgt, hw, hh, bounds)
         body = _rasterize(body_layer, hgt, hw, hh, bounds)
@@ -983,9 +982,7 @@ def _box(xmin, ymin, xmax, ymax):
 def _tile_shapes(layer, gt, x_off, y_off, w, h, label, simplify_px):
     """Gully polygons clipped to a tile, in tile pixel coordinates (pixel-corner based)."""
     ps_x, ps_y = gt[1], gt[5]
-    xmin = gt[0] + x_off * ps_x
-    ymax = gt[3] + y_off * ps_y
-    xmax, ymin = xmin + w * ps_x, ymax + h * ps_y
+    xmin, ymin, xmax, ymax = windows.bounds_of(gt, x_off, y_off, w, h)
     layer.SetSpatialFilterRect(xmin, ymin, xmax, ymax)
     tile_box = _box(xmin, ymin, xmax, ymax)
     shapes = []
@@ -1041,7 +1038,6 @@ def write_labelme_for_tiles(scene_path, gullies_path, out_dir=None, tile_index=N
     but never for tiles entirely outside the scene footprint. Existing JSON files are kept
     (an annotator's work) unless ``overwrite``.
     """
-    from . import dataset as ds_mod  # local: dataset imports metadata; keep module import light
 
     feedback = feedback or Feedback()
     scene, info = gdalio.open_checked(scene_path, "INPUT")
@@ -1051,12 +1047,12 @@ def write_labelme_for_tiles(scene_path, gullies_path, out_dir=None, tile_index=N
     vds = ogr.Open(str(gullies_path))
     layer = vds.GetLayerByName(GULLY_LAYER) or vds.GetLayer(0)
     if tile_index:
-        records, _ = ds_mod.read_index(tile_index)
-        paths = ds_mod.DatasetPaths.from_index(tile_index)
+        records, _ = dataset.read_index(tile_index)
+        paths = dataset.DatasetPaths.from_index(tile_index)
         out_dir = out_dir or paths.labelme
         tiles = []
         for rec in records:
-            image = rec.get("image_jpg") or rec.get("image_tif") or f"{ds_mod.IMAGES_DIR}/{rec['tile_id']}.jpg"
+            image = rec.get("image_jpg") or rec.get("image_tif") or f"{dataset.IMAGES_DIR}/{rec['tile_id']}.jpg"
             rel = os.path.relpath(paths.abs(image), os.path.abspath(out_dir)).replace(os.sep, "/")
             tiles.append((rec["tile_id"], rec["x_off"], rec["y_off"], rec["width"], rec["height"], rel))
     else:
@@ -1064,8 +1060,8 @@ def write_labelme_for_tiles(scene_path, gullies_path, out_dir=None, tile_index=N
             raise GullySegError("OUTPUT_DIR: a folder for the Labelme files is needed when no tile index is given.")
         stem = os.path.splitext(os.path.basename(str(scene_path)))[0]
         tiles = []
-        for win in iter_windows(info.width, info.height, tile_size):
-            tid = ds_mod.tile_id(stem, win.row, win.col)
+        for win in windows.iter_windows(info.width, info.height, tile_size):
+            tid = dataset.tile_id(stem, win.row, win.col)
             tiles.append((tid, win.x_off, win.y_off, win.width, win.height, f"{image_dir}/{tid}.jpg"))
     os.makedirs(out_dir, exist_ok=True)
     result = LabelmeResult(out_dir=os.path.abspath(out_dir), written=[])
@@ -1077,9 +1073,8 @@ def write_labelme_for_tiles(scene_path, gullies_path, out_dir=None, tile_index=N
             continue
         shapes = _tile_shapes(layer, gt, x_off, y_off, w, h, label, simplify_px)
         if not shapes:
-            part = (max(0, x_off), max(0, y_off), min(info.width, x_off + w), min(info.height, y_off + h))
-            if not include_empty or part[2] <= part[0] or part[3] <= part[1] or not gdalio.valid_mask(
-                    scene, part[0], part[1], part[2] - part[0], part[3] - part[1]).any():
+            part = windows.intersection((x_off, y_off, w, h), (0, 0, info.width, info.height))
+            if not include_empty or part is None or not gdalio.valid_mask(scene, *part).any():
                 continue
         doc = {"version": LABELME_VERSION, "flags": {}, "shapes": shapes, "imagePath": image_path,
                "imageData": None, "imageHeight": int(h), "imageWidth": int(w)}
