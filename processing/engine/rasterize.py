@@ -560,7 +560,10 @@ def write_tile_jpeg(image_tif, path):
             scale.append([lo, hi, 0, 255])
     opts = gdal.TranslateOptions(format="JPEG", bandList=bands, outputType=gdal.GDT_Byte,
                                  scaleParams=scale, creationOptions=["QUALITY=95", "WORLDFILE=NO"])
-    gdal.Translate(path, src, options=opts)
+    with gdalio.checked_write(path, "OUTPUT_DIR"):
+        out = gdal.Translate(path, src, options=opts)
+        out.FlushCache()
+        out = None
     src = None
 
 
