@@ -488,3 +488,22 @@ def test_huge_tile_size_is_a_clear_bound(scene, tmp_path):
     with pytest.raises(GullySegError, match="TILE_SIZE must be between 1 and 8192"):
         tiling.grid_tiles(str(scene), str(tmp_path / "ds"), tile_size=100000)
     assert not (tmp_path / "ds").exists()
+
+
+def test_manifest_path_outside_the_dataset_is_refused(index, tmp_path):
+    root = os.path.dirname(index)
+    tid = tile_ids(index)[0]
+    (tmp_path / "outside.tif").write_bytes(b"x")
+    dataset.write_json(os.path.join(root, dataset.AUGMENT_MANIFEST),
+                       {"variants": {"v1": {"source_tile": tid, "mask": "../outside.tif"}}})
+    with pytest.raises(GullySegError, match="outside the dataset folder"):
+        dataset.read_variants(dataset.DatasetPaths(root), {tid})
+
+
+def test_card_that_is_a_fifo_is_refused(index):
+    root = os.path.dirname(index)
+    card = dataset.DatasetPaths(root).card
+    os.remove(card)
+    os.mkfifo(card)
+    with pytest.raises(GullySegError, match="FIFO"):
+        dataset.read_card(root)

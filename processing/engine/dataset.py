@@ -380,10 +380,10 @@ def read_json(path, what):
     """The JSON document at ``path`` (None when there is none); a broken one is an error naming it."""
     if not os.path.exists(path):
         return None
+    raw = safefiles.read_bytes(path, what, safefiles.MAX_JSON_BYTES)  # a regular file of bounded size
     try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except (OSError, ValueError) as exc:
+        return json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
         raise GullySegError(f"{what}: cannot read '{path}': {exc}") from None
 
 
