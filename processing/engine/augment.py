@@ -58,6 +58,8 @@ import math
 import os
 import shutil
 import uuid
+from dataclasses import dataclass
+from typing import Optional, Sequence
 
 import numpy as np
 from osgeo import gdal
@@ -65,6 +67,7 @@ from osgeo import gdal
 from . import dataset, gdalio, split
 from .errors import GullySegError
 from .feedback import Feedback
+from .results import DictAccess
 
 GEOMETRIC = ("hflip", "vflip", "rot90", "rot180", "rot270", "transpose", "antitranspose")
 RADIOMETRIC = ("brightness", "contrast", "gamma")
@@ -74,9 +77,19 @@ DEFAULT_TRANSFORMS = ("hflip", "vflip", "rot90", "rot180", "rot270", "brightness
 DEFAULT_RANGES = {"brightness": (0.8, 1.2), "contrast": (0.8, 1.2), "gamma": (0.8, 1.25)}
 PARAM_NAME = {"brightness": "factor", "contrast": "factor", "gamma": "gamma"}
 JPEG_QUALITY = 95
-IMAGES = "images"
-MASKS = "masks"
+IMAGES = dataset.IMAGES_DIR
+MASKS = dataset.MASKS_DIR
 MANIFEST_FORMAT = "gullyseg-augment/1"
+
+
+@dataclass
+class AugmentResult(DictAccess):
+    """What ``augment_dataset`` did (also readable as a dict: ``result["count"]``)."""
+
+    count: int  # variants written
+    manifest: str  # path of augment.json
+    sources: int  # tiles augmented
+    splits: list  # the splits augmented ([] when the dataset was not split)
 
 _OPS = {
     "hflip": lambda a: a[..., :, ::-1],
@@ -352,11 +365,13 @@ def _files_of(paths, entry):
 
 # --- the step --------------------------------------------------------------------------
 
-def augment_dataset(root, splits=("train",), transforms=DEFAULT_TRANSFORMS, copies=4, brightness=None,
-                    contrast=None, gamma=None, seed=42, overwrite=False, feedback=None):
+def augment_dataset(root: str, splits: Sequence[str] = ("train",), transforms: Sequence[str] = DEFAULT_TRANSFORMS,
+                    copies: int = 4, brightness: Optional[Sequence[float]] = None,
+                    contrast: Optional[Sequence[float]] = None, gamma: Optional[Sequence[float]] = None,
+                    seed: int = 42, overwrite: bool = False, feedback: Optional[Feedback] = None) -> AugmentResult:
     """Write augmented variants for the tiles of ``splits`` (see the module docstring).
 
-    Returns {'count': variants written, 'manifest': path, 'sources': tiles augmented, 'splits': ...}.
+    Returns an ``AugmentResult``.
     """
     feedback = feedback or Feedback()
     given = {k: v for k, v in (("brightness", brightness), ("contrast", contrast), ("gamma", gamma)) if v is not None}
@@ -496,5 +511,5 @@ def augment_dataset(root, splits=("train",), transforms=DEFAULT_TRANSFORMS, copi
     if has_split:
         split.refresh_outputs(paths, tiles, overwrite=overwrite, feedback=feedback.scaled(90, 100))
     feedback.progress(100)
-    return {"count": len(variants), "manifest": manifest_path, "sources": len(sources),
-            "splits": list(splits) if has_split else []}
+    return AugmentResult(count=len(variants), manifest=manifest_path, sources=len(sources),
+                         splits=list(splits) if has_split else [])

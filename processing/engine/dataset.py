@@ -14,10 +14,10 @@ relative to the dataset folder, with '/' separators.
 import json
 import os
 
-from osgeo import ogr, osr
+from osgeo import gdal, ogr, osr
 
 from ...metadata import VERSION
-from . import gdalio, safefiles
+from . import gdalio, safefiles, windows
 from .errors import GullySegError
 
 INDEX_NAME = "index.gpkg"
@@ -279,6 +279,65 @@ def card_markdown(card):
     return "\n".join(lines) + "\n"
 
 
+# --- a tile's grid ---------------------------------------------------------------------
+
+class TileGrid:
+    """A tile's grid: size, geotransform, CRS and (optionally) its image for nodata."""
+
+    def __init__(self, tile_id, width, height, geotransform, crs_wkt, image=None, nodata_frac=0.0):
+        self.tile_id = tile_id
+        self.width = int(width)
+        self.height = int(height)
+        self.geotransform = tuple(geotransform)
+        self.crs_wkt = crs_wkt
+        self.image = image
+        self.nodata_frac = nodata_frac or 0.0
+
+    @property
+    def bounds(self):
+        return windows.bounds_of(self.geotransform, 0, 0, self.width, self.height)
+
+    def to_pixel(self):
+        """(x, y) map coordinates -> (col, row), computed as GDAL's rasterizer does."""
+        return windows.to_pixel(self.geotransform)
+
+
+def tile_grid(rec, paths, index_crs):
+    """The grid of an index record: from its GeoTIFF (exact) when present, else from the index."""
+    image = paths.abs(rec.get("image_tif") or "")
+    if image and os.path.exists(image):
+        try:
+            ds = gdal.Open(image)
+            gt = ds.GetGeoTransform(can_return_null=True)
+            wkt = ds.GetProjection() or index_crs
+            if gt:
+                return TileGrid(rec["tile_id"], ds.RasterXSize, ds.RasterYSize, gt, wkt, image, rec.get("nodata_frac"))
+        except RuntimeError:
+            pass
+    width, height = int(rec["width"]), int(rec["height"])
+    if "bounds" not in rec:
+        raise GullySegError(f"TILES: tile '{rec['tile_id']}' has no footprint and no GeoTIFF to take its grid from.")
+    xmin, ymin, xmax, ymax = rec["bounds"]
+    gt = (xmin, (xmax - xmin) / width, 0.0, ymax, 0.0, -(ymax - ymin) / height)
+    jpg = paths.abs(rec.get("image_jpg") or "")
+    return TileGrid(rec["tile_id"], width, height, gt, index_crs,
+                    image if image and os.path.exists(image) else (jpg if jpg and os.path.exists(jpg) else None),
+                    rec.get("nodata_frac"))
+
+
+def index_paths(index_path):
+    """(index path, DatasetPaths) of an existing tile index, or an error naming TILES."""
+    if not index_path or not os.path.exists(str(index_path)):
+        raise GullySegError(f"TILES: tile index '{index_path}' does not exist.")
+    return str(index_path), DatasetPaths.from_index(index_path)
+
+
+def rel_or_abs(paths, path):
+    """``path`` relative to the dataset folder when inside it, else absolute ('/' separators)."""
+    rel = paths.rel(path)
+    return rel if not rel.startswith("..") else os.path.abspath(path).replace(os.sep, "/")
+
+
 # --- the tiles the steps work on -------------------------------------------------------
 
 class TileSample:
@@ -387,11 +446,12 @@ def read_json(path, what):
         raise GullySegError(f"{what}: cannot read '{path}': {exc}") from None
 
 
-def write_json(path, data, overwrite=True, what="manifest", indent=1):
-    """Write ``data`` as sorted, indented JSON through ``gdalio.atomic_output``."""
+def write_json(path, data, overwrite=True, what="manifest", indent=1, sort_keys=True):
+    """Write ``data`` as indented JSON (sorted keys unless ``sort_keys`` is false) through
+    ``gdalio.atomic_output``."""
     with gdalio.atomic_output(path, overwrite=overwrite, what=what) as tmp:
         with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=indent, sort_keys=True)
+            json.dump(data, handle, indent=indent, sort_keys=sort_keys)
             handle.write("\n")
 
 

@@ -1,5 +1,5 @@
-"""Burn Labelme shapes and polygon layers into tile masks with GDAL (step 4), and export tiles
-for Labelme (step 3).
+"""Burn Labelme shapes and polygon layers into tile masks with GDAL (step 4). The export of tiles
+for Labelme (step 3) is in ``labelme_export.py`` (its names are importable from here too).
 
 Masks are uint8, one band, with the tile's size, geotransform and CRS: 0 background, 1..254
 classes, the ignore value (default 255, also the mask's nodata value) for ``__ignore__``.
@@ -16,26 +16,44 @@ grid; both on the same array.
 """
 
 import contextlib
-import csv
-import json
 import math
 import os
-import shutil
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import numpy as np
 from osgeo import gdal, ogr, osr
 
-from . import dataset, gdalio, labelme, safefiles, windows
+from . import dataset, gdalio, labelme, windows
+from . import report as reports
+from .dataset import TileGrid, tile_grid  # noqa: F401 (importable from here as before)
+from .dataset import index_paths as _index_path_and_paths
+from .dataset import rel_or_abs as _rel_or_abs
 from .errors import GullySegError
 from .feedback import Feedback
 from .labelme import ERROR, WARNING, Problem
-from .stretch import percentile_limits
+from .labelme_export import ExportResult, export_labelme, write_tile_jpeg  # noqa: F401 (as before)
+from .results import DictAccess
 
 PIXEL_GT = (0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 BURN_FIELD = "burn"
 REPORT_FIELDS = ["file", "tile_id", "shape_index", "severity", "problem"]
 MAX_LOGGED_PROBLEMS = 200
 _MASK_SIDES = [".tif.aux.xml", ".tif.msk"]  # the only side files a mask may get
+
+
+@dataclass
+class RasterizeResult(DictAccess):
+    """What ``rasterize_labels`` did (also readable as a dict: ``result["mask_count"]``)."""
+
+    mask_count: int  # masks written
+    problem_count: int  # problems found (errors and warnings)
+    error_count: int
+    skipped_files: int  # Labelme files left out because of errors
+    problems: list  # [labelme.Problem]
+    report: Optional[str]  # the problem report (CSV) or None
+    output_dir: str
+    masks: dict  # {tile_id: mask path}
 
 
 def _pixel_srs():
@@ -161,63 +179,6 @@ def rasterize_labelme_file(path, classes, width=None, height=None, all_touched=F
     return rasterize_shapes(width, height, items, all_touched), problems
 
 
-# --- tiles ----------------------------------------------------------------------------------
-
-class TileGrid:
-    """A tile's grid: size, geotransform, CRS and (optionally) its image for nodata."""
-
-    def __init__(self, tile_id, width, height, geotransform, crs_wkt, image=None, nodata_frac=0.0):
-        self.tile_id = tile_id
-        self.width = int(width)
-        self.height = int(height)
-        self.geotransform = tuple(geotransform)
-        self.crs_wkt = crs_wkt
-        self.image = image
-        self.nodata_frac = nodata_frac or 0.0
-
-    @property
-    def bounds(self):
-        return windows.bounds_of(self.geotransform, 0, 0, self.width, self.height)
-
-    def to_pixel(self):
-        """(x, y) map coordinates -> (col, row), computed as GDAL's rasterizer does."""
-        inv = gdal.InvGeoTransform(self.geotransform)
-
-        def _apply(x, y):
-            return inv[0] + x * inv[1] + y * inv[2], inv[3] + x * inv[4] + y * inv[5]
-
-        return _apply
-
-
-def tile_grid(rec, paths, index_crs):
-    """The grid of an index record: from its GeoTIFF (exact) when present, else from the index."""
-    image = paths.abs(rec.get("image_tif") or "")
-    if image and os.path.exists(image):
-        try:
-            ds = gdal.Open(image)
-            gt = ds.GetGeoTransform(can_return_null=True)
-            wkt = ds.GetProjection() or index_crs
-            if gt:
-                return TileGrid(rec["tile_id"], ds.RasterXSize, ds.RasterYSize, gt, wkt, image, rec.get("nodata_frac"))
-        except RuntimeError:
-            pass
-    width, height = int(rec["width"]), int(rec["height"])
-    if "bounds" not in rec:
-        raise GullySegError(f"TILES: tile '{rec['tile_id']}' has no footprint and no GeoTIFF to take its grid from.")
-    xmin, ymin, xmax, ymax = rec["bounds"]
-    gt = (xmin, (xmax - xmin) / width, 0.0, ymax, 0.0, -(ymax - ymin) / height)
-    jpg = paths.abs(rec.get("image_jpg") or "")
-    return TileGrid(rec["tile_id"], width, height, gt, index_crs,
-                    image if image and os.path.exists(image) else (jpg if jpg and os.path.exists(jpg) else None),
-                    rec.get("nodata_frac"))
-
-
-def _index_path_and_paths(index_path):
-    if not index_path or not os.path.exists(str(index_path)):
-        raise GullySegError(f"TILES: tile index '{index_path}' does not exist.")
-    return str(index_path), dataset.DatasetPaths.from_index(index_path)
-
-
 # --- rasterizelabels ------------------------------------------------------------------------
 
 def _match_tile(doc_path, doc, tiles_by_id):
@@ -235,17 +196,10 @@ def write_report(path, problems):
     """Problems -> CSV (or JSON when ``path`` ends with .json), written atomically."""
     if not path:
         return None
-    with gdalio.atomic_output(path, overwrite=True, what="OUTPUT_REPORT") as tmp:
-        if str(path).lower().endswith(".json"):
-            with open(tmp, "w", encoding="utf-8") as handle:
-                json.dump([p.as_dict() for p in problems], handle, indent=2)
-                handle.write("\n")
-        else:
-            with open(tmp, "w", encoding="utf-8", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=REPORT_FIELDS)
-                writer.writeheader()
-                for p in problems:
-                    writer.writerow(p.as_dict())
+    if str(path).lower().endswith(".json"):
+        reports.write_json(path, [p.as_dict() for p in problems])
+    else:
+        reports.write_csv(path, REPORT_FIELDS, [p.as_dict() for p in problems])
     return path
 
 
@@ -271,10 +225,12 @@ def _unknown_label_summary(problems):
     return parts
 
 
-def rasterize_labels(index_path, labelme_dir=None, vector=None, vector_crs=None, classes=None,
-                     all_touched=False, line_width=10.0, point_radius=5.0, output_dir=None, strict=True,
-                     unknown_labels="error", ignore_nodata=True, overwrite=False, report_path=None,
-                     feedback=None):
+def rasterize_labels(index_path: str, labelme_dir: Optional[str] = None, vector: Any = None,
+                     vector_crs: Optional[str] = None, classes: Optional[labelme.ClassMap] = None,
+                     all_touched: bool = False, line_width: float = 10.0, point_radius: float = 5.0,
+                     output_dir: Optional[str] = None, strict: bool = True, unknown_labels: str = "error",
+                     ignore_nodata: bool = True, overwrite: bool = False, report_path: Optional[str] = None,
+                     feedback: Optional[Feedback] = None) -> RasterizeResult:
     """Rasterise Labelme files and/or polygons into one mask per tile.
 
     index_path: the dataset's tile index. labelme_dir: folder of Labelme JSON (default
@@ -285,11 +241,10 @@ def rasterize_labels(index_path, labelme_dir=None, vector=None, vector_crs=None,
     classes: a ClassMap (default ``gully=1``). unknown_labels: 'error' or 'skip'.
     strict: any ERROR stops the run before a mask is written; otherwise bad files are skipped.
     ignore_nodata: pixels where the tile's image has no data burn the ignore value.
-    Returns a dict: mask_count, problem_count, error_count, skipped_files, problems, report,
-    output_dir, masks {tile_id: path}.
+    Returns a ``RasterizeResult``.
     """
     feedback = feedback or Feedback()
-    classes = classes or labelme.parse_classes("gully=1")
+    classes = classes or labelme.parse_class_map("gully=1")
     if unknown_labels not in ("error", "skip"):
         raise GullySegError(f"UNKNOWN_LABELS must be 'error' or 'skip' (got {unknown_labels!r}).")
     for name, value in (("LINE_WIDTH", line_width), ("POINT_RADIUS", point_radius)):
@@ -498,16 +453,16 @@ def rasterize_labels(index_path, labelme_dir=None, vector=None, vector_crs=None,
     feedback.progress(100.0)
     feedback.info(f"{len(targets)} mask(s) written to {output_dir} ({burn_rule(all_touched)}); "
                   f"{len(errors)} error(s), {len(warnings)} warning(s).")
-    return {
-        "mask_count": len(targets),
-        "problem_count": len(problems),
-        "error_count": len(errors),
-        "skipped_files": len(bad_files),
-        "problems": problems,
-        "report": report,
-        "output_dir": output_dir,
-        "masks": masks,
-    }
+    return RasterizeResult(
+        mask_count=len(targets),
+        problem_count=len(problems),
+        error_count=len(errors),
+        skipped_files=len(bad_files),
+        problems=problems,
+        report=report,
+        output_dir=output_dir,
+        masks=masks,
+    )
 
 
 def _transform(src_wkt, dst_wkt):
@@ -527,199 +482,3 @@ def _transform(src_wkt, dst_wkt):
 def _box(bounds):
     xmin, ymin, xmax, ymax = bounds
     return gdalio.ring_polygon([(xmin, ymin), (xmax, ymin), (xmax, ymax), (xmin, ymax)])
-
-
-def _rel_or_abs(paths, path):
-    rel = paths.rel(path)
-    return rel if not rel.startswith("..") else os.path.abspath(path).replace(os.sep, "/")
-
-
-# --- exportlabelme ---------------------------------------------------------------------------
-
-def _jpeg_bands(ds):
-    n = ds.RasterCount
-    if n >= 4:
-        return [3, 2, 1]  # B, G, R, NIR scenes (PMS): true colour
-    if n == 3:
-        return [1, 2, 3]
-    return [1]
-
-
-def write_tile_jpeg(image_tif, path):
-    """A JPEG for Labelme from a tile GeoTIFF (8-bit as is; other types stretched 2-98 %)."""
-    src = gdal.Open(image_tif)
-    bands = _jpeg_bands(src)
-    scale = None
-    if src.GetRasterBand(1).DataType != gdal.GDT_Byte:
-        scale = []
-        data = gdalio.read_window(src, 0, 0, src.RasterXSize, src.RasterYSize, bands)
-        valid = gdalio.Validity(src, bands).mask(data, 0, 0, src.RasterXSize, src.RasterYSize)
-        for band in data:
-            values = band[valid]
-            lo, hi = percentile_limits(values) if values.size else (0.0, 1.0)
-            scale.append([lo, hi, 0, 255])
-    opts = gdal.TranslateOptions(format="JPEG", bandList=bands, outputType=gdal.GDT_Byte,
-                                 scaleParams=scale, creationOptions=["QUALITY=95", "WORLDFILE=NO"])
-    with gdalio.checked_write(path, "OUTPUT_DIR"):
-        out = gdal.Translate(path, src, options=opts)
-        out.FlushCache()
-        out = None
-    src = None
-
-
-def _place_jpeg(grid, rec, paths, out_dir, feedback):
-    """The JPEG next to the JSON: a hard link to images/<id>.jpg (a copy if links fail), or a new one."""
-    target = os.path.join(out_dir, f"{grid.tile_id}.jpg")
-    if os.path.exists(target):
-        return os.path.basename(target), False
-    source = paths.abs(rec.get("image_jpg") or "")
-    if not source or not os.path.exists(source):
-        guess = os.path.join(paths.images, f"{grid.tile_id}.jpg")
-        source = guess if os.path.exists(guess) else None
-    if source:  # never link or copy a file from outside the dataset (a planted symlink) or a special file
-        if not safefiles.is_inside(paths.root, source, real=True):
-            raise GullySegError(f"TILES: the image '{source}' of tile '{grid.tile_id}' resolves outside the dataset "
-                                f"folder '{paths.root}' (a link?); it is not exported.")
-        safefiles.require_regular(source, "TILES")
-    with gdalio.atomic_output(target, what="OUTPUT_DIR") as tmp:
-        if source:
-            try:
-                os.link(source, tmp)
-            except OSError:
-                shutil.copyfile(source, tmp)
-        else:
-            tif = paths.abs(rec.get("image_tif") or "")
-            if not tif or not os.path.exists(tif):
-                raise GullySegError(f"TILES: tile '{grid.tile_id}' has neither a JPEG nor a GeoTIFF image.")
-            write_tile_jpeg(tif, tmp)
-            for side in (tmp + ".aux.xml",):
-                if os.path.exists(side):
-                    os.remove(side)
-    return os.path.basename(target), True
-
-
-def export_labelme(index_path, only_kept=True, prefill=None, label="gully", output_dir=None, feedback=None):
-    """Write <dataset>/labelme/<tile_id>.json (+ its JPEG) for the tiles to annotate, and labels.txt.
-
-    prefill: optional iterable of WKT polygons in the index CRS; clipped to each tile and written
-    as Labelme polygons in pixel coordinates (holes as ``_background_`` polygons after their
-    exterior). Existing JSON files are never overwritten (they are annotators' work): they are
-    counted as skipped. Returns a dict: json_count, skipped_count, shape_count, jpeg_count,
-    tile_count, output_dir, labels_file.
-    """
-    feedback = feedback or Feedback()
-    label = (label or "").strip()
-    if not label:
-        raise GullySegError("LABEL: the class label must not be empty (e.g. 'gully').")
-    if label in (labelme.IGNORE_LABEL, labelme.BACKGROUND_LABEL):
-        raise GullySegError(f"LABEL: '{label}' is reserved by Labelme's conventions; use a class name like 'gully'.")
-    index_path, paths = _index_path_and_paths(index_path)
-    records, index_crs = dataset.read_index(index_path)
-    tiles = dataset.tiles_for_work(records, only_kept=only_kept)
-    if not tiles:
-        raise GullySegError(f"TILES: the index '{index_path}' has no tiles.")
-    out_dir = os.path.abspath(output_dir) if output_dir else paths.labelme
-    labels_file = os.path.join(out_dir, "labels.txt")
-    if os.path.lexists(labels_file):  # never write through a link that leaves the folder
-        if not safefiles.is_inside(out_dir, labels_file, real=True):
-            raise GullySegError(f"OUTPUT_DIR: '{labels_file}' is a link to '{os.path.realpath(labels_file)}', "
-                                "outside the folder; GullySeg does not write through it. Remove the link.")
-        safefiles.require_regular(labels_file, "OUTPUT_DIR")
-    gdalio.make_folder(out_dir, "OUTPUT_DIR")
-    layer = None
-    if prefill is not None:
-        prefill_ds = ogr.GetDriverByName("Memory").CreateDataSource("prefill")  # keeps the layer alive
-        layer = prefill_ds.CreateLayer("p", None, ogr.wkbUnknown)
-        count = 0
-        for k, wkt in enumerate(prefill):
-            if k % 1000 == 0:
-                feedback.check_cancelled()
-            geom = ogr.CreateGeometryFromWkt(wkt) if isinstance(wkt, str) else wkt
-            if geom is None or geom.IsEmpty():
-                continue
-            if not geom.IsValid():
-                geom = geom.MakeValid()
-            feat = ogr.Feature(layer.GetLayerDefn())
-            feat.SetGeometry(geom)
-            layer.CreateFeature(feat)
-            count += 1
-        feedback.info(f"PREFILL: {count} polygon feature(s).")
-    written = skipped = shapes_total = jpegs = 0
-    updates = {}
-    for k, rec in enumerate(tiles):
-        feedback.check_cancelled()
-        feedback.progress(100.0 * k / len(tiles))
-        tid = rec["tile_id"]
-        json_path = os.path.join(out_dir, f"{tid}.json")
-        if os.path.exists(json_path):
-            skipped += 1
-            updates[tid] = {"labelme": _rel_or_abs(paths, json_path)}
-            continue
-        grid = tile_grid(rec, paths, index_crs)
-        shapes = []
-        if layer is not None:
-            xmin, ymin, xmax, ymax = grid.bounds
-            tile_poly = _box(grid.bounds)
-            layer.SetSpatialFilterRect(xmin, ymin, xmax, ymax)
-            parts = []
-            for feat in layer:
-                geom = feat.GetGeometryRef()
-                clipped = geom.Intersection(tile_poly)
-                if clipped is not None and not clipped.IsEmpty():
-                    parts.append(clipped)
-            layer.SetSpatialFilter(None)
-            polygons = []
-            for part in parts:
-                labelme.collect_polygons(part, polygons)  # drops lines/points left by the clip
-            if polygons:
-                multi = ogr.Geometry(ogr.wkbMultiPolygon)
-                for poly in polygons:
-                    multi.AddGeometry(poly)
-                # one label, so overlapping polygons merge; Labelme then draws disjoint parts
-                union = multi.UnionCascaded() if len(polygons) > 1 else multi
-                shapes = labelme.geometry_to_shapes(union, label, grid.to_pixel())
-        image_name, new_jpeg = _place_jpeg(grid, rec, paths, out_dir, feedback)
-        jpegs += int(new_jpeg)
-        doc = labelme.labelme_document(shapes, image_name, grid.width, grid.height)
-        with gdalio.atomic_output(json_path, what="OUTPUT_DIR") as tmp:
-            labelme.write_labelme(tmp, doc)
-        written += 1
-        shapes_total += len(shapes)
-        updates[tid] = {"labelme": _rel_or_abs(paths, json_path)}
-    if not os.path.exists(labels_file):
-        with gdalio.atomic_output(labels_file, what="OUTPUT_DIR") as tmp:
-            labelme.write_labels_txt(tmp, [label])
-    else:
-        text = safefiles.read_bytes(labels_file, "OUTPUT_DIR", safefiles.MAX_TEXT_BYTES).decode("utf-8", "replace")
-        names = [line.strip() for line in text.splitlines() if line.strip()]
-        if label not in names:
-            with gdalio.atomic_output(labels_file, overwrite=True, what="OUTPUT_DIR") as tmp:
-                with open(tmp, "w", encoding="utf-8") as handle:
-                    handle.write(text + ("" if not text or text.endswith("\n") else "\n") + label + "\n")
-            feedback.info(f"Added '{label}' to the existing {labels_file}.")
-    dataset.update_index(index_path, updates)
-    dataset.update_card(paths.root, labelme={
-        "folder": _rel_or_abs(paths, out_dir),
-        "label": label,
-        "labels_file": _rel_or_abs(paths, labels_file),
-        "files": sum(1 for n in os.listdir(out_dir) if n.lower().endswith(".json")),
-        "only_kept": bool(only_kept),
-        "prefilled": prefill is not None,
-        "coordinates": "Labelme pixel coordinates, pixel-corner based: (0, 0) is the tile's top-left corner",
-    })
-    if skipped:
-        feedback.warn(f"{skipped} tile(s) already had a Labelme file; kept as they are (annotators' work).")
-    feedback.progress(100.0)
-    feedback.info(
-        f"{written} Labelme file(s) written to {out_dir} ({shapes_total} prefilled shape(s)); {skipped} skipped. "
-        f"Annotate with: labelme \"{out_dir}\" --labels \"{labels_file}\" --nodata --autosave"
-    )
-    return {
-        "json_count": written,
-        "skipped_count": skipped,
-        "shape_count": shapes_total,
-        "jpeg_count": jpegs,
-        "tile_count": len(tiles),
-        "output_dir": out_dir,
-        "labels_file": labels_file,
-    }

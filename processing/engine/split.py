@@ -59,6 +59,8 @@ import os
 import re
 import shutil
 import uuid
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
 
 import numpy as np
 from osgeo import gdal
@@ -82,6 +84,7 @@ from .dataset import listing as _listing
 from .dataset import side_files as _side_files
 from .errors import GullySegError
 from .feedback import Feedback
+from .results import DictAccess
 
 SPLITS = dataset.SPLITS  # ("train", "val", "test")
 STRATEGY_TILE = 0
@@ -90,6 +93,19 @@ STRATEGY_NAMES = {STRATEGY_TILE: "source tile", STRATEGY_BLOCK: "spatial block"}
 DEFAULT_IGNORE = dataset.MASK_IGNORE
 _TILE_RE = re.compile(r"^(?P<scene>.*)_r\d+_c\d+$")
 MANIFEST_FORMAT = "gullyseg-split/1"
+
+
+@dataclass
+class SplitResult(DictAccess):
+    """What ``split_dataset`` did (also readable as a dict: ``result["counts"]["train"]``)."""
+
+    counts: dict  # samples per split (tiles and their variants)
+    tiles: dict  # source tiles per split
+    summary: dict  # per split: tiles, groups, samples, variants, gully share
+    summary_text: str
+    manifest: str  # path of split.json
+    links: int  # materialised files hard-linked
+    copies: int  # materialised files copied
 
 
 # --- parameters ------------------------------------------------------------------------
@@ -508,12 +524,13 @@ def refresh_outputs(paths, tiles, overwrite=False, feedback=None):
 
 # --- the step --------------------------------------------------------------------------
 
-def split_dataset(root, ratios="6:2:2", seed=42, strategy=STRATEGY_TILE, block_size=4, stratify=True,
-                  materialize=True, overwrite=False, feedback=None):
+def split_dataset(root: str, ratios: Union[str, Sequence[float]] = "6:2:2", seed: int = 42,
+                  strategy: int = STRATEGY_TILE, block_size: int = 4, stratify: bool = True,
+                  materialize: bool = True, overwrite: bool = False,
+                  feedback: Optional[Feedback] = None) -> SplitResult:
     """Split the dataset folder ``root`` into train/val/test (see the module docstring).
 
-    Returns a dict: counts (samples per split), tiles (per split), summary (dict), summary_text,
-    manifest path, links/copies.
+    Returns a ``SplitResult``.
     """
     feedback = feedback or Feedback()
     ratio_values = parse_ratios(ratios)
@@ -583,15 +600,15 @@ def split_dataset(root, ratios="6:2:2", seed=42, strategy=STRATEGY_TILE, block_s
             "For evaluation on original tiles only, split first, then augment the train split (the default)."
         )
     feedback.progress(100)
-    return {
-        "counts": {name: summary[name]["samples"] for name in SPLITS},
-        "tiles": {name: summary[name]["tiles"] for name in SPLITS},
-        "summary": summary,
-        "summary_text": summary_text(summary),
-        "manifest": os.path.join(paths.root, SPLIT_MANIFEST),
-        "links": manifest["materialized_links"],
-        "copies": manifest["materialized_copies"],
-    }
+    return SplitResult(
+        counts={name: summary[name]["samples"] for name in SPLITS},
+        tiles={name: summary[name]["tiles"] for name in SPLITS},
+        summary=summary,
+        summary_text=summary_text(summary),
+        manifest=os.path.join(paths.root, SPLIT_MANIFEST),
+        links=manifest["materialized_links"],
+        copies=manifest["materialized_copies"],
+    )
 
 
 def records_after(paths):

@@ -8,6 +8,8 @@ past the raster's right or bottom edge (EDGE=pad); ``clip`` gives the part to re
 import math
 from dataclasses import dataclass
 
+from osgeo import gdal
+
 from .errors import GullySegError
 
 EDGE_PAD = 0  # keep the grid regular; windows past the edge are padded with nodata
@@ -110,6 +112,17 @@ def from_bounds(gt, bounds, width=None, height=None, eps=1e-6):
     if c1 <= c0 or r1 <= r0:
         return None
     return c0, r0, c1 - c0, r1 - r0
+
+
+def to_pixel(gt):
+    """(x, y) map coordinates -> (col, row) for geotransform ``gt``: the inverse geotransform,
+    computed as GDAL's rasterizer does."""
+    inv = gdal.InvGeoTransform(tuple(gt))
+
+    def _apply(x, y):
+        return inv[0] + x * inv[1] + y * inv[2], inv[3] + x * inv[4] + y * inv[5]
+
+    return _apply
 
 
 def intersection(a, b):
