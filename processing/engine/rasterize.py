@@ -423,9 +423,11 @@ def rasterize_labels(index_path: str, labelme_dir: Optional[str] = None, vector:
             with gdalio.checked_write(masks[tid], "OUTPUT_DIR"):
                 out = gdalio.create_raster(tmp, grid.width, grid.height, 1, gdal.GDT_Byte, grid.geotransform,
                                            grid.crs_wkt, nodata=ignore, options=gdalio.GTIFF_SMALL)
-                out.GetRasterBand(1).WriteArray(arr)
-                out.FlushCache()
-                out = None
+                try:
+                    out.GetRasterBand(1).WriteArray(arr)
+                    out.FlushCache()
+                finally:
+                    out = None  # closed inside checked_write, also after an error
             ds = None
             values = {"gully_frac": round(frac, 6), "mask": _rel_or_abs(paths, masks[tid])}
             if json_path:

@@ -146,13 +146,15 @@ def _write_gtiff(path, arr, gdal_type, geotransform, crs_wkt, nodata, mask, over
         with gdalio.checked_write(path, "OUTPUT_DIR"):
             ds = gdalio.create_raster(tmp, width, height, bands, gdal_type, geotransform, crs_wkt,
                                       nodata=nodata, options=TILE_GTIFF_OPTIONS)
-            ds.WriteRaster(0, 0, width, height, np.ascontiguousarray(arr),
-                           width, height, gdal_type, list(range(1, bands + 1)))
-            if mask is not None:
-                ds.CreateMaskBand(gdal.GMF_PER_DATASET)
-                ds.GetRasterBand(1).GetMaskBand().WriteArray(mask.astype(np.uint8) * 255)
-            ds.FlushCache()
-            ds = None
+            try:
+                ds.WriteRaster(0, 0, width, height, np.ascontiguousarray(arr),
+                               width, height, gdal_type, list(range(1, bands + 1)))
+                if mask is not None:
+                    ds.CreateMaskBand(gdal.GMF_PER_DATASET)
+                    ds.GetRasterBand(1).GetMaskBand().WriteArray(mask.astype(np.uint8) * 255)
+                ds.FlushCache()
+            finally:
+                ds = None  # closed inside checked_write, also after an error
 
 
 def _world_file_text(gt):
