@@ -507,3 +507,35 @@ def test_card_that_is_a_fifo_is_refused(index):
     os.mkfifo(card)
     with pytest.raises(GullySegError, match="FIFO"):
         dataset.read_card(root)
+
+
+def test_permission_denied_is_a_clear_error():
+    """A real EACCES: a child process that dropped root writes into a folder it may not write."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to drop to another user")
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="gullyseg_locked_", dir="/tmp")  # pytest's tmp_path is root-only
+    os.chmod(folder, 0o755)  # root's folder: others may enter it, not write in it
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 3
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                with gdalio.atomic_output(os.path.join(folder, "out.txt"), what="OUTPUT_REPORT") as tmp:
+                    open(tmp, "w").write("x")
+                code = 1
+            except GullySegError as exc:
+                code = 0 if ("OUTPUT_REPORT" in str(exc) and "out.txt" in str(exc)
+                             and "Permission denied" in str(exc)) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    try:
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+        assert os.listdir(folder) == []
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

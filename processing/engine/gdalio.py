@@ -389,7 +389,7 @@ def atomic_output(path, overwrite=False, what="OUTPUT", side_suffixes=None):
         return  # the caller decided to write nothing
     try:
         if overwrite and os.path.exists(path):
-            for p in [path] + sides(stem):
+            for p in sides(stem):  # the old file itself is replaced by the one rename below
                 with contextlib.suppress(FileNotFoundError, IsADirectoryError):
                     os.remove(p)
         for side in sides(tmp_stem):

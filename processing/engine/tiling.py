@@ -276,6 +276,7 @@ def _swap_in(root, index_path, input_path, staging, staged_index, feedback):
                  and os.path.dirname(os.path.abspath(p)) == paths.images]
     aside = os.path.join(root, f"{_OLD_PREFIX}{uuid.uuid4().hex[:8]}")
     os.makedirs(aside)
+    os.makedirs(paths.images, exist_ok=True)
     moved = []
     try:
         for p in old_files:
