@@ -23,7 +23,7 @@ from gullyseg.ui.inference import ALG_ID, AREA_CANVAS, AREA_POLYGONS, InferenceT
 @pytest.fixture
 def segment(provider):
     if QgsApplication.processingRegistry().algorithmById(ALG_ID) is None:
-        pytest.skip(f"{ALG_ID} is not in the provider yet (issue 7)")
+        pytest.skip(f"{ALG_ID} is not registered in the GullySeg provider of this build")
     return ALG_ID
 
 

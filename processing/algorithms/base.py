@@ -108,9 +108,7 @@ class GullySegAlgorithm(QgsProcessingAlgorithm):
         except signals.Terminated as exc:
             signals.reraise(exc)  # outputs are cleaned up: now stop as the signal asked
             raise
-        except Cancelled as exc:
-            raise QgsProcessingException(str(exc)) from None
-        except GullySegError as exc:
+        except (Cancelled, GullySegError) as exc:
             raise QgsProcessingException(str(exc)) from None
 
     def execute(self, parameters, context, feedback):
@@ -122,13 +120,6 @@ class GullySegAlgorithm(QgsProcessingAlgorithm):
     @staticmethod
     def engine_feedback(feedback):
         return QgisFeedback(feedback)
-
-    @staticmethod
-    def layer_source_path(layer):
-        """The GDAL/OGR path of a layer's source (drops '|layername=' style suffixes for rasters)."""
-        if layer is None:
-            return None
-        return layer.source()
 
     @staticmethod
     def raster_path(layer, what):

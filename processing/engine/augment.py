@@ -67,6 +67,7 @@ from osgeo import gdal
 from . import dataset, gdalio, split
 from .errors import GullySegError
 from .feedback import Feedback
+from .radiometry import _dtype_limits, apply_radiometric, radiometric_range  # noqa: F401 (as before)
 from .results import DictAccess
 
 GEOMETRIC = ("hflip", "vflip", "rot90", "rot180", "rot270", "transpose", "antitranspose")
@@ -104,21 +105,21 @@ INVERSE = {"hflip": "hflip", "vflip": "vflip", "rot90": "rot270", "rot180": "rot
            "transpose": "transpose", "antitranspose": "antitranspose"}
 
 
-def geometric(array, op):
+def geometric(array, op) -> np.ndarray:
     """Apply a geometric transform to (..., rows, cols) arrays."""
     return np.ascontiguousarray(_OPS[op](array))
 
 
-def tile_key(tile_id):
+def tile_key(tile_id) -> int:
     return int.from_bytes(hashlib.sha256(tile_id.encode("utf-8")).digest()[:8], "little")
 
 
-def variant_id(tile_id, copy, copies):
+def variant_id(tile_id, copy, copies) -> str:
     width = 3 if copies > 99 else 2
     return f"{tile_id}__a{copy:0{width}d}"
 
 
-def plan_variant(tile_id, copy, transforms, ranges, seed):
+def plan_variant(tile_id, copy, transforms, ranges, seed) -> list:
     """The ordered transform steps of copy ``copy`` (1-based) of ``tile_id``: [{'op': ..., param: ...}]."""
     steps = []
     geo = [op for op in GEOMETRIC if op in transforms]
@@ -145,7 +146,7 @@ def _check_range(name, value):
     return lo, hi
 
 
-def check_parameters(splits, transforms, copies, ranges):
+def check_parameters(splits, transforms, copies, ranges) -> dict:
     unknown = [t for t in transforms if t not in TRANSFORMS]
     if unknown or not transforms:
         raise GullySegError(f"TRANSFORMS: choose one or more of {', '.join(TRANSFORMS)} (got {list(transforms)}).")
@@ -155,98 +156,6 @@ def check_parameters(splits, transforms, copies, ranges):
     if int(copies) != copies or copies < 0 or copies > 999:
         raise GullySegError(f"COPIES must be a whole number from 0 to 999 (got {copies}).")
     return {name: _check_range(name, ranges.get(name, DEFAULT_RANGES[name])) for name in RADIOMETRIC}
-
-
-# --- radiometry ------------------------------------------------------------------------
-
-def _dtype_limits(dtype):
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        return float(info.min), float(info.max)
-    return None
-
-
-def radiometric_range(paths, tiles, ext, feedback):
-    """[lo, hi] of the format ``ext`` (see the module docstring)."""
-    first = gdalio.open_raster(paths.abs(tiles[0].images[ext]), "DATASET")
-    dtype = gdalio.raster_info(first).dtype
-    nbits = first.GetRasterBand(1).GetMetadataItem("NBITS", "IMAGE_STRUCTURE")
-    first = None
-    limits = _dtype_limits(dtype)
-    if limits and dtype.itemsize == 1:
-        return list(limits)
-    if limits and nbits:
-        return [0.0 if limits[0] == 0 else limits[0], float(min(2 ** int(nbits) - 1, limits[1]))]
-    low, high = math.inf, -math.inf
-    for i, tile in enumerate(tiles):
-        if ext not in tile.images:
-            continue
-        if i % 32 == 0:
-            feedback.check_cancelled()
-        ds = gdalio.open_raster(paths.abs(tile.images[ext]), "DATASET")
-        for b in range(1, ds.RasterCount + 1):
-            band = ds.GetRasterBand(b)
-            if band.GetColorInterpretation() == gdal.GCI_AlphaBand:
-                continue
-            try:
-                mn, mx = band.ComputeRasterMinMax(False)
-            except RuntimeError:  # no valid pixel
-                continue
-            low, high = min(low, mn), max(high, mx)
-        ds = None
-    if not math.isfinite(low):
-        return list(limits) if limits else [0.0, 1.0]
-    if not limits:
-        return [float(low), float(high)]
-    bits = max(8, int(math.ceil(math.log2(high + 1)))) if high > 0 else 8
-    return [0.0 if low >= 0 else limits[0], float(min(2 ** bits - 1, limits[1]))]
-
-
-def apply_radiometric(array, steps, lo, hi, nodata, valid, alpha):
-    """Radiometric steps on (bands, rows, cols); returns (new array, contrast means used per step).
-
-    nodata: per band (None where unset); valid: bool (rows, cols) from ``gdalio.Validity``; alpha: per band
-    flags (alpha bands are never changed).
-    """
-    out = array.astype(np.float64)
-    bands = array.shape[0]
-    keep = np.zeros(array.shape, dtype=bool)  # pixels that must keep their source value
-    for b in range(bands):
-        if alpha[b]:
-            keep[b] = True
-            continue
-        keep[b] = ~valid  # gdalio.Validity: nodata values, NaN, mask bands
-    means = []
-    for step in steps:
-        op = step["op"]
-        if op == "brightness":
-            out *= step["factor"]
-        elif op == "contrast":
-            m = []
-            for b in range(bands):
-                sel = out[b][~keep[b]]
-                m.append(round(float(sel.mean()), 6) if sel.size else 0.0)
-                out[b] = m[b] + step["factor"] * (out[b] - m[b])
-            means.append(m)
-        elif op == "gamma":
-            span = hi - lo
-            out = lo + span * np.clip((out - lo) / span, 0.0, 1.0) ** step["gamma"]
-    np.clip(out, lo, hi, out=out)
-    if np.issubdtype(array.dtype, np.integer):
-        np.rint(out, out=out)
-    result = out.astype(array.dtype)
-    result[keep] = array[keep]
-    for b in range(bands):
-        nd = nodata[b]
-        if nd is None or alpha[b]:
-            continue
-        hit = ~keep[b] & (result[b] == nd)
-        if hit.any():
-            if np.issubdtype(array.dtype, np.integer):
-                result[b][hit] = nd + 1 if nd < hi else nd - 1
-            else:
-                result[b][hit] = np.nextafter(array.dtype.type(nd), array.dtype.type(hi if nd < hi else lo))
-    return result, means
 
 
 # --- reading and writing ---------------------------------------------------------------
@@ -365,6 +274,83 @@ def _files_of(paths, entry):
 
 # --- the step --------------------------------------------------------------------------
 
+def _write_variants(paths, plan, seed, ranges_by_ext, feedback):
+    """Write every planned variant into a temporary folder under augmented/. Returns (that folder,
+    the manifest's variants); on error or cancel the folder is removed."""
+    tmp_root = os.path.join(paths.root, dataset.AUGMENTED_DIR, f".partial-{uuid.uuid4().hex[:8]}")
+    variants = {}
+    try:
+        os.makedirs(os.path.join(tmp_root, IMAGES))
+        os.makedirs(os.path.join(tmp_root, MASKS))
+        by_tile = {}
+        for t, c, vid, steps in plan:
+            by_tile.setdefault(t.tile_id, (t, []))[1].append((c, vid, steps))
+        done = 0
+        for tid in sorted(by_tile):
+            t, items = by_tile[tid]
+            feedback.check_cancelled()
+            srcs = {"images": {ext: _Raster(paths.abs(rel)) for ext, rel in t.images.items()},
+                    "mask": _Raster(paths.abs(t.mask))}
+            for c, vid, steps in items:
+                entry, means = _write_variant(paths, tmp_root, vid, srcs, steps, ranges_by_ext)
+                recorded = []
+                for step in steps:
+                    step = dict(step)
+                    if step["op"] == "contrast":
+                        step["mean"] = {ext: m[0] for ext, m in means.items()}
+                    recorded.append(step)
+                entry.update({"source_tile": tid, "copy": c, "seed": int(seed), "split": t.split or "",
+                              "transforms": recorded, "georeferenced": False})
+                variants[vid] = entry
+                done += 1
+            feedback.progress(5 + 85.0 * done / max(1, len(plan)))
+    except BaseException:
+        shutil.rmtree(tmp_root, ignore_errors=True)
+        raise
+    return tmp_root, variants
+
+
+def _swap_in(paths, tmp_root, owned):
+    """Remove the previous run's variants (``owned``), move the new ones in, drop empty folders."""
+    for rel in sorted(owned):
+        path = paths.abs(rel)
+        if os.path.lexists(path):
+            os.remove(path)
+    for sub in (IMAGES, MASKS):
+        folder = os.path.join(tmp_root, sub)
+        final = os.path.join(paths.root, dataset.AUGMENTED_DIR, sub)
+        os.makedirs(final, exist_ok=True)
+        for name in sorted(os.listdir(folder)):
+            os.replace(os.path.join(folder, name), os.path.join(final, name))
+    shutil.rmtree(tmp_root, ignore_errors=True)
+    for sub in (IMAGES, MASKS, ""):
+        folder = os.path.join(paths.root, dataset.AUGMENTED_DIR, sub)
+        if os.path.isdir(folder) and not os.listdir(folder):
+            os.rmdir(folder)
+
+
+def _card_section(settings, sources, variants):
+    """The dataset card's 'augmentation' section."""
+    per_split = {}
+    for entry in variants.values():
+        key = entry["split"] or "unsplit"
+        per_split[key] = per_split.get(key, 0) + 1
+    card_section = dict(settings)
+    card_section.update({
+        "source_tiles": sources,
+        "variants": len(variants),
+        "variants_per_split": dict(sorted(per_split.items())),
+        "manifest": dataset.AUGMENT_MANIFEST,
+        "folders": f"{dataset.AUGMENTED_DIR}/images/<tile_id>__aNN.tif|.jpg, "
+                   f"{dataset.AUGMENTED_DIR}/masks/<tile_id>__aNN.tif",
+        "georeferenced": False,
+        "conventions": "one geometric transform per variant (rot90 = counter-clockwise), then the radiometric ones "
+                       "on valid image pixels; masks only geometric; dtype kept, clipped to the radiometric range; "
+                       "nodata kept",
+    })
+    return card_section
+
+
 def augment_dataset(root: str, splits: Sequence[str] = ("train",), transforms: Sequence[str] = DEFAULT_TRANSFORMS,
                     copies: int = 4, brightness: Optional[Sequence[float]] = None,
                     contrast: Optional[Sequence[float]] = None, gamma: Optional[Sequence[float]] = None,
@@ -426,53 +412,9 @@ def augment_dataset(root: str, splits: Sequence[str] = ("train",), transforms: S
             lo, hi = ranges_by_ext[ext]
             feedback.info(f"Radiometric range of the .{ext} images: {lo:g}..{hi:g}")
 
-    tmp_root = os.path.join(paths.root, dataset.AUGMENTED_DIR, f".partial-{uuid.uuid4().hex[:8]}")
-    variants = {}
-    try:
-        os.makedirs(os.path.join(tmp_root, IMAGES))
-        os.makedirs(os.path.join(tmp_root, MASKS))
-        by_tile = {}
-        for t, c, vid, steps in plan:
-            by_tile.setdefault(t.tile_id, (t, []))[1].append((c, vid, steps))
-        done = 0
-        for tid in sorted(by_tile):
-            t, items = by_tile[tid]
-            feedback.check_cancelled()
-            srcs = {"images": {ext: _Raster(paths.abs(rel)) for ext, rel in t.images.items()},
-                    "mask": _Raster(paths.abs(t.mask))}
-            for c, vid, steps in items:
-                entry, means = _write_variant(paths, tmp_root, vid, srcs, steps, ranges_by_ext)
-                recorded = []
-                for step in steps:
-                    step = dict(step)
-                    if step["op"] == "contrast":
-                        step["mean"] = {ext: m[0] for ext, m in means.items()}
-                    recorded.append(step)
-                entry.update({"source_tile": tid, "copy": c, "seed": int(seed), "split": t.split or "",
-                              "transforms": recorded, "georeferenced": False})
-                variants[vid] = entry
-                done += 1
-            feedback.progress(5 + 85.0 * done / max(1, len(plan)))
-    except BaseException:
-        shutil.rmtree(tmp_root, ignore_errors=True)
-        raise
+    tmp_root, variants = _write_variants(paths, plan, seed, ranges_by_ext, feedback)
 
-    # Swap: remove the previous run's variants, move the new ones in.
-    for rel in sorted(owned):
-        path = paths.abs(rel)
-        if os.path.lexists(path):
-            os.remove(path)
-    for sub in (IMAGES, MASKS):
-        folder = os.path.join(tmp_root, sub)
-        final = os.path.join(paths.root, dataset.AUGMENTED_DIR, sub)
-        os.makedirs(final, exist_ok=True)
-        for name in sorted(os.listdir(folder)):
-            os.replace(os.path.join(folder, name), os.path.join(final, name))
-    shutil.rmtree(tmp_root, ignore_errors=True)
-    for sub in (IMAGES, MASKS, ""):
-        folder = os.path.join(paths.root, dataset.AUGMENTED_DIR, sub)
-        if os.path.isdir(folder) and not os.listdir(folder):
-            os.rmdir(folder)
+    _swap_in(paths, tmp_root, owned)
 
     settings = {
         "splits": list(splits) if has_split else "all (not split yet)",
@@ -488,23 +430,7 @@ def augment_dataset(root: str, splits: Sequence[str] = ("train",), transforms: S
     manifest = {"format": MANIFEST_FORMAT, "settings": settings, "variants": variants}
     dataset.write_json(manifest_path, manifest, what=dataset.AUGMENT_MANIFEST)
 
-    per_split = {}
-    for entry in variants.values():
-        key = entry["split"] or "unsplit"
-        per_split[key] = per_split.get(key, 0) + 1
-    card_section = dict(settings)
-    card_section.update({
-        "source_tiles": len(sources),
-        "variants": len(variants),
-        "variants_per_split": dict(sorted(per_split.items())),
-        "manifest": dataset.AUGMENT_MANIFEST,
-        "folders": f"{dataset.AUGMENTED_DIR}/images/<tile_id>__aNN.tif|.jpg, "
-                   f"{dataset.AUGMENTED_DIR}/masks/<tile_id>__aNN.tif",
-        "georeferenced": False,
-        "conventions": "one geometric transform per variant (rot90 = counter-clockwise), then the radiometric ones "
-                       "on valid image pixels; masks only geometric; dtype kept, clipped to the radiometric range; "
-                       "nodata kept",
-    })
+    card_section = _card_section(settings, len(sources), variants)
     dataset.update_card(paths.root, augmentation=card_section)
     feedback.info(f"Wrote {len(variants)} variants of {len(sources)} tiles ({copies} per tile).")
 

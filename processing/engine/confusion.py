@@ -30,7 +30,7 @@ def _ratio(num, den):
     return float(num) / float(den) if den else float("nan")
 
 
-def scores(matrix, gully_index=1):
+def scores(matrix, gully_index=1) -> dict:
     """Scores of a K x K confusion matrix (rows reference, columns prediction).
 
     Returns a dict: oa, miou, iou (list per class), iou_gully, precision, recall, f1,
@@ -74,7 +74,7 @@ class TileScore:
     reference_path: str = ""
     prediction_path: str = ""
 
-    def scores(self, gully_index):
+    def scores(self, gully_index) -> dict:
         return scores(self.matrix, gully_index)
 
 
@@ -96,10 +96,10 @@ class Evaluation:
     warnings: list = field(default_factory=list)
 
     @property
-    def scores(self):
+    def scores(self) -> dict:
         return scores(self.matrix, self.gully_index)
 
-    def tile_rows(self):
+    def tile_rows(self) -> list:
         """Per-tile dicts, worst first (lowest mIoU; tiles with nothing to evaluate last)."""
         rows = []
         for tile in self.tiles:
@@ -134,7 +134,7 @@ class Evaluation:
         rows.sort(key=key)
         return rows
 
-    def to_dict(self):
+    def to_dict(self) -> dict:
         s = self.scores
         return {
             "convention": CONVENTION,
@@ -172,7 +172,7 @@ def _json_number(value):
     return value
 
 
-def parse_class_names(classes):
+def parse_class_names(classes) -> list:
     """'background,gully' or a list -> list of names (at least two, unique)."""
     if classes is None or classes == "":
         names = list(DEFAULT_CLASSES)
@@ -192,7 +192,7 @@ def parse_class_names(classes):
 
 parse_classes = parse_class_names  # the earlier name (labelme.parse_class_map parses class *values*)
 
-def gully_index_of(classes):
+def gully_index_of(classes) -> int:
     """Index of the class named 'gully' (any case), else 1."""
     lowered = [c.lower() for c in classes]
     return lowered.index("gully") if "gully" in lowered else 1

@@ -465,6 +465,22 @@ def read_variants(paths, tile_ids):
     return out
 
 
+def set_variant_splits(paths, split_of_tile):
+    """Keep the 'split' of every variant in augment.json equal to its source tile's split."""
+    path = os.path.join(paths.root, AUGMENT_MANIFEST)
+    manifest = read_json(path, "DATASET")
+    if not manifest or not manifest.get("variants"):
+        return
+    changed = False
+    for entry in manifest["variants"].values():
+        split = split_of_tile.get(entry.get("source_tile"), "")
+        if entry.get("split") != split:
+            entry["split"] = split
+            changed = True
+    if changed:
+        write_json(path, manifest, what=AUGMENT_MANIFEST)
+
+
 def side_files(src_abs):
     """(source side file, suffix to put after the destination stem) pairs that exist."""
     found = []

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from osgeo import gdal, gdal_array, ogr, osr
 
+from . import windows
 from .errors import GullySegError
 
 # Creation options for the GeoTIFFs GullySeg writes.
@@ -451,3 +452,17 @@ def ring_polygon(points):
     poly = ogr.Geometry(ogr.wkbPolygon)
     poly.AddGeometry(ring)
     return poly
+
+
+def polygon_mask(layer, gt, x_off, y_off, width, height, all_touched=False):
+    """uint8 (height, width): 1 where the polygons of OGR ``layer`` (in the raster's CRS) cover the
+    pixel window (x_off, y_off, width, height) of a raster with geotransform ``gt``; GDAL's burn rule
+    (pixel centre inside, or every touched pixel). Only features near the window are read."""
+    ds = gdal.GetDriverByName("MEM").Create("", int(width), int(height), 1, gdal.GDT_Byte)
+    ds.SetGeoTransform(windows.geotransform_at(gt, x_off, y_off))
+    layer.SetSpatialFilterRect(*windows.bounds_of(gt, x_off, y_off, width, height))
+    try:
+        gdal.RasterizeLayer(ds, [1], layer, burn_values=[1], options=["ALL_TOUCHED=TRUE"] if all_touched else [])
+    finally:
+        layer.SetSpatialFilter(None)
+    return ds.GetRasterBand(1).ReadAsArray()

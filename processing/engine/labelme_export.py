@@ -40,7 +40,7 @@ def _jpeg_bands(ds):
     return [1]
 
 
-def write_tile_jpeg(image_tif, path):
+def write_tile_jpeg(image_tif, path) -> None:
     """A JPEG for Labelme from a tile GeoTIFF (8-bit as is; other types stretched 2-98 %)."""
     src = gdal.Open(image_tif)
     bands = _jpeg_bands(src)

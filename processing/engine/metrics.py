@@ -31,6 +31,7 @@ Conventions (stated in every report):
 
 import math
 import os
+from typing import Optional
 
 import numpy as np
 
@@ -56,7 +57,7 @@ DEFAULT_IGNORE = dataset.MASK_IGNORE
 MASK_EXTENSIONS = (".tif", ".tiff", ".png", ".img", ".vrt", ".bmp", ".gif")
 
 
-def card_section(classes=DEFAULT_CLASSES, ignore_value=DEFAULT_IGNORE):
+def card_section(classes=DEFAULT_CLASSES, ignore_value=DEFAULT_IGNORE) -> dict:
     """The dataset card's 'evaluation' section: how gullyseg:evaluate scores this dataset."""
     return {
         "algorithm": "gullyseg:evaluate",
@@ -78,7 +79,7 @@ def _same_crs(wkt_a, wkt_b):
     return bool(a.IsSame(b))
 
 
-def check_same_grid(pred_info, ref_info, pred_what="PREDICTION", ref_what="REFERENCE", strict=True):
+def check_same_grid(pred_info, ref_info, pred_what="PREDICTION", ref_what="REFERENCE", strict=True) -> Optional[str]:
     """Raise a GullySegError naming both files unless size, geotransform and CRS agree.
 
     With ``strict`` false, a missing geotransform or CRS on one side is tolerated (returns a
@@ -169,7 +170,7 @@ def _open(path, what):
 # --- evaluation of two rasters ------------------------------------------------------------
 
 def evaluate_rasters(prediction, reference, classes=None, ignore_value=DEFAULT_IGNORE, tile_size=256,
-                     feedback=None, read_size=2048):
+                     feedback=None, read_size=2048) -> Evaluation:
     """Compare two class rasters on the same grid. Returns an ``Evaluation``.
 
     Per-tile scores are kept for the regular grid of ``tile_size`` x ``tile_size`` cells.
@@ -256,7 +257,7 @@ def _finish(result, feedback):
 
 # --- evaluation of two folders of masks ---------------------------------------------------
 
-def mask_files(folder, what):
+def mask_files(folder, what) -> dict:
     """{stem: path} of the mask rasters in ``folder`` (not recursive)."""
     if not folder or not os.path.isdir(str(folder)):
         raise GullySegError(f"{what}: '{folder}' is not a folder.")
@@ -274,7 +275,8 @@ def mask_files(folder, what):
     return found
 
 
-def evaluate_folders(prediction_dir, reference_dir, classes=None, ignore_value=DEFAULT_IGNORE, feedback=None):
+def evaluate_folders(prediction_dir, reference_dir, classes=None, ignore_value=DEFAULT_IGNORE,
+                     feedback=None) -> Evaluation:
     """Compare masks of two folders matched by file stem; one score row per tile.
 
     Every reference mask needs a prediction (else an error listing the missing ones);
@@ -357,7 +359,7 @@ CSV_FIELDS = ("tile", "miou", "iou_gully", "oa", "precision", "recall", "f1", "p
               "x_off", "y_off", "width", "height", "reference_path", "prediction_path")
 
 
-def write_report(result, report_path, overwrite=True, max_html_tiles=500):
+def write_report(result, report_path, overwrite=True, max_html_tiles=500) -> tuple:
     """Write the HTML report and its JSON and CSV twins beside it. Returns the three paths.
 
     The CSV has one row per tile, worst first; the JSON has everything.
@@ -371,5 +373,5 @@ def write_report(result, report_path, overwrite=True, max_html_tiles=500):
     return html_path, json_path, csv_path
 
 
-def render_html(result, rows, json_name, csv_name, max_tiles=500):
+def render_html(result, rows, json_name, csv_name, max_tiles=500) -> str:
     return report.evaluation_html(result, rows, json_name, csv_name, CONVENTION, max_tiles)

@@ -62,7 +62,7 @@ def _pixel_srs():
     return srs
 
 
-def burn_rule(all_touched):
+def burn_rule(all_touched) -> str:
     return ("all touched: every pixel a shape touches is burnt" if all_touched
             else "pixel centre: a pixel is burnt when its centre is inside the shape (gdal_rasterize default)")
 
@@ -90,7 +90,7 @@ class GeometryLayer:
         self._defn = self.layer.GetLayerDefn()
         self.count = 0
 
-    def add(self, geometry, value):
+    def add(self, geometry, value) -> None:
         if isinstance(geometry, str):
             geometry = ogr.CreateGeometryFromWkt(geometry)
         if geometry is None or geometry.IsEmpty():
@@ -101,7 +101,7 @@ class GeometryLayer:
         self.layer.CreateFeature(feat)
         self.count += 1
 
-    def burn(self, ds, all_touched, bounds=None):
+    def burn(self, ds, all_touched, bounds=None) -> None:
         """Burn into band 1 of ``ds`` (features within ``bounds`` if given, in layer order)."""
         if self.count == 0:
             return
@@ -123,7 +123,7 @@ def _mem_raster(width, height, geotransform, srs_wkt):
     return ds
 
 
-def burn_items(ds, items, all_touched):
+def burn_items(ds, items, all_touched) -> None:
     """Burn Labelme BurnItems (pixel space) into band 1 of ``ds`` in their order.
 
     ``ds``'s geotransform is switched to pixel space for the duration and restored.
@@ -154,7 +154,7 @@ def burn_items(ds, items, all_touched):
     ds.SetProjection(saved_wkt)
 
 
-def rasterize_shapes(width, height, items, all_touched=False):
+def rasterize_shapes(width, height, items, all_touched=False) -> np.ndarray:
     """Labelme BurnItems -> uint8 array (height, width), background 0. For one image."""
     ds = _mem_raster(width, height, PIXEL_GT, _pixel_srs().ExportToWkt())
     burn_items(ds, items, all_touched)
@@ -162,7 +162,7 @@ def rasterize_shapes(width, height, items, all_touched=False):
 
 
 def rasterize_labelme_file(path, classes, width=None, height=None, all_touched=False, line_width=10.0,
-                           point_radius=5.0, unknown_labels="error"):
+                           point_radius=5.0, unknown_labels="error") -> tuple:
     """One Labelme file -> (uint8 label map, problems). Size from the file unless given."""
     problems = []
     doc = labelme.read_labelme(path, problems)
@@ -192,7 +192,7 @@ def _match_tile(doc_path, doc, tiles_by_id):
     return None
 
 
-def write_report(path, problems):
+def write_report(path, problems) -> Optional[str]:
     """Problems -> CSV (or JSON when ``path`` ends with .json), written atomically."""
     if not path:
         return None
@@ -225,38 +225,9 @@ def _unknown_label_summary(problems):
     return parts
 
 
-def rasterize_labels(index_path: str, labelme_dir: Optional[str] = None, vector: Any = None,
-                     vector_crs: Optional[str] = None, classes: Optional[labelme.ClassMap] = None,
-                     all_touched: bool = False, line_width: float = 10.0, point_radius: float = 5.0,
-                     output_dir: Optional[str] = None, strict: bool = True, unknown_labels: str = "error",
-                     ignore_nodata: bool = True, overwrite: bool = False, report_path: Optional[str] = None,
-                     feedback: Optional[Feedback] = None) -> RasterizeResult:
-    """Rasterise Labelme files and/or polygons into one mask per tile.
-
-    index_path: the dataset's tile index. labelme_dir: folder of Labelme JSON (default
-    <dataset>/labelme; a missing default folder is fine when ``vector`` is given).
-    vector: optional iterable of ``(wkt, label_or_value)`` in the index CRS (``vector_crs`` is
-    the WKT of their CRS when it is not the index's; the Processing algorithm reprojects them
-    with QGIS first). A label (str) is looked up in ``classes``; an int is burnt as is.
-    classes: a ClassMap (default ``gully=1``). unknown_labels: 'error' or 'skip'.
-    strict: any ERROR stops the run before a mask is written; otherwise bad files are skipped.
-    ignore_nodata: pixels where the tile's image has no data burn the ignore value.
-    Returns a ``RasterizeResult``.
-    """
-    feedback = feedback or Feedback()
-    classes = classes or labelme.parse_class_map("gully=1")
-    if unknown_labels not in ("error", "skip"):
-        raise GullySegError(f"UNKNOWN_LABELS must be 'error' or 'skip' (got {unknown_labels!r}).")
-    for name, value in (("LINE_WIDTH", line_width), ("POINT_RADIUS", point_radius)):
-        if not (value >= 0 and math.isfinite(value)):
-            raise GullySegError(f"{name} must be a number of pixels >= 0 (got {value}).")
-    index_path, paths = _index_path_and_paths(index_path)
-    records, index_crs = dataset.read_index(index_path)
-    tiles_by_id = {r["tile_id"]: r for r in records}
-    output_dir = os.path.abspath(output_dir) if output_dir else paths.masks
-    problems = []
-
-    # 1. Label sources ---------------------------------------------------------------------
+def _labelme_files(labelme_dir, paths, vector, records, feedback):
+    """(folder, sorted .json paths) of the Labelme files to rasterise; an error when there is
+    nothing to rasterise at all."""
     explicit_dir = bool(labelme_dir)
     labelme_dir = os.path.abspath(labelme_dir) if labelme_dir else paths.labelme
     json_files = []
@@ -271,8 +242,13 @@ def rasterize_labels(index_path: str, labelme_dir: Optional[str] = None, vector:
             "rasterise. Annotate the tiles exported by 'Export tiles for Labelme' first, or give a polygon layer."
         )
     feedback.info(f"{len(json_files)} Labelme file(s) in {labelme_dir}; {len(records)} tile(s) in the index.")
+    return labelme_dir, json_files
 
-    # 2. Parse and check every Labelme file before anything is written ---------------------
+
+def _parse_labelme_files(json_files, tiles_by_id, paths, index_crs, classes, line_width, point_radius,
+                         unknown_labels, problems, feedback):
+    """Read and check every Labelme file (before anything is written). Returns (per_tile
+    {tile_id: (path, burn items)}, grids {tile_id: TileGrid}, bad_files); problems are appended."""
     per_tile = {}  # tile_id -> (json path, items)
     grids = {}
     bad_files = set()
@@ -315,42 +291,80 @@ def rasterize_labels(index_path: str, labelme_dir: Optional[str] = None, vector:
             bad_files.add(path)
             continue
         per_tile[tid] = (path, items)
+    return per_tile, grids, bad_files
 
-    # 3. Polygons ------------------------------------------------------------------------
-    layer = None
-    if vector is not None:
-        layer = GeometryLayer(index_crs)
-        transform = _transform(vector_crs, index_crs)
-        for k, (wkt, label) in enumerate(vector):
-            if k % 1000 == 0:
-                feedback.check_cancelled()
-            if isinstance(label, str):
-                if label not in classes:
-                    sev = WARNING if unknown_labels == "skip" else ERROR
-                    msg = f"label '{label}' is not in the class map (CLASSES)"
-                    problems.append(Problem("VECTOR", msg + ("; feature skipped" if sev == WARNING else ""), sev, k))
-                    continue
-                value = classes.value(label)
-            elif label is None:
-                value = classes.first_class()[1]
-            else:
-                value = int(label)
-                if not 0 <= value <= 255:
-                    problems.append(Problem("VECTOR", f"class value {value} is outside 0..255", ERROR, k))
-                    continue
-            try:
-                geom = ogr.CreateGeometryFromWkt(wkt) if isinstance(wkt, str) else wkt
-            except RuntimeError as exc:
-                problems.append(Problem("VECTOR", f"unreadable geometry: {exc}", ERROR, k))
+
+def _vector_layer(vector, vector_crs, index_crs, classes, unknown_labels, problems, feedback):
+    """The VECTOR polygons as a GeometryLayer in the index CRS (None without VECTOR); problems
+    are appended."""
+    if vector is None:
+        return None
+    layer = GeometryLayer(index_crs)
+    transform = _transform(vector_crs, index_crs)
+    for k, (wkt, label) in enumerate(vector):
+        if k % 1000 == 0:
+            feedback.check_cancelled()
+        if isinstance(label, str):
+            if label not in classes:
+                sev = WARNING if unknown_labels == "skip" else ERROR
+                msg = f"label '{label}' is not in the class map (CLASSES)"
+                problems.append(Problem("VECTOR", msg + ("; feature skipped" if sev == WARNING else ""), sev, k))
                 continue
-            if geom is not None and transform is not None:
-                geom = geom.Clone()
-                geom.Transform(transform)
-            layer.add(geom, value)
-        feedback.info(f"{layer.count} polygon feature(s) from VECTOR.")
+            value = classes.value(label)
+        elif label is None:
+            value = classes.first_class()[1]
+        else:
+            value = int(label)
+            if not 0 <= value <= 255:
+                problems.append(Problem("VECTOR", f"class value {value} is outside 0..255", ERROR, k))
+                continue
+        try:
+            geom = ogr.CreateGeometryFromWkt(wkt) if isinstance(wkt, str) else wkt
+        except RuntimeError as exc:
+            problems.append(Problem("VECTOR", f"unreadable geometry: {exc}", ERROR, k))
+            continue
+        if geom is not None and transform is not None:
+            geom = geom.Clone()
+            geom.Transform(transform)
+        layer.add(geom, value)
+    feedback.info(f"{layer.count} polygon feature(s) from VECTOR.")
+    return layer
 
-    errors = [p for p in problems if p.severity == ERROR]
-    warnings = [p for p in problems if p.severity == WARNING]
+
+def _burn_tile(grid, layer, items, all_touched, nodata_value=None):
+    """A tile's mask array: VECTOR polygons, then its Labelme items; with ``nodata_value``, pixels
+    where the tile's image has no data (``gdalio.Validity``) get that value."""
+    ds = _mem_raster(grid.width, grid.height, grid.geotransform, grid.crs_wkt)
+    if layer is not None:
+        layer.burn(ds, all_touched, grid.bounds)
+    if items is not None:
+        burn_items(ds, items, all_touched)
+    arr = ds.GetRasterBand(1).ReadAsArray()
+    if nodata_value is not None and grid.nodata_frac > 0 and grid.image and os.path.exists(grid.image):
+        img = gdal.Open(grid.image)
+        if (img.RasterXSize, img.RasterYSize) == (grid.width, grid.height):
+            arr[~gdalio.valid_mask(img, 0, 0, grid.width, grid.height)] = nodata_value
+        img = None
+    return arr
+
+
+def _write_mask(path, arr, grid, ignore, overwrite, stack):
+    """Write a mask under a hidden temporary name, renamed into place when ``stack`` closes
+    (after the index update: a failed update leaves no orphan mask). GDAL's write errors raise."""
+    tmp = stack.enter_context(gdalio.atomic_output(path, overwrite=overwrite, what="OUTPUT_DIR",
+                                                   side_suffixes=_MASK_SIDES))
+    with gdalio.checked_write(path, "OUTPUT_DIR"):
+        out = gdalio.create_raster(tmp, grid.width, grid.height, 1, gdal.GDT_Byte, grid.geotransform,
+                                   grid.crs_wkt, nodata=ignore, options=gdalio.GTIFF_SMALL)
+        try:
+            out.GetRasterBand(1).WriteArray(arr)
+            out.FlushCache()
+        finally:
+            out = None  # closed inside checked_write, also after an error
+
+
+def _stop_on_problems(problems, errors, bad_files, classes, strict, report_path, feedback):
+    """Log the problems; with STRICT and any error, write the report and raise (nothing written)."""
     _log_problems(problems, feedback)
     unknown = _unknown_label_summary(problems)
     if unknown:
@@ -368,6 +382,72 @@ def rasterize_labels(index_path: str, labelme_dir: Optional[str] = None, vector:
         )
     if errors:
         feedback.warn(f"{len(bad_files)} file(s) with errors skipped (STRICT=false).")
+
+
+def _labels_card(classes, all_touched, line_width, point_radius, ignore_nodata, masks, labelme_files,
+                 vector_features, masks_dir):
+    """The dataset card's 'labels' section."""
+    return {
+        "classes": classes.as_dict(),
+        "ignore_value": classes.ignore_value,
+        "background_value": 0,
+        "all_touched": bool(all_touched),
+        "burn_rule": burn_rule(all_touched),
+        "burn_order": "VECTOR polygons in layer order, then Labelme shapes in file order; later over earlier",
+        "line_width_px": float(line_width),
+        "point_radius_px": float(point_radius),
+        "nodata_is_ignore": bool(ignore_nodata),
+        "masks": masks,
+        "labelme_files": labelme_files,
+        "vector_features": vector_features,
+        "masks_dir": masks_dir,
+    }
+
+
+def rasterize_labels(index_path: str, labelme_dir: Optional[str] = None, vector: Any = None,
+                     vector_crs: Optional[str] = None, classes: Optional[labelme.ClassMap] = None,
+                     all_touched: bool = False, line_width: float = 10.0, point_radius: float = 5.0,
+                     output_dir: Optional[str] = None, strict: bool = True, unknown_labels: str = "error",
+                     ignore_nodata: bool = True, overwrite: bool = False, report_path: Optional[str] = None,
+                     feedback: Optional[Feedback] = None) -> RasterizeResult:
+    """Rasterise Labelme files and/or polygons into one mask per tile.
+
+    index_path: the dataset's tile index. labelme_dir: folder of Labelme JSON (default
+    <dataset>/labelme; a missing default folder is fine when ``vector`` is given).
+    vector: optional iterable of ``(wkt, label_or_value)`` in the index CRS (``vector_crs`` is
+    the WKT of their CRS when it is not the index's; the Processing algorithm reprojects them
+    with QGIS first). A label (str) is looked up in ``classes``; an int is burnt as is.
+    classes: a ClassMap (default ``gully=1``). unknown_labels: 'error' or 'skip'.
+    strict: any ERROR stops the run before a mask is written; otherwise bad files are skipped.
+    ignore_nodata: pixels where the tile's image has no data burn the ignore value.
+    Returns a ``RasterizeResult``.
+    """
+    feedback = feedback or Feedback()
+    classes = classes or labelme.parse_class_map("gully=1")
+    if unknown_labels not in ("error", "skip"):
+        raise GullySegError(f"UNKNOWN_LABELS must be 'error' or 'skip' (got {unknown_labels!r}).")
+    for name, value in (("LINE_WIDTH", line_width), ("POINT_RADIUS", point_radius)):
+        if not (value >= 0 and math.isfinite(value)):
+            raise GullySegError(f"{name} must be a number of pixels >= 0 (got {value}).")
+    index_path, paths = _index_path_and_paths(index_path)
+    records, index_crs = dataset.read_index(index_path)
+    tiles_by_id = {r["tile_id"]: r for r in records}
+    output_dir = os.path.abspath(output_dir) if output_dir else paths.masks
+    problems = []
+
+    # 1. Label sources ---------------------------------------------------------------------
+    labelme_dir, json_files = _labelme_files(labelme_dir, paths, vector, records, feedback)
+
+    # 2. Parse and check every Labelme file before anything is written ---------------------
+    per_tile, grids, bad_files = _parse_labelme_files(json_files, tiles_by_id, paths, index_crs, classes, line_width,
+                                                      point_radius, unknown_labels, problems, feedback)
+
+    # 3. Polygons ------------------------------------------------------------------------
+    layer = _vector_layer(vector, vector_crs, index_crs, classes, unknown_labels, problems, feedback)
+
+    errors = [p for p in problems if p.severity == ERROR]
+    warnings = [p for p in problems if p.severity == WARNING]
+    _stop_on_problems(problems, errors, bad_files, classes, strict, report_path, feedback)
 
     # 4. Which tiles get a mask -------------------------------------------------------------
     targets = set(per_tile)
@@ -401,55 +481,20 @@ def rasterize_labels(index_path: str, labelme_dir: Optional[str] = None, vector:
             feedback.check_cancelled()
             feedback.progress(30.0 + 68.0 * k / len(targets))
             grid = grids.get(tid) or tile_grid(tiles_by_id[tid], paths, index_crs)
-            ds = _mem_raster(grid.width, grid.height, grid.geotransform, grid.crs_wkt)
-            if layer is not None:
-                layer.burn(ds, all_touched, grid.bounds)
-            json_path = None
-            if tid in per_tile:
-                json_path, items = per_tile[tid]
-                burn_items(ds, items, all_touched)
-            arr = ds.GetRasterBand(1).ReadAsArray()
-            if ignore_nodata and grid.nodata_frac > 0 and grid.image and os.path.exists(grid.image):
-                img = gdal.Open(grid.image)
-                if (img.RasterXSize, img.RasterYSize) == (grid.width, grid.height):
-                    valid = gdalio.valid_mask(img, 0, 0, grid.width, grid.height)
-                    arr[~valid] = ignore
-                    ds.GetRasterBand(1).WriteArray(arr)
-                img = None
+            json_path, items = per_tile.get(tid, (None, None))
+            arr = _burn_tile(grid, layer, items, all_touched, ignore if ignore_nodata else None)
             labelled = int(np.count_nonzero(arr != ignore))
             frac = float(np.count_nonzero(np.isin(arr, fg_values))) / labelled if labelled else 0.0
-            tmp = stack.enter_context(gdalio.atomic_output(masks[tid], overwrite=overwrite, what="OUTPUT_DIR",
-                                                          side_suffixes=_MASK_SIDES))
-            with gdalio.checked_write(masks[tid], "OUTPUT_DIR"):
-                out = gdalio.create_raster(tmp, grid.width, grid.height, 1, gdal.GDT_Byte, grid.geotransform,
-                                           grid.crs_wkt, nodata=ignore, options=gdalio.GTIFF_SMALL)
-                try:
-                    out.GetRasterBand(1).WriteArray(arr)
-                    out.FlushCache()
-                finally:
-                    out = None  # closed inside checked_write, also after an error
-            ds = None
+            _write_mask(masks[tid], arr, grid, ignore, overwrite, stack)
             values = {"gully_frac": round(frac, 6), "mask": _rel_or_abs(paths, masks[tid])}
             if json_path:
                 values["labelme"] = _rel_or_abs(paths, json_path)
             updates[tid] = values
 
         dataset.update_index(index_path, updates)
-    card_labels = {
-        "classes": classes.as_dict(),
-        "ignore_value": ignore,
-        "background_value": 0,
-        "all_touched": bool(all_touched),
-        "burn_rule": burn_rule(all_touched),
-        "burn_order": "VECTOR polygons in layer order, then Labelme shapes in file order; later over earlier",
-        "line_width_px": float(line_width),
-        "point_radius_px": float(point_radius),
-        "nodata_is_ignore": bool(ignore_nodata),
-        "masks": len(targets),
-        "labelme_files": len(per_tile),
-        "vector_features": layer.count if layer is not None else 0,
-        "masks_dir": _rel_or_abs(paths, output_dir),
-    }
+    card_labels = _labels_card(classes, all_touched, line_width, point_radius, ignore_nodata, len(targets),
+                               len(per_tile), layer.count if layer is not None else 0,
+                               _rel_or_abs(paths, output_dir))
     dataset.update_card(paths.root, labels=card_labels)
     report = write_report(report_path, problems)
     feedback.progress(100.0)

@@ -12,14 +12,14 @@ import os
 from . import dataset, gdalio
 
 
-def fmt(value, digits=4):
+def fmt(value, digits=4) -> str:
     """A score for people: fixed digits, 'n/a' for None and NaN."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     return f"{value:.{digits}f}"
 
 
-def report_paths(report_path):
+def report_paths(report_path) -> tuple:
     """(html, json, csv) paths: the JSON and CSV are written beside the HTML report."""
     path = os.path.abspath(str(report_path))
     stem, ext = os.path.splitext(path)
@@ -27,12 +27,12 @@ def report_paths(report_path):
     return html_path, stem + ".json", stem + ".csv"
 
 
-def write_json(path, data, overwrite=True, what="OUTPUT_REPORT"):
+def write_json(path, data, overwrite=True, what="OUTPUT_REPORT") -> None:
     """``data`` as indented JSON (keys in their order), atomically."""
     dataset.write_json(path, data, overwrite=overwrite, what=what, indent=2, sort_keys=False)
 
 
-def write_csv(path, fieldnames, rows, overwrite=True, what="OUTPUT_REPORT"):
+def write_csv(path, fieldnames, rows, overwrite=True, what="OUTPUT_REPORT") -> None:
     """Rows (dicts) as CSV with a header, atomically; NaN is written as an empty cell."""
     with gdalio.atomic_output(path, overwrite=overwrite, what=what) as tmp:
         with open(tmp, "w", encoding="utf-8", newline="") as handle:
@@ -42,13 +42,13 @@ def write_csv(path, fieldnames, rows, overwrite=True, what="OUTPUT_REPORT"):
                 writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
 
 
-def write_text(path, text, overwrite=True, what="OUTPUT_REPORT"):
+def write_text(path, text, overwrite=True, what="OUTPUT_REPORT") -> None:
     with gdalio.atomic_output(path, overwrite=overwrite, what=what) as tmp:
         with open(tmp, "w", encoding="utf-8") as handle:
             handle.write(text)
 
 
-def evaluation_html(result, rows, json_name, csv_name, convention, max_tiles=500):
+def evaluation_html(result, rows, json_name, csv_name, convention, max_tiles=500) -> str:
     """The evaluation report as one HTML page (scores, matrix, per-class IoU, worst tiles)."""
     s = result.scores
     e = html.escape

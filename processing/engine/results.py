@@ -5,6 +5,7 @@ working for callers written against the dicts.
 """
 
 from dataclasses import fields
+from typing import Any
 
 
 class DictAccess:
@@ -15,7 +16,7 @@ class DictAccess:
             raise KeyError(key)
         return getattr(self, key)
 
-    def get(self, key: str, default=None):
+    def get(self, key: str, default=None) -> Any:
         return getattr(self, key) if key in self.keys() else default
 
     def keys(self) -> list:

@@ -20,7 +20,7 @@ MAX_JSON_BYTES = 64 * 1024 * 1024
 MAX_TEXT_BYTES = 16 * 1024 * 1024
 
 
-def require_regular(path, what):
+def require_regular(path, what) -> os.stat_result:
     """``path`` (links followed) must be a regular file: not a FIFO, device, socket or folder."""
     try:
         st = os.stat(path)
@@ -35,7 +35,7 @@ def require_regular(path, what):
     return st
 
 
-def read_bytes(path, what, limit=MAX_JSON_BYTES):
+def read_bytes(path, what, limit=MAX_JSON_BYTES) -> bytes:
     """The bytes of a regular file of at most ``limit`` bytes, or a GullySegError."""
     st = require_regular(path, what)
     if st.st_size > limit:
@@ -50,7 +50,7 @@ def read_bytes(path, what, limit=MAX_JSON_BYTES):
     return data
 
 
-def is_inside(root, path, real=False):
+def is_inside(root, path, real=False) -> bool:
     """True when ``path`` is ``root`` or below it: lexically, or (``real``) after resolving links."""
     norm = os.path.realpath if real else os.path.abspath
     root, path = norm(str(root)), norm(str(path))
@@ -60,7 +60,7 @@ def is_inside(root, path, real=False):
         return False
 
 
-def confined(root, relative, what="DATASET"):
+def confined(root, relative, what="DATASET") -> str:
     """``root`` joined with a stored relative path ('a/b.tif'), which must stay inside ``root``."""
     rel = str(relative).replace("\\", "/")
     path = os.path.normpath(os.path.join(os.path.abspath(str(root)), *rel.split("/")))

@@ -17,6 +17,7 @@ import contextlib
 import os
 import signal
 import threading
+from typing import Iterator
 
 SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None)
 
@@ -34,7 +35,7 @@ def _handler(signum, frame):
 
 
 @contextlib.contextmanager
-def terminate_as_interrupt():
+def terminate_as_interrupt() -> Iterator[None]:
     """SIGTERM/SIGHUP raise ``Terminated`` in the main thread while the block runs; restored after."""
     previous = {}
     if threading.current_thread() is threading.main_thread():
@@ -50,7 +51,7 @@ def terminate_as_interrupt():
                 signal.signal(sig, old)
 
 
-def reraise(exc):
+def reraise(exc) -> None:
     """After the clean-up: end the process with the signal that stopped it (default handler)."""
     signum = getattr(exc, "signum", None)
     if signum is None or threading.current_thread() is not threading.main_thread():

@@ -53,12 +53,9 @@ Gully share
     value (255, or ``ignore_value`` found in the dataset card) nor the mask's nodata value.
 """
 
-import errno
 import math
 import os
 import re
-import shutil
-import uuid
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
@@ -80,10 +77,16 @@ from .dataset import (  # noqa: F401 (the dataset contract, importable from here
     read_variants,
     write_json,
 )
-from .dataset import listing as _listing
-from .dataset import side_files as _side_files
 from .errors import GullySegError
 from .feedback import Feedback
+from .materialize import (  # noqa: F401 (importable from here as before)
+    _owned,
+    _plan_files,
+    check_outputs_free,
+    link_or_copy,
+    materialize,
+    remove_owned,
+)
 from .results import DictAccess
 
 SPLITS = dataset.SPLITS  # ("train", "val", "test")
@@ -110,7 +113,7 @@ class SplitResult(DictAccess):
 
 # --- parameters ------------------------------------------------------------------------
 
-def parse_ratios(text):
+def parse_ratios(text) -> tuple:
     """'6:2:2', '0.7,0.15,0.15', '1 0 0' ... -> three non-negative floats summing to 1."""
     if isinstance(text, (list, tuple)):
         parts = list(text)
@@ -130,13 +133,13 @@ def parse_ratios(text):
     return tuple(v / total for v in values)
 
 
-def ratios_label(ratios):
+def ratios_label(ratios) -> str:
     return ":".join(f"{r:g}" for r in ratios)
 
 
 # --- mask pixels ----------------------------------------------------------------------
 
-def count_mask_pixels(paths, tiles, ignore, feedback):
+def count_mask_pixels(paths, tiles, ignore, feedback) -> None:
     """Set ``gully`` and ``labelled`` pixel counts on every tile from its mask (and check sizes)."""
     for i, tile in enumerate(tiles):
         feedback.check_cancelled()
@@ -165,7 +168,7 @@ def count_mask_pixels(paths, tiles, ignore, feedback):
 
 # --- groups and allocation -------------------------------------------------------------
 
-def group_of(tile, strategy, block_size):
+def group_of(tile, strategy, block_size) -> str:
     if strategy == STRATEGY_TILE:
         return tile.tile_id
     if tile.row is None or tile.col is None:
@@ -177,7 +180,7 @@ def group_of(tile, strategy, block_size):
     return f"{scene}_b{int(tile.row) // block_size:04d}_{int(tile.col) // block_size:04d}"
 
 
-def stratum_bins(shares, ratios):
+def stratum_bins(shares, ratios) -> tuple:
     """Bin per group: 0 for no gully pixels, 1..n equal-count quantile bins of the positive shares.
 
     A bin holds about one dealing cycle, 1 / (smallest non-zero ratio) groups (5 for 6:2:2), so
@@ -192,7 +195,7 @@ def stratum_bins(shares, ratios):
     return bins, n_bins
 
 
-def deal(order, weights, ratios):
+def deal(order, weights, ratios) -> list:
     """Sequential largest remainder: each item to the split furthest below ``ratio * dealt``."""
     active = [k for k, r in enumerate(ratios) if r > 0]
     filled = [0.0] * len(ratios)
@@ -209,7 +212,7 @@ def deal(order, weights, ratios):
 CANDIDATES = 32  # stratified allocations tried per run; the best balanced one is kept
 
 
-def share_spread(assigned, pixels, ratios):
+def share_spread(assigned, pixels, ratios) -> float:
     """Largest |gully share of a split - overall share| over the non-empty splits with a ratio."""
     gully = [0.0] * len(SPLITS)
     labelled = [0.0] * len(SPLITS)
@@ -224,7 +227,7 @@ def share_spread(assigned, pixels, ratios):
                 if ratios[k] > 0 and labelled[k] > 0), default=0.0)
 
 
-def allocate(group_ids, weights, shares, ratios, seed, stratify, pixels=None, candidates=CANDIDATES):
+def allocate(group_ids, weights, shares, ratios, seed, stratify, pixels=None, candidates=CANDIDATES) -> tuple:
     """{group id: split name}, and the number of stratification bins used.
 
     Without ``stratify``: one seeded shuffle, dealt out. With it: the groups are binned by gully
@@ -252,109 +255,9 @@ def allocate(group_ids, weights, shares, ratios, seed, stratify, pixels=None, ca
     return {g: SPLITS[k] for g, k in best.items()}, n_bins
 
 
-# --- outputs: lists, materialised folders, manifest ------------------------------------
+# --- outputs: lists, materialised folders (materialize.py), manifest ---------------------
 
-def link_or_copy(src, dst):
-    """Hard link ``src`` to ``dst``; copy when the file system refuses. Returns True for a link."""
-    try:
-        os.link(src, dst)
-        return True
-    except OSError as exc:
-        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP,
-                             errno.EACCES, errno.ENOSYS):
-            raise
-    shutil.copy2(src, dst)
-    return False
-
-
-def _plan_files(paths, samples):
-    """[(source absolute, destination relative)] of a materialisation, side files included."""
-    plan = []
-    for sid in sorted(samples):
-        s = samples[sid]
-        for key in ("image_tif", "image_jpg", "mask"):
-            src_rel = s.get(key)
-            if not src_rel:
-                continue
-            sub = "masks" if key == "mask" else "images"
-            ext = os.path.splitext(src_rel)[1]
-            dst_rel = f"{s['split']}/{sub}/{sid}{ext}"
-            s.setdefault("materialized", {})[key] = dst_rel
-            src = paths.abs(src_rel)
-            plan.append((src, dst_rel))
-            if not s.get("variant") and key != "mask":
-                for side, kind, suffix in _side_files(src):
-                    plan.append((side, dst_rel + suffix if kind == "full" else os.path.splitext(dst_rel)[0] + suffix))
-    return plan
-
-
-def _owned(previous):
-    return set((previous or {}).get("materialized_files") or [])
-
-
-def check_outputs_free(paths, planned_rel, previous, overwrite, lists=True):
-    """Raise before writing when a file this step does not own is in the way (unless overwrite)."""
-    owned = _owned(previous)
-    blocked = []
-    if lists:
-        for name in [f"{s}.txt" for s in SPLITS] + [SPLIT_MANIFEST]:
-            if os.path.exists(os.path.join(paths.root, name)) and previous is None:
-                blocked.append(name)
-    for rel in planned_rel:
-        if rel not in owned and os.path.lexists(paths.abs(rel)):
-            blocked.append(rel)
-    if blocked and not overwrite:
-        raise GullySegError(
-            f"DATASET: {len(blocked)} files in '{paths.root}' that the split step did not write are in the way: "
-            f"{_listing(sorted(blocked))}. Move them away or allow overwriting (OVERWRITE)."
-        )
-
-
-def materialize(paths, plan, previous, feedback):
-    """Build the new <split>/images|masks files in a temporary folder, then swap them in.
-
-    Returns (relative files, links, copies). A cancel or error leaves the previous state.
-    """
-    tmp_root = os.path.join(paths.root, f".split-partial-{uuid.uuid4().hex[:8]}")
-    links = copies = 0
-    try:
-        for i, (src, rel) in enumerate(plan):
-            if i % 64 == 0:
-                feedback.check_cancelled()
-                feedback.progress(100.0 * i / max(1, len(plan)))
-            dst = os.path.join(tmp_root, *rel.split("/"))
-            os.makedirs(os.path.dirname(dst), exist_ok=True)
-            if link_or_copy(src, dst):
-                links += 1
-            else:
-                copies += 1
-    except BaseException:
-        shutil.rmtree(tmp_root, ignore_errors=True)
-        raise
-    remove_owned(paths, previous)
-    for _, rel in plan:
-        dst = paths.abs(rel)
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        os.replace(os.path.join(tmp_root, *rel.split("/")), dst)
-    shutil.rmtree(tmp_root, ignore_errors=True)
-    return sorted(rel for _, rel in plan), links, copies
-
-
-def remove_owned(paths, previous):
-    """Remove the files a previous run materialised (and the folders they leave empty)."""
-    folders = set()
-    for rel in _owned(previous):
-        path = paths.abs(rel)
-        if os.path.lexists(path):
-            os.remove(path)
-        folders.add(os.path.dirname(path))
-        folders.add(os.path.dirname(os.path.dirname(path)))
-    for folder in sorted(folders, key=len, reverse=True):
-        if folder.startswith(paths.root + os.sep) and os.path.isdir(folder) and not os.listdir(folder):
-            os.rmdir(folder)
-
-
-def build_samples(tiles, groups, variants):
+def build_samples(tiles, groups, variants) -> dict:
     """Sample entries for every tile that has a split, and for its variants."""
     samples = {}
     by_tile = {t.tile_id: t for t in tiles}
@@ -377,7 +280,7 @@ def build_samples(tiles, groups, variants):
     return samples
 
 
-def summarize(tiles, samples):
+def summarize(tiles, samples) -> dict:
     summary = {}
     for name in SPLITS:
         members = [t for t in tiles if t.split == name]
@@ -396,7 +299,7 @@ def summarize(tiles, samples):
     return summary
 
 
-def summary_text(summary):
+def summary_text(summary) -> str:
     parts = []
     for name in SPLITS:
         s = summary[name]
@@ -407,7 +310,7 @@ def summary_text(summary):
     return "; ".join(parts)
 
 
-def counts_section(card, records, summary):
+def counts_section(card, records, summary) -> dict:
     """The card's 'counts' section with per-status and per-split numbers merged in."""
     counts = dict(card.get("counts") or {}) if isinstance(card.get("counts"), dict) else {}
     status = {}
@@ -422,7 +325,7 @@ def counts_section(card, records, summary):
     return counts
 
 
-def write_outputs(paths, records, tiles, groups, settings, overwrite=False, feedback=None, extra_warnings=()):
+def write_outputs(paths, records, tiles, groups, settings, overwrite=False, feedback=None, extra_warnings=()) -> dict:
     """Write lists, (materialised folders), split.json, the augment manifest's split fields and the card.
 
     ``tiles`` carry their split; ``groups`` maps tile id -> group id. Shared by splitdataset
@@ -467,7 +370,7 @@ def write_outputs(paths, records, tiles, groups, settings, overwrite=False, feed
         "materialized_copies": copies,
     }
     write_json(manifest_path, manifest, what=SPLIT_MANIFEST)
-    _update_augment_splits(paths, {t.tile_id: t.split for t in tiles})
+    dataset.set_variant_splits(paths, {t.tile_id: t.split for t in tiles})
 
     card = dataset.read_card(paths.root)
     split_card = dict(settings)
@@ -488,23 +391,7 @@ def write_outputs(paths, records, tiles, groups, settings, overwrite=False, feed
     return manifest
 
 
-def _update_augment_splits(paths, split_of_tile):
-    """Keep the 'split' of every variant in augment.json equal to its source tile's split."""
-    path = os.path.join(paths.root, AUGMENT_MANIFEST)
-    manifest = read_json(path, "DATASET")
-    if not manifest or not manifest.get("variants"):
-        return
-    changed = False
-    for entry in manifest["variants"].values():
-        split = split_of_tile.get(entry.get("source_tile"), "")
-        if entry.get("split") != split:
-            entry["split"] = split
-            changed = True
-    if changed:
-        write_json(path, manifest, what=AUGMENT_MANIFEST)
-
-
-def refresh_outputs(paths, tiles, overwrite=False, feedback=None):
+def refresh_outputs(paths, tiles, overwrite=False, feedback=None) -> None:
     """Rewrite the split's lists, folders and manifest after the variants changed (augment.py).
 
     Keeps the previous split's settings and groups (split.json; else the index's split field).
@@ -611,6 +498,6 @@ def split_dataset(root: str, ratios: Union[str, Sequence[float]] = "6:2:2", seed
     )
 
 
-def records_after(paths):
+def records_after(paths) -> list:
     records, _ = dataset.read_index(paths.index)
     return records

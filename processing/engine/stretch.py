@@ -16,7 +16,7 @@ STRETCH_PERCENTILES = (2.0, 98.0)
 STRETCH_FULL_READ_PIXELS = 16_000_000  # scenes up to this size are read entirely for the stretch
 
 
-def percentile_limits(values, percentiles=STRETCH_PERCENTILES):
+def percentile_limits(values, percentiles=STRETCH_PERCENTILES) -> tuple:
     """(low, high) percentiles of a sample of valid pixel values; high > low (a flat sample gives
     low..low + 1). The one rule for a stretch's limits: the scene's, and the dock's tiles'."""
     lo, hi = (float(v) for v in np.percentile(np.asarray(values, dtype=np.float64), percentiles))
@@ -24,7 +24,7 @@ def percentile_limits(values, percentiles=STRETCH_PERCENTILES):
 
 
 def compute_stretch(ds, bands, validity, percentiles=STRETCH_PERCENTILES, max_samples=2_000_000,
-                    feedback=None, full_read_pixels=None):
+                    feedback=None, full_read_pixels=None) -> dict:
     """Per-band (low, high) for the whole scene, from a block-aligned sample of valid pixels.
 
     Small scenes (<= 16 Mpx) are read entirely; larger ones are sampled: about sqrt(number of
@@ -88,7 +88,7 @@ def compute_stretch(ds, bands, validity, percentiles=STRETCH_PERCENTILES, max_sa
     }
 
 
-def stretch_to_byte(data, lows, highs, valid=None):
+def stretch_to_byte(data, lows, highs, valid=None) -> np.ndarray:
     """(bands, h, w) array -> uint8: band k maps lows[k]..highs[k] linearly onto 0..255 (rounded,
     clipped); non-finite and invalid pixels become 0. The one 8-bit conversion: JPEG tiles and the
     dock's tile view use it, so both show the same pixels."""

@@ -16,13 +16,10 @@ Every file goes through ``gdalio.atomic_output``; if the run fails or is cancell
 has written are removed again and no index is written, so nothing points at a missing file.
 """
 
-import contextlib
 import os
 import re
-import shutil
-import uuid
-from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 from osgeo import gdal, ogr
@@ -32,6 +29,25 @@ from . import stretch as _stretch
 from .errors import Cancelled, GullySegError
 from .feedback import Feedback
 from .stretch import STRETCH_PERCENTILES, stretch_to_byte  # noqa: F401 (re-exported)
+from .tile_writers import (  # noqa: F401 (JPEG_QUALITY, TILE_GTIFF_OPTIONS importable from here as before)
+    _JPG_SIDES,
+    _TIF_SIDES,
+    JPEG_QUALITY,
+    TILE_GTIFF_OPTIONS,
+    _check_output,
+    _drop_staging,
+    _owned_files,
+    _remove,
+    _remove_earlier_run,
+    _remove_leftovers,
+    _staging,
+    _swap_in,
+    _TileWriter,
+    _to_byte,
+    _undo,
+    _write_gtiff,
+    _write_jpeg,
+)
 
 FORMAT_GTIFF = 0
 FORMAT_JPEG = 1
@@ -42,16 +58,11 @@ DEFAULT_TILE_SIZE = 256
 MAX_TILE_SIZE = 8192  # a tile (all bands, padding, its JPEG) is held in memory whole
 DEFAULT_MAX_NODATA = 0.999
 STRETCH_FULL_READ_PIXELS = _stretch.STRETCH_FULL_READ_PIXELS  # scenes up to this size are read whole
-JPEG_QUALITY = 90
-# GeoTIFF tiles: DEFLATE, one strip per tile (a 256x256 tile is a single block). The benchmark
-# gives gdal_retile.py the same compression so both write the same kind of file.
-TILE_GTIFF_OPTIONS = list(gdalio.GTIFF_SMALL)
 # Value that fills padding (EDGE=pad) in bands that have no nodata value; the padding is also
 # declared invalid by an internal mask band on those tiles (GDAL's per-dataset mask).
 DEFAULT_PAD_VALUE = 0
 
-_TILE_FILE = re.compile(r"^[A-Za-z0-9_.-]+_r\d{4,}_c\d{4,}\.(tif|tiff|jpg|jgw|wld|tfw)(\.aux\.xml)?$")
-_PARTIAL = re.compile(r"^\..*\.partial-[0-9a-f]{8}")
+
 
 
 @dataclass
@@ -68,14 +79,14 @@ class TilingResult:
     stretch: dict = field(default_factory=dict)
 
 
-def scene_name_from_path(path):
+def scene_name_from_path(path) -> str:
     """The scene part of tile ids: the file's stem with anything but [A-Za-z0-9_-] replaced by '_'."""
     stem = os.path.splitext(os.path.basename(str(path).rstrip("/")))[0]
     name = re.sub(r"[^A-Za-z0-9_-]+", "_", stem).strip("_")
     return name or "scene"
 
 
-def parse_band_list(text, band_count, what="JPEG_BANDS"):
+def parse_band_list(text, band_count, what="JPEG_BANDS") -> Optional[list]:
     """'3,2,1' -> [3, 2, 1]; '' or None -> None. One or three bands, each within 1..band_count."""
     if text is None or (isinstance(text, str) and not text.strip()):
         return None
@@ -95,7 +106,7 @@ def parse_band_list(text, band_count, what="JPEG_BANDS"):
     return bands
 
 
-def default_jpeg_bands(ds):
+def default_jpeg_bands(ds) -> list:
     """Red, green, blue by colour interpretation; else 3,2,1 for 4 bands (BGRN); else 1,2,3; else 1."""
     count = ds.RasterCount
     interp = {ds.GetRasterBand(i).GetColorInterpretation(): i for i in range(count, 0, -1)}
@@ -121,215 +132,10 @@ class _Validity(gdalio.Validity):
 # --- the stretch for JPEG tiles (engine/stretch.py) ----------------------------------------
 
 def compute_stretch(ds, bands, validity, percentiles=STRETCH_PERCENTILES, max_samples=2_000_000,
-                    feedback=None):
+                    feedback=None) -> dict:
     """``stretch.compute_stretch`` with this module's ``STRETCH_FULL_READ_PIXELS``."""
     return _stretch.compute_stretch(ds, bands, validity, percentiles, max_samples, feedback,
                                     full_read_pixels=STRETCH_FULL_READ_PIXELS)
-
-
-def _to_byte(arr, bands, stretch, valid):
-    """(len(bands), h, w) uint8 from a tile array using the scene-wide stretch."""
-    data = arr[[b - 1 for b in bands]]
-    if stretch["method"] != "none":
-        return stretch_to_byte(data, stretch["low"], stretch["high"], valid)
-    out = data.astype(np.uint8)
-    if valid is not None:
-        out[:, ~valid] = 0
-    return out
-
-
-# --- writers ------------------------------------------------------------------------------
-
-def _write_gtiff(path, arr, gdal_type, geotransform, crs_wkt, nodata, mask, overwrite):
-    bands, height, width = arr.shape
-    with gdalio.atomic_output(path, overwrite=overwrite, what="OUTPUT_DIR", side_suffixes=_TIF_SIDES) as tmp:
-        with gdalio.checked_write(path, "OUTPUT_DIR"):
-            ds = gdalio.create_raster(tmp, width, height, bands, gdal_type, geotransform, crs_wkt,
-                                      nodata=nodata, options=TILE_GTIFF_OPTIONS)
-            try:
-                ds.WriteRaster(0, 0, width, height, np.ascontiguousarray(arr),
-                               width, height, gdal_type, list(range(1, bands + 1)))
-                if mask is not None:
-                    ds.CreateMaskBand(gdal.GMF_PER_DATASET)
-                    ds.GetRasterBand(1).GetMaskBand().WriteArray(mask.astype(np.uint8) * 255)
-                ds.FlushCache()
-            finally:
-                ds = None  # closed inside checked_write, also after an error
-
-
-def _world_file_text(gt):
-    """ESRI world file: pixel sizes, rotations, and the centre of the upper-left pixel."""
-    cx = gt[0] + gt[1] / 2.0 + gt[2] / 2.0
-    cy = gt[3] + gt[4] / 2.0 + gt[5] / 2.0
-    return "\n".join(repr(float(v)) for v in (gt[1], gt[4], gt[2], gt[5], cx, cy)) + "\n"
-
-
-# the only side files the tile writers make (atomic_output then needs no directory listing)
-_TIF_SIDES = [".tif.aux.xml", ".tif.msk"]
-_JPG_SIDES = [".jgw", ".jpg.aux.xml", ".wld"]
-_MEM = gdal.GetDriverByName("MEM")
-_JPEG = gdal.GetDriverByName("JPEG")
-
-
-def _write_jpeg(path, rgb, geotransform, crs_wkt, overwrite):
-    bands, height, width = rgb.shape
-    with gdalio.atomic_output(path, overwrite=overwrite, what="OUTPUT_DIR", side_suffixes=_JPG_SIDES) as tmp:
-        mem = _MEM.Create("", width, height, bands, gdal.GDT_Byte)
-        mem.WriteRaster(0, 0, width, height, np.ascontiguousarray(rgb), width, height,
-                        gdal.GDT_Byte, list(range(1, bands + 1)))
-        mem.SetGeoTransform(tuple(geotransform))
-        mem.SetProjection(crs_wkt)
-        if bands == 3:
-            for i, ci in enumerate((gdal.GCI_RedBand, gdal.GCI_GreenBand, gdal.GCI_BlueBand)):
-                mem.GetRasterBand(i + 1).SetColorInterpretation(ci)
-        with gdalio.checked_write(path, "OUTPUT_DIR"):
-            out = _JPEG.CreateCopy(tmp, mem, 0, [f"QUALITY={JPEG_QUALITY}"])
-            if out is None:
-                raise GullySegError(f"OUTPUT_DIR: GDAL could not write the JPEG tile '{path}'.")
-            out.FlushCache()
-            out = None
-        mem = None
-        with open(os.path.splitext(tmp)[0] + ".jgw", "w", encoding="ascii") as handle:
-            handle.write(_world_file_text(geotransform))
-
-
-class _TileWriter:
-    """Writes tiles in a few threads (GDAL compresses and writes without holding the GIL).
-
-    At most ``2 x threads`` tiles wait in memory; the first error is raised in the caller.
-    """
-
-    def __init__(self, threads=None):
-        self.threads = threads or max(1, min(4, os.cpu_count() or 1))
-        self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="gullyseg-tiles")
-        self.pending = set()
-
-    def submit(self, fn, *args):
-        if len(self.pending) >= 2 * self.threads:
-            self._collect(FIRST_COMPLETED)
-        self.pending.add(self.pool.submit(fn, *args))
-
-    def _collect(self, how):
-        done, self.pending = wait(self.pending, return_when=how)
-        for future in done:
-            future.result()
-
-    def finish(self):
-        try:
-            self._collect(ALL_COMPLETED)
-        finally:
-            self.pool.shutdown(wait=True)
-
-    def abort(self):
-        self.pool.shutdown(wait=True, cancel_futures=True)
-        self.pending = set()
-
-
-# --- the dataset folder -------------------------------------------------------------------
-
-def _owned_files(root, index_path):
-    """Files of ``root`` that grid division owns (replaced by OVERWRITE)."""
-    paths = dataset.DatasetPaths(root)
-    owned = []
-    for p in (paths.index, index_path):  # the GeoPackage and SQLite's own side files, nothing else
-        owned += [q for q in (p, p + "-journal", p + "-wal", p + "-shm", p + ".aux.xml") if os.path.exists(q)]
-    owned += [p for p in (paths.card, paths.card_md) if os.path.exists(p)]
-    if os.path.isdir(paths.images):
-        for name in sorted(os.listdir(paths.images)):
-            full = os.path.join(paths.images, name)
-            if os.path.isfile(full) and (_TILE_FILE.match(name) or _PARTIAL.match(name)):
-                owned.append(full)
-    return sorted(set(owned))
-
-
-_STAGING_PREFIX = ".gullyseg-staging-"  # a new dataset being built beside the old one (OVERWRITE)
-_OLD_PREFIX = ".gullyseg-old-"  # the old files, moved aside during the swap
-_STAGED_INDEX = ".staged-"
-_LEFTOVER = re.compile(r"^\.gullyseg-(staging|old)-[0-9a-f]{8}$")
-
-
-def _remove_leftovers(root, feedback):
-    """Remove what a killed run (kill -9) left: staging folders and hidden temporaries."""
-    if not os.path.isdir(root):
-        return
-    removed = 0
-    for entry in os.scandir(root):
-        if _LEFTOVER.match(entry.name) and entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(entry.path, ignore_errors=True)
-            removed += 1
-        elif _STAGED_INDEX in entry.name and entry.name.startswith(".") and entry.is_file(follow_symlinks=False):
-            gdalio.remove_with_side_files(entry.path)
-            removed += 1
-    removed += gdalio.remove_stale_partials(root)
-    images = dataset.DatasetPaths(root).images
-    if os.path.isdir(images):
-        removed += gdalio.remove_stale_partials(images)
-    if removed:
-        feedback.info(f"OUTPUT_DIR: removed {removed} leftover(s) of an interrupted earlier run in '{root}'.")
-
-
-def _swap_in(root, index_path, input_path, staging, staged_index, feedback):
-    """Replace the old tiles and index by the staged ones; the index last, in one rename."""
-    paths = dataset.DatasetPaths(root)
-    old_files = [p for p in _owned_files(root, index_path)
-                 if os.path.abspath(p) != os.path.abspath(input_path)
-                 and os.path.dirname(os.path.abspath(p)) == paths.images]
-    aside = os.path.join(root, f"{_OLD_PREFIX}{uuid.uuid4().hex[:8]}")
-    os.makedirs(aside)
-    os.makedirs(paths.images, exist_ok=True)
-    moved = []
-    try:
-        for p in old_files:
-            os.replace(p, os.path.join(aside, os.path.basename(p)))
-            moved.append(p)
-        new_images = os.path.join(staging, dataset.IMAGES_DIR)
-        for name in os.listdir(new_images):
-            os.replace(os.path.join(new_images, name), os.path.join(paths.images, name))
-    except OSError as exc:  # put the old tiles back
-        for p in moved:
-            with contextlib.suppress(OSError):
-                os.replace(os.path.join(aside, os.path.basename(p)), p)
-        shutil.rmtree(aside, ignore_errors=True)
-        raise GullySegError(f"OUTPUT_DIR: could not swap the new tiles into '{paths.images}': {exc}") from None
-    for side in ("-journal", "-wal", "-shm", ".aux.xml"):  # the old index's SQLite files must not outlive it
-        _remove(index_path + side)
-    os.replace(staged_index, index_path)
-    stale = [paths.card, paths.card_md]  # rebuilt by this run (update_card) rather than merged
-    if os.path.abspath(paths.index) != os.path.abspath(index_path):
-        stale += [paths.index + s for s in ("", "-journal", "-wal", "-shm", ".aux.xml")]
-    for p in stale:
-        _remove(p)
-    shutil.rmtree(aside, ignore_errors=True)
-    shutil.rmtree(staging, ignore_errors=True)
-    if old_files:
-        feedback.info(f"OVERWRITE: replaced {len(old_files)} file(s) of the earlier run in '{root}'.")
-    kept = [d for d in (dataset.MASKS_DIR, dataset.LABELME_DIR) if os.path.isdir(os.path.join(root, d))
-            and os.listdir(os.path.join(root, d))]
-    if kept:
-        feedback.warn(
-            f"OVERWRITE: kept {', '.join(d + '/' for d in kept)} in '{root}' (annotations and masks are "
-            "never deleted); they match the new tiles only if the grid is unchanged."
-        )
-
-
-def _check_output(root, index_path, overwrite, input_path):
-    """Refuse a non-empty dataset folder or an existing index unless ``overwrite``."""
-    if os.path.exists(root) and not os.path.isdir(root):
-        raise GullySegError(f"OUTPUT_DIR: '{root}' exists and is not a folder.")
-    if os.path.isdir(index_path):
-        raise GullySegError(f"OUTPUT_INDEX: '{index_path}' is a folder, not a GeoPackage file.")
-    if not overwrite:
-        if os.path.isdir(root) and os.listdir(root):
-            raise GullySegError(
-                f"OUTPUT_DIR: the dataset folder '{root}' is not empty. Choose an empty or new folder, "
-                "or set OVERWRITE=true to replace the tiles, index and card of an earlier run "
-                "(masks/, labelme/ and any other file are kept)."
-            )
-        if os.path.exists(index_path):
-            raise GullySegError(f"OUTPUT_INDEX: '{index_path}' already exists; set OVERWRITE=true to replace it.")
-    inp = os.path.abspath(input_path)
-    if os.path.exists(inp) and inp in {os.path.abspath(p) for p in _owned_files(root, index_path)}:
-        raise GullySegError(f"OUTPUT_DIR: the input '{input_path}' would be replaced by this run's outputs.")
 
 
 # --- AOI ----------------------------------------------------------------------------------
@@ -370,30 +176,8 @@ def _inside_aoi(aoi, bounds):
 
 # --- the main entry point -----------------------------------------------------------------
 
-def grid_tiles(input_path, output_dir, tile_size=DEFAULT_TILE_SIZE, stride=0, edge=windows.EDGE_PAD,
-               max_nodata=DEFAULT_MAX_NODATA, aoi=None, fmt=FORMAT_BOTH, jpeg_bands=None,
-               output_index=None, overwrite=False, feedback=None, scene_name=None):
-    """Split ``input_path`` into tiles in the dataset folder ``output_dir``. Returns a TilingResult.
-
-    tile_size: pixels (square). stride: pixels between tile origins; 0 = tile_size (no overlap).
-    edge: windows.EDGE_PAD (0), EDGE_SKIP (1) or EDGE_SHIFT (2).
-    max_nodata: tiles whose nodata fraction (nodata values, mask band, padding) exceeds it are
-        not written. aoi: WKT string(s) or OGR geometries in the scene CRS; only tiles that
-        intersect it are written. fmt: FORMAT_GTIFF, FORMAT_JPEG or FORMAT_BOTH.
-    jpeg_bands: '3,2,1' / [3, 2, 1] / None (default_jpeg_bands). output_index: default
-        <output_dir>/index.gpkg. overwrite: replace the files of an earlier run (only those).
-    """
-    feedback = feedback or Feedback()
-    ds, info = gdalio.open_checked(input_path, "INPUT")
-    srs = info.srs
-    if srs.GetAuthorityCode(None) in ("3857", "900913") or "Pseudo-Mercator" in (srs.GetName() or ""):
-        feedback.warn(
-            f"INPUT: '{input_path}' is in Web Mercator ({info.crs_label}); its 'metres' are stretched by "
-            "1/cos(latitude), so pixel sizes and areas are not ground distances. Tiling works, but "
-            "consider a UTM CRS for real work."
-        )
-
-    # parameters ---------------------------------------------------------------------
+def _check_parameters(input_path, info, tile_size, stride, edge, max_nodata, fmt):
+    """Validated (tile_size, stride, max_nodata, formats), or a GullySegError naming the parameter."""
     try:
         tile_size = int(tile_size)
         stride = int(stride or 0)
@@ -426,7 +210,200 @@ def grid_tiles(input_path, output_dir, tile_size=DEFAULT_TILE_SIZE, stride=0, ed
         raise GullySegError(f"MAX_NODATA must be between 0 and 1 (got {max_nodata}).")
     if fmt not in FORMAT_NAMES:
         raise GullySegError(f"FORMAT must be 0 (GeoTIFF), 1 (JPEG) or 2 (both), not {fmt}.")
-    formats = FORMAT_NAMES[fmt]
+    return tile_size, stride, max_nodata, FORMAT_NAMES[fmt]
+
+
+@dataclass
+class _CutSettings:
+    """What every tile of a run shares (the scene, the grid, the formats, the files)."""
+
+    ds: object
+    info: object
+    paths: object
+    scene: str
+    tile_size: int
+    max_nodata: float
+    formats: list
+    bands_rgb: list
+    stretch: dict
+    validity: object
+    pad: list
+    mask_tiles: bool
+    overwrite: bool
+    images_dir: str = ""  # where the tiles are written (a staging folder under OVERWRITE); '' = paths.images
+
+
+def _cut_rows(cut, by_row, writer, records, written, feedback, progress):
+    """Read one strip per grid row and cut (and queue for writing) its tiles. Returns the number
+    of tiles skipped for MAX_NODATA; ``records`` and ``written`` grow as tiles are queued."""
+    ds, info, paths, tile_size, max_nodata = cut.ds, cut.info, cut.paths, cut.tile_size, cut.max_nodata
+    formats, bands_rgb, stretch, validity, pad = cut.formats, cut.bands_rgb, cut.stretch, cut.validity, cut.pad
+    mask_tiles, overwrite, scene, gt = cut.mask_tiles, cut.overwrite, cut.scene, info.geotransform
+    tile_nodata = list(info.nodata)
+    tile_pixels = float(tile_size * tile_size)
+    skipped_nodata = 0
+    block_h = max(1, ds.GetRasterBand(1).GetBlockSize()[1])
+    grid_rows = sorted(by_row)
+    strips_cached = 0
+    for n, row in enumerate(grid_rows):
+        wins = by_row[row]
+        feedback.check_cancelled()
+        y0 = wins[0].y_off
+        sx0 = min(w.x_off for w in wins)
+        sx1 = min(max(w.x_end for w in wins), info.width)
+        sy1 = min(y0 + tile_size, info.height)
+        strip = gdalio.read_window(ds, sx0, y0, sx1 - sx0, sy1 - y0)
+        strip_valid = validity.valid(strip, sx0, y0, sx1 - sx0, sy1 - y0)
+        # Release the scene's cached blocks so memory stays flat, unless the next strip needs
+        # some of them again (tall blocks, overlapping strides): then after two strips at most.
+        strips_cached += 1
+        nxt = by_row[grid_rows[n + 1]][0].y_off if n + 1 < len(grid_rows) else None
+        if nxt is None or nxt // block_h > (sy1 - 1) // block_h or strips_cached >= 2:
+            ds.FlushCache()
+            strips_cached = 0
+        for win in wins:
+            feedback.check_cancelled()
+            part = win.clip(info.width, info.height)
+            xa, ya, w, h = part
+            cols_slice = slice(xa - sx0, xa - sx0 + w)
+            inner = win.inner_slices(info.width, info.height)
+            if strip_valid is None:
+                n_valid = w * h
+            else:
+                valid_part = strip_valid[:, cols_slice]
+                n_valid = int(np.count_nonzero(valid_part))
+            nodata_frac = 1.0 - n_valid / tile_pixels
+            if nodata_frac > max_nodata:
+                skipped_nodata += 1
+                continue
+            padded = w != tile_size or h != tile_size
+            if padded:
+                arr = np.empty((info.bands, tile_size, tile_size), dtype=strip.dtype)
+                for b in range(info.bands):
+                    arr[b].fill(pad[b])
+                arr[(slice(None),) + inner] = strip[:, :, cols_slice]
+            else:
+                arr = strip[:, :, cols_slice]
+            valid = None
+            if strip_valid is not None or padded:
+                valid = np.zeros((tile_size, tile_size), dtype=bool)
+                valid[inner] = True if strip_valid is None else strip_valid[:, cols_slice]
+            tid = dataset.tile_id(scene, win.row, win.col)
+            tile_gt = win.geotransform(gt)
+            rec = {
+                "tile_id": tid, "row": win.row, "col": win.col, "x_off": win.x_off, "y_off": win.y_off,
+                "width": tile_size, "height": tile_size, "nodata_frac": round(nodata_frac, 6),
+                "status": dataset.STATUS_UNSCREENED, "split": "", "image_tif": "", "image_jpg": "",
+                "bounds": win.bounds(gt),
+            }
+            if "tif" in formats:
+                path = os.path.join(cut.images_dir or paths.images, tid + ".tif")
+                mask = valid if (mask_tiles and valid is not None and not valid.all()) else None
+                written.append(path)
+                writer.submit(_write_gtiff, path, arr, info.gdal_type, tile_gt, info.crs_wkt, tile_nodata,
+                              mask, overwrite)
+                rec["image_tif"] = paths.rel(os.path.join(paths.images, tid + ".tif"))
+            if "jpg" in formats:
+                path = os.path.join(cut.images_dir or paths.images, tid + ".jpg")
+                written.append(path)
+                writer.submit(_write_jpeg, path, _to_byte(arr, bands_rgb, stretch, valid), tile_gt,
+                              info.crs_wkt, overwrite)
+                rec["image_jpg"] = paths.rel(os.path.join(paths.images, tid + ".jpg"))
+            records.append(rec)
+        progress.progress(100.0 * (n + 1) / len(by_row))
+    return skipped_nodata
+
+
+def _plan_grid(info, tile_size, stride, edge, aoi_geom, feedback):
+    """The grid's windows, its shape, the wanted windows by grid row, and the count outside the AOI."""
+    gt = info.geotransform
+    grid = list(windows.iter_windows(info.width, info.height, tile_size, stride, edge))
+    rows, cols = windows.grid_shape(info.width, info.height, tile_size, stride, edge)
+    wanted, skipped_aoi = [], 0
+    for win in grid:
+        if aoi_geom is not None and not _inside_aoi(aoi_geom, win.bounds(gt)):
+            skipped_aoi += 1
+            continue
+        wanted.append(win)
+    by_row = {}
+    for win in wanted:
+        by_row.setdefault(win.row, []).append(win)
+    feedback.info(
+        f"Grid: {rows} rows x {cols} columns of {tile_size}x{tile_size} px tiles, stride {stride}, "
+        f"EDGE={windows.EDGE_NAMES[edge]}; {len(wanted)} tiles to cut"
+        + (f" ({skipped_aoi} outside the AOI)" if aoi_geom is not None else "")
+    )
+    return grid, rows, cols, by_row, skipped_aoi
+
+
+def _write_card(root, index_path, input_path, scene, info, stretch, tiling):
+    """The dataset card's 'source', 'tiling' and 'counts' sections after a run."""
+    card_stretch = dict(stretch)
+    card_stretch.pop("sampled_pixels", None)
+    tiling = dict(tiling, stretch=card_stretch or None, index=dataset.DatasetPaths(root).rel(index_path))
+    dataset.update_card(
+        root,
+        source={
+            "scene": os.path.abspath(str(input_path)) if os.path.exists(str(input_path)) else str(input_path),
+            "scene_name": scene,
+            "crs": info.crs_label,
+            "crs_wkt": info.crs_wkt,
+            "width": info.width,
+            "height": info.height,
+            "bands": info.bands,
+            "data_type": gdal.GetDataTypeName(info.gdal_type),
+            "nodata": info.nodata,
+            "pixel_size": list(info.pixel_size),
+            "geotransform": list(info.geotransform),
+        },
+        tiling=tiling,
+        counts={"tiles": tiling["tile_count"], dataset.STATUS_UNSCREENED: tiling["tile_count"],
+                dataset.STATUS_KEEP: 0, dataset.STATUS_REJECT: 0},
+    )
+
+
+def _jpeg_stretch(ds, formats, bands_rgb, validity, progress, feedback):
+    """The scene-wide stretch of the JPEG tiles ({} without JPEGs), logged."""
+    if "jpg" not in formats:
+        return {}
+    stretch = compute_stretch(ds, bands_rgb, validity, feedback=progress)
+    if stretch["method"] != "none":
+        feedback.info(
+            "JPEG stretch (whole scene, percentiles {}-{}): ".format(*STRETCH_PERCENTILES)
+            + ", ".join(f"band {b}: {lo:g}..{hi:g}" for b, lo, hi in zip(bands_rgb, stretch["low"], stretch["high"]))
+        )
+    return stretch
+
+
+def _warn_web_mercator(input_path, info, feedback):
+    srs = info.srs
+    if srs.GetAuthorityCode(None) in ("3857", "900913") or "Pseudo-Mercator" in (srs.GetName() or ""):
+        feedback.warn(
+            f"INPUT: '{input_path}' is in Web Mercator ({info.crs_label}); its 'metres' are stretched by "
+            "1/cos(latitude), so pixel sizes and areas are not ground distances. Tiling works, but "
+            "consider a UTM CRS for real work."
+        )
+
+
+def grid_tiles(input_path, output_dir, tile_size=DEFAULT_TILE_SIZE, stride=0, edge=windows.EDGE_PAD,
+               max_nodata=DEFAULT_MAX_NODATA, aoi=None, fmt=FORMAT_BOTH, jpeg_bands=None,
+               output_index=None, overwrite=False, feedback=None, scene_name=None) -> TilingResult:
+    """Split ``input_path`` into tiles in the dataset folder ``output_dir``. Returns a TilingResult.
+
+    tile_size: pixels (square). stride: pixels between tile origins; 0 = tile_size (no overlap).
+    edge: windows.EDGE_PAD (0), EDGE_SKIP (1) or EDGE_SHIFT (2).
+    max_nodata: tiles whose nodata fraction (nodata values, mask band, padding) exceeds it are
+        not written. aoi: WKT string(s) or OGR geometries in the scene CRS; only tiles that
+        intersect it are written. fmt: FORMAT_GTIFF, FORMAT_JPEG or FORMAT_BOTH.
+    jpeg_bands: '3,2,1' / [3, 2, 1] / None (default_jpeg_bands). output_index: default
+        <output_dir>/index.gpkg. overwrite: replace the files of an earlier run (only those).
+    """
+    feedback = feedback or Feedback()
+    ds, info = gdalio.open_checked(input_path, "INPUT")
+    _warn_web_mercator(input_path, info, feedback)
+
+    tile_size, stride, max_nodata, formats = _check_parameters(input_path, info, tile_size, stride, edge,
+                                                               max_nodata, fmt)
     bands_rgb = parse_band_list(jpeg_bands, info.bands) or default_jpeg_bands(ds)
     aoi_geom = _aoi_geometry(aoi, info.crs_wkt)
     gt = info.geotransform
@@ -444,133 +421,34 @@ def grid_tiles(input_path, output_dir, tile_size=DEFAULT_TILE_SIZE, stride=0, ed
     index_path = os.path.abspath(str(output_index)) if output_index else paths.index
     if not index_path.lower().endswith(".gpkg"):
         raise GullySegError(f"OUTPUT_INDEX: '{index_path}' must be a GeoPackage (.gpkg).")
-    _remove_leftovers(root, feedback)
+    _remove_leftovers(root, feedback)  # of a killed run (kill -9)
     _check_output(root, index_path, overwrite, input_path)
     created = [d for d in (root, paths.images) if not os.path.exists(d)]
-    # OVERWRITE builds the new tiles and index beside the old ones (a hidden staging folder) and
-    # swaps them in only when everything is written: a failure or cancel leaves the old dataset
-    # (index.gpkg with its screening decisions) as it was.
-    staging = None
-    if overwrite and _owned_files(root, index_path):
-        staging = os.path.join(root, f"{_STAGING_PREFIX}{uuid.uuid4().hex[:8]}")
+    # OVERWRITE: the new tiles and index are built beside the old ones and swapped in on success
+    staging, write_index_path = _staging(root, index_path, overwrite)
     images_dir = os.path.join(staging, dataset.IMAGES_DIR) if staging else paths.images
-    write_index_path = (os.path.join(os.path.dirname(index_path), f".{os.path.basename(index_path)}"
-                                     f"{_STAGED_INDEX}{uuid.uuid4().hex[:8]}.gpkg") if staging else index_path)
     scene = scene_name or scene_name_from_path(input_path)
 
-    # the grid, the AOI ------------------------------------------------------------------
-    grid = list(windows.iter_windows(info.width, info.height, tile_size, stride, edge))
-    rows, cols = windows.grid_shape(info.width, info.height, tile_size, stride, edge)
-    wanted, skipped_aoi = [], 0
-    for win in grid:
-        if aoi_geom is not None and not _inside_aoi(aoi_geom, win.bounds(gt)):
-            skipped_aoi += 1
-            continue
-        wanted.append(win)
-    by_row = {}
-    for win in wanted:
-        by_row.setdefault(win.row, []).append(win)
-    feedback.info(
-        f"Grid: {rows} rows x {cols} columns of {tile_size}x{tile_size} px tiles, stride {stride}, "
-        f"EDGE={windows.EDGE_NAMES[edge]}; {len(wanted)} tiles to cut"
-        + (f" ({skipped_aoi} outside the AOI)" if aoi_geom is not None else "")
-    )
+    grid, rows, cols, by_row, skipped_aoi = _plan_grid(info, tile_size, stride, edge, aoi_geom, feedback)
 
     validity = _Validity(ds, info)
     pad = validity.pad_values(DEFAULT_PAD_VALUE)
-    tile_nodata = list(info.nodata)
     mask_tiles = not validity.has_nodata_value and not validity.alpha
 
-    stretch = {}
-    share_stretch = 0.0
-    if "jpg" in formats:
-        share_stretch = 10.0 if info.dtype != np.uint8 else 0.0
-        stretch = compute_stretch(ds, bands_rgb, validity, feedback=feedback.scaled(0, share_stretch))
-        if stretch["method"] != "none":
-            feedback.info(
-                "JPEG stretch (whole scene, percentiles {}-{}): ".format(*STRETCH_PERCENTILES)
-                + ", ".join(f"band {b}: {lo:g}..{hi:g}"
-                            for b, lo, hi in zip(bands_rgb, stretch["low"], stretch["high"]))
-            )
+    share_stretch = 10.0 if "jpg" in formats and info.dtype != np.uint8 else 0.0
+    stretch = _jpeg_stretch(ds, formats, bands_rgb, validity, feedback.scaled(0, share_stretch), feedback)
     feedback.check_cancelled()
 
     gdalio.make_folder(images_dir, "OUTPUT_DIR")
+
     # cut --------------------------------------------------------------------------------
     progress = feedback.scaled(share_stretch, 99.0)
     records, written = [], []
     writer = _TileWriter()
-    skipped_nodata = 0
-    tile_pixels = float(tile_size * tile_size)
     try:
-        block_h = max(1, ds.GetRasterBand(1).GetBlockSize()[1])
-        grid_rows = sorted(by_row)
-        strips_cached = 0
-        for n, row in enumerate(grid_rows):
-            wins = by_row[row]
-            feedback.check_cancelled()
-            y0 = wins[0].y_off
-            sx0 = min(w.x_off for w in wins)
-            sx1 = min(max(w.x_end for w in wins), info.width)
-            sy1 = min(y0 + tile_size, info.height)
-            strip = gdalio.read_window(ds, sx0, y0, sx1 - sx0, sy1 - y0)
-            strip_valid = validity.valid(strip, sx0, y0, sx1 - sx0, sy1 - y0)
-            # Release the scene's cached blocks so memory stays flat, unless the next strip needs
-            # some of them again (tall blocks, overlapping strides): then after two strips at most.
-            strips_cached += 1
-            nxt = by_row[grid_rows[n + 1]][0].y_off if n + 1 < len(grid_rows) else None
-            if nxt is None or nxt // block_h > (sy1 - 1) // block_h or strips_cached >= 2:
-                ds.FlushCache()
-                strips_cached = 0
-            for win in wins:
-                feedback.check_cancelled()
-                part = win.clip(info.width, info.height)
-                xa, ya, w, h = part
-                cols_slice = slice(xa - sx0, xa - sx0 + w)
-                inner = win.inner_slices(info.width, info.height)
-                if strip_valid is None:
-                    n_valid = w * h
-                else:
-                    valid_part = strip_valid[:, cols_slice]
-                    n_valid = int(np.count_nonzero(valid_part))
-                nodata_frac = 1.0 - n_valid / tile_pixels
-                if nodata_frac > max_nodata:
-                    skipped_nodata += 1
-                    continue
-                padded = w != tile_size or h != tile_size
-                if padded:
-                    arr = np.empty((info.bands, tile_size, tile_size), dtype=strip.dtype)
-                    for b in range(info.bands):
-                        arr[b].fill(pad[b])
-                    arr[(slice(None),) + inner] = strip[:, :, cols_slice]
-                else:
-                    arr = strip[:, :, cols_slice]
-                valid = None
-                if strip_valid is not None or padded:
-                    valid = np.zeros((tile_size, tile_size), dtype=bool)
-                    valid[inner] = True if strip_valid is None else strip_valid[:, cols_slice]
-                tid = dataset.tile_id(scene, win.row, win.col)
-                tile_gt = win.geotransform(gt)
-                rec = {
-                    "tile_id": tid, "row": win.row, "col": win.col, "x_off": win.x_off, "y_off": win.y_off,
-                    "width": tile_size, "height": tile_size, "nodata_frac": round(nodata_frac, 6),
-                    "status": dataset.STATUS_UNSCREENED, "split": "", "image_tif": "", "image_jpg": "",
-                    "bounds": win.bounds(gt),
-                }
-                if "tif" in formats:
-                    path = os.path.join(images_dir, tid + ".tif")
-                    mask = valid if (mask_tiles and valid is not None and not valid.all()) else None
-                    written.append(path)
-                    writer.submit(_write_gtiff, path, arr, info.gdal_type, tile_gt, info.crs_wkt, tile_nodata,
-                                  mask, overwrite)
-                    rec["image_tif"] = paths.rel(os.path.join(paths.images, tid + ".tif"))
-                if "jpg" in formats:
-                    path = os.path.join(images_dir, tid + ".jpg")
-                    written.append(path)
-                    writer.submit(_write_jpeg, path, _to_byte(arr, bands_rgb, stretch, valid), tile_gt,
-                                  info.crs_wkt, overwrite)
-                    rec["image_jpg"] = paths.rel(os.path.join(paths.images, tid + ".jpg"))
-                records.append(rec)
-            progress.progress(100.0 * (n + 1) / len(by_row))
+        cut = _CutSettings(ds, info, paths, scene, tile_size, max_nodata, formats, bands_rgb, stretch, validity,
+                           pad, mask_tiles, overwrite, images_dir)
+        skipped_nodata = _cut_rows(cut, by_row, writer, records, written, feedback, progress)
         writer.finish()
         feedback.check_cancelled()
         if not records:
@@ -582,15 +460,8 @@ def grid_tiles(input_path, output_dir, tile_size=DEFAULT_TILE_SIZE, stride=0, ed
     except BaseException as exc:
         writer.abort()  # waits for the tiles being written, so none is renamed into place later
         if staging:
-            shutil.rmtree(staging, ignore_errors=True)
-            gdalio.remove_with_side_files(write_index_path)
-        for path in [] if staging else written:
-            stem = os.path.splitext(path)[0]
-            for side in [path] + [stem + suffix for suffix in (_TIF_SIDES + _JPG_SIDES)]:
-                _remove(side)
-        for folder in reversed(created):  # folders this run created, if left empty
-            with contextlib.suppress(OSError):
-                os.rmdir(folder)
+            _drop_staging(staging, write_index_path)
+        _undo([] if staging else written, created)
         if isinstance(exc, Cancelled):
             feedback.warn(f"Cancelled: removed the {len(written)} tile file(s) written so far; no index was written"
                           + ("; the earlier dataset is unchanged." if staging else "."))
@@ -599,45 +470,14 @@ def grid_tiles(input_path, output_dir, tile_size=DEFAULT_TILE_SIZE, stride=0, ed
         ds = None
 
     skipped = skipped_nodata + skipped_aoi
-    card_stretch = dict(stretch)
-    card_stretch.pop("sampled_pixels", None)
-    dataset.update_card(
-        root,
-        source={
-            "scene": os.path.abspath(str(input_path)) if os.path.exists(str(input_path)) else str(input_path),
-            "scene_name": scene,
-            "crs": info.crs_label,
-            "crs_wkt": info.crs_wkt,
-            "width": info.width,
-            "height": info.height,
-            "bands": info.bands,
-            "data_type": gdal.GetDataTypeName(info.gdal_type),
-            "nodata": info.nodata,
-            "pixel_size": list(info.pixel_size),
-            "geotransform": list(gt),
-        },
-        tiling={
-            "tile_size": tile_size,
-            "stride": stride,
-            "edge": windows.EDGE_NAMES[edge],
-            "pad_value": pad if edge == windows.EDGE_PAD else None,
-            "padding_mask": "internal mask band on padded tiles" if mask_tiles else "nodata value",
-            "max_nodata": max_nodata,
-            "aoi": aoi_geom is not None,
-            "formats": formats,
-            "jpeg_bands": bands_rgb if "jpg" in formats else None,
-            "stretch": card_stretch or None,
-            "grid_rows": rows,
-            "grid_cols": cols,
-            "grid_tiles": len(grid),
-            "tile_count": len(records),
-            "skipped_nodata": skipped_nodata,
-            "skipped_aoi": skipped_aoi,
-            "index": dataset.DatasetPaths(root).rel(index_path),
-        },
-        counts={"tiles": len(records), dataset.STATUS_UNSCREENED: len(records),
-                dataset.STATUS_KEEP: 0, dataset.STATUS_REJECT: 0},
-    )
+    _write_card(root, index_path, input_path, scene, info, stretch, dict(
+        tile_size=tile_size, stride=stride, edge=windows.EDGE_NAMES[edge],
+        pad_value=pad if edge == windows.EDGE_PAD else None,
+        padding_mask="internal mask band on padded tiles" if mask_tiles else "nodata value",
+        max_nodata=max_nodata, aoi=aoi_geom is not None, formats=formats,
+        jpeg_bands=bands_rgb if "jpg" in formats else None, grid_rows=rows, grid_cols=cols, grid_tiles=len(grid),
+        tile_count=len(records), skipped_nodata=skipped_nodata, skipped_aoi=skipped_aoi,
+    ))
     feedback.progress(100.0)
     feedback.info(
         f"{len(records)} tiles written to '{paths.images}', {skipped} skipped "
@@ -648,10 +488,3 @@ def grid_tiles(input_path, output_dir, tile_size=DEFAULT_TILE_SIZE, stride=0, ed
         skipped_nodata=skipped_nodata, skipped_aoi=skipped_aoi, grid_rows=rows, grid_cols=cols,
         records=records, stretch=stretch,
     )
-
-
-def _remove(path):
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass

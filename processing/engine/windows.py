@@ -7,6 +7,7 @@ past the raster's right or bottom edge (EDGE=pad); ``clip`` gives the part to re
 
 import math
 from dataclasses import dataclass
+from typing import Callable, Iterator, Optional
 
 from osgeo import gdal
 
@@ -28,21 +29,21 @@ class Window:
     height: int
 
     @property
-    def x_end(self):
+    def x_end(self) -> int:
         return self.x_off + self.width
 
     @property
-    def y_end(self):
+    def y_end(self) -> int:
         return self.y_off + self.height
 
-    def clip(self, raster_width, raster_height, x0=0, y0=0):
+    def clip(self, raster_width, raster_height, x0=0, y0=0) -> Optional[tuple]:
         """The part of this window inside ``[x0, raster_width) x [y0, raster_height)``.
 
         Returns ``(x_off, y_off, width, height)`` in raster pixels, or None when empty.
         """
         return intersection(self.rect, (x0, y0, raster_width - x0, raster_height - y0))
 
-    def inner_slices(self, raster_width, raster_height, x0=0, y0=0):
+    def inner_slices(self, raster_width, raster_height, x0=0, y0=0) -> Optional[tuple]:
         """Numpy slices ``(rows, cols)`` of the clipped part inside a window-sized array."""
         part = self.clip(raster_width, raster_height, x0, y0)
         if part is None:
@@ -51,20 +52,20 @@ class Window:
         return (slice(ya - self.y_off, ya - self.y_off + h), slice(xa - self.x_off, xa - self.x_off + w))
 
     @property
-    def rect(self):
+    def rect(self) -> tuple:
         """(x_off, y_off, width, height): the plain rectangle."""
         return self.x_off, self.y_off, self.width, self.height
 
-    def geotransform(self, gt):
+    def geotransform(self, gt) -> tuple:
         """Geotransform of this window, given the raster's (north-up or not)."""
         return geotransform_at(gt, self.x_off, self.y_off)
 
-    def bounds(self, gt):
+    def bounds(self, gt) -> tuple:
         """(xmin, ymin, xmax, ymax) in map units, for a north-up geotransform."""
         return bounds_of(gt, self.x_off, self.y_off, self.width, self.height)
 
 
-def window_of(x_off, y_off, width, height):
+def window_of(x_off, y_off, width, height) -> Window:
     """A ``Window`` for a plain rectangle (grid row and column 0)."""
     return Window(0, 0, int(x_off), int(y_off), int(width), int(height))
 
@@ -72,7 +73,7 @@ def window_of(x_off, y_off, width, height):
 # --- geometry of rectangles of pixels ---------------------------------------------------------
 # A rectangle is (x_off, y_off, width, height) in pixels of a raster with geotransform ``gt``.
 
-def geotransform_at(gt, x_off, y_off):
+def geotransform_at(gt, x_off, y_off) -> tuple:
     """Geotransform of the rectangle whose top-left pixel is (x_off, y_off) (north-up or not)."""
     return (
         gt[0] + x_off * gt[1] + y_off * gt[2],
@@ -84,7 +85,7 @@ def geotransform_at(gt, x_off, y_off):
     )
 
 
-def bounds_of(gt, x_off, y_off, width, height):
+def bounds_of(gt, x_off, y_off, width, height) -> tuple:
     """(xmin, ymin, xmax, ymax) in map units of a rectangle, for a north-up geotransform."""
     xa = gt[0] + x_off * gt[1]
     xb = gt[0] + (x_off + width) * gt[1]
@@ -93,7 +94,7 @@ def bounds_of(gt, x_off, y_off, width, height):
     return min(xa, xb), min(ya, yb), max(xa, xb), max(ya, yb)
 
 
-def from_bounds(gt, bounds, width=None, height=None, eps=1e-6):
+def from_bounds(gt, bounds, width=None, height=None, eps=1e-6) -> Optional[tuple]:
     """The pixel rectangle covering map ``bounds`` (xmin, ymin, xmax, ymax), north-up ``gt``.
 
     Snapped outward to whole pixels (a pixel the bounds touch by less than ``eps`` of a pixel is
@@ -114,7 +115,7 @@ def from_bounds(gt, bounds, width=None, height=None, eps=1e-6):
     return c0, r0, c1 - c0, r1 - r0
 
 
-def to_pixel(gt):
+def to_pixel(gt) -> Callable[[float, float], tuple]:
     """(x, y) map coordinates -> (col, row) for geotransform ``gt``: the inverse geotransform,
     computed as GDAL's rasterizer does."""
     inv = gdal.InvGeoTransform(tuple(gt))
@@ -125,7 +126,7 @@ def to_pixel(gt):
     return _apply
 
 
-def intersection(a, b):
+def intersection(a, b) -> Optional[tuple]:
     """The common part of two rectangles (x_off, y_off, w, h), or None when they do not overlap."""
     x0, y0 = max(a[0], b[0]), max(a[1], b[1])
     x1, y1 = min(a[0] + a[2], b[0] + b[2]), min(a[1] + a[3], b[1] + b[3])
@@ -148,7 +149,7 @@ def _offsets(start, length, size, stride, edge):
     return offsets
 
 
-def grid_shape(width, height, size, stride=None, edge=EDGE_PAD, region=None):
+def grid_shape(width, height, size, stride=None, edge=EDGE_PAD, region=None) -> tuple:
     """(rows, cols) of the grid ``iter_windows`` yields for the same arguments."""
     xs, ys = _axes(width, height, size, stride, edge, region)
     return len(ys), len(xs)
@@ -181,7 +182,7 @@ def _axes(width, height, size, stride, edge, region):
     return _offsets(x0, w, sx, tx, edge), _offsets(y0, h, sy, ty, edge)
 
 
-def iter_windows(width, height, size, stride=None, edge=EDGE_PAD, region=None):
+def iter_windows(width, height, size, stride=None, edge=EDGE_PAD, region=None) -> Iterator[Window]:
     """Yield ``Window`` objects in row-major (grid) order.
 
     width, height: raster size in pixels.
@@ -196,7 +197,7 @@ def iter_windows(width, height, size, stride=None, edge=EDGE_PAD, region=None):
             yield Window(r, c, x, y, sx, sy)
 
 
-def iter_blocks(width, height, block_width, block_height, region=None):
+def iter_blocks(width, height, block_width, block_height, region=None) -> Iterator[tuple]:
     """Yield (x_off, y_off, w, h) strips/blocks that exactly cover the raster (no padding).
 
     For streaming a raster block by block, aligned to its internal block size. ``region``
@@ -208,7 +209,7 @@ def iter_blocks(width, height, block_width, block_height, region=None):
             yield x, y, min(block_width, x0 + w - x), min(block_height, y0 + h - y)
 
 
-def iter_strips(width, height, rows, region=None):
+def iter_strips(width, height, rows, region=None) -> Iterator[tuple]:
     """Yield (x_off, y_off, w, n) full-width strips of ``rows`` rows covering the raster (or
     ``region``); the last strip may be shorter. For reading a raster top to bottom."""
     x0, y0, w, h = region if region is not None else (0, 0, width, height)

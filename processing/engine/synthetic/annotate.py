@@ -23,7 +23,7 @@ class LabelmeResult:
 
 def write_labelme_for_tiles(scene_path, gullies_path, out_dir=None, tile_index=None, tile_size=256,
                             image_dir="../images", include_empty=True, label=GULLY_LABEL, simplify_px=0.6,
-                            overwrite=False, feedback=None):
+                            overwrite=False, feedback=None) -> LabelmeResult:
     """Write one Labelme JSON per tile of ``scene_path`` with its gully polygons.
 
     Tiles come from ``tile_index`` (the grid-division step's index.gpkg: tile_id, x_off, y_off,

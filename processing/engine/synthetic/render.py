@@ -39,16 +39,6 @@ def _mix(weight, a, b):
     return out
 
 
-def _rasterize(layer, geotransform, w, h, bounds):
-    """Burn 1 where pixel centres fall inside the layer's polygons (GDAL's default rule)."""
-    ds = gdal.GetDriverByName("MEM").Create("", w, h, 1, gdal.GDT_Byte)
-    ds.SetGeoTransform(geotransform)
-    layer.SetSpatialFilterRect(*bounds)
-    gdal.RasterizeLayer(ds, [1], layer, burn_values=[1])
-    layer.SetSpatialFilter(None)
-    return ds.GetRasterBand(1).ReadAsArray()
-
-
 def _proximity(mask, cap):
     """Distance (pixels) from every pixel to the nearest pixel where ``mask`` is set (capped)."""
     h, w = mask.shape

@@ -34,7 +34,7 @@ from .params import (
     MIN_SIZE,
     WINDOW,
 )
-from .render import _blur, _encode, _rasterize, _render
+from .render import _blur, _encode, _render
 
 
 @dataclass
@@ -61,7 +61,7 @@ class SceneResult:
     extra: dict = field(default_factory=dict)
 
     @property
-    def gully_fraction(self):
+    def gully_fraction(self) -> float:
         """Share of valid (inside-footprint) pixels that are gully."""
         return self.gully_pixels / self.valid_pixels if self.valid_pixels else 0.0
 
@@ -121,7 +121,7 @@ def _config(key, value):
 
 def make_scene(path, width=512, height=512, seed=0, bands="rgb", nodata_edge=False, mask_path=None,
                gullies_path=None, pixel_size=DEFAULT_PIXEL_SIZE, epsg=DEFAULT_EPSG, origin=None,
-               overwrite=False, feedback=None, density=2.5, window_size=WINDOW):
+               overwrite=False, feedback=None, density=2.5, window_size=WINDOW) -> SceneResult:
     """Write a synthetic scene (and optionally its mask and gully polygons); return SceneResult.
 
     path: GeoTIFF (tiled 256x256, DEFLATE). bands: 'rgb' (3 x uint8) or 'bgrn' (4 x uint16,
@@ -280,12 +280,10 @@ def _write_rasters(img_path, mask_path, gpkg_path, render_path, footprint, width
         feedback.check_cancelled()
         xa, ya, w, h = win.clip(width, height)
         hx, hy, hw, hh = xa - HALO, ya - HALO, w + 2 * HALO, h + 2 * HALO
-        hgt = windows.geotransform_at(gt, hx, hy)
-        bounds = windows.bounds_of(gt, hx, hy, hw, hh)
-        gully = _rasterize(glayer, hgt, hw, hh, bounds)
-        land = _rasterize(land_layer, hgt, hw, hh, bounds)
-        body = _rasterize(body_layer, hgt, hw, hh, bounds)
-        valid = _rasterize(fp_layer, hgt, hw, hh, bounds).astype(bool)
+        gully = gdalio.polygon_mask(glayer, gt, hx, hy, hw, hh)
+        land = gdalio.polygon_mask(land_layer, gt, hx, hy, hw, hh)
+        body = gdalio.polygon_mask(body_layer, gt, hx, hy, hw, hh)
+        valid = gdalio.polygon_mask(fp_layer, gt, hx, hy, hw, hh).astype(bool)
         grid = _Grid(hx, hy, hw, hh, seed)
         refl = _blur(_render(grid, gully, land, body))
         white = grid.white(99)
