@@ -539,3 +539,23 @@ def test_permission_denied_is_a_clear_error():
         assert os.listdir(folder) == []
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_split_never_links_a_file_from_outside(scene, tmp_path):
+    import dataset_builder as builder
+
+    from gullyseg.processing.engine import split
+
+    root = tmp_path / "ds"
+    records = builder.build_dataset(root, scene, tile_size=128)
+    image = root / "images" / f"{records[0]['tile_id']}.tif"
+    secret = tmp_path / "secret.tif"  # a valid raster outside the dataset, linked in by someone
+    os.replace(image, secret)
+    image.symlink_to(secret)
+    with pytest.raises(GullySegError, match="outside the dataset"):
+        split.split_dataset(str(root), materialize=True)
+    inode = os.stat(secret).st_ino
+    for base, _, names in os.walk(root):
+        for n in names:
+            full = os.path.join(base, n)
+            assert os.path.islink(full) or os.stat(full).st_ino != inode, full
