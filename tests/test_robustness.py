@@ -559,3 +559,27 @@ def test_split_never_links_a_file_from_outside(scene, tmp_path):
         for n in names:
             full = os.path.join(base, n)
             assert os.path.islink(full) or os.stat(full).st_ino != inode, full
+
+
+def test_signal_handlers_only_replace_the_default_and_are_restored():
+    from gullyseg.processing.engine import signals
+
+    def custom(signum, frame):
+        pass
+
+    old_term, old_hup = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, custom)  # a host (QGIS, a test runner) that handles it itself
+        with signals.terminate_as_interrupt():
+            assert signal.getsignal(signal.SIGTERM) is signals._handler
+            assert signal.getsignal(signal.SIGHUP) is custom
+            with pytest.raises(signals.Terminated) as err:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(1)  # the handler runs at the next bytecode
+            assert isinstance(err.value, KeyboardInterrupt) and err.value.signum == signal.SIGTERM
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+        assert signal.getsignal(signal.SIGHUP) is custom
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+        signal.signal(signal.SIGHUP, old_hup)
