@@ -407,7 +407,7 @@ def grid_tiles(input_path, output_dir, tile_size=DEFAULT_TILE_SIZE, stride=0, ed
     bands_rgb = parse_band_list(jpeg_bands, info.bands) or default_jpeg_bands(ds)
     aoi_geom = _aoi_geometry(aoi, info.crs_wkt)
     gt = info.geotransform
-    scene_bounds = windows.Window(0, 0, 0, 0, info.width, info.height).bounds(gt)
+    scene_bounds = windows.bounds_of(gt, 0, 0, info.width, info.height)
     if aoi_geom is not None and not aoi_geom.Intersects(dataset.tile_polygon(scene_bounds)):
         raise GullySegError(
             f"AOI: the area of interest does not overlap the scene '{input_path}' (after reprojection to "
