@@ -7,6 +7,7 @@ from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
 from ...metadata import resource_path
+from ..engine import signals
 from ..engine.errors import Cancelled, GullySegError
 from ..engine.feedback import Feedback
 
@@ -102,7 +103,11 @@ class GullySegAlgorithm(QgsProcessingAlgorithm):
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         try:
-            return self.execute(parameters, context, feedback)
+            with signals.terminate_as_interrupt():  # SIGTERM/SIGHUP clean up as Ctrl+C does
+                return self.execute(parameters, context, feedback)
+        except signals.Terminated as exc:
+            signals.reraise(exc)  # outputs are cleaned up: now stop as the signal asked
+            raise
         except (Cancelled, GullySegError) as exc:
             raise QgsProcessingException(str(exc)) from None
 

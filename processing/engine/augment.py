@@ -186,7 +186,14 @@ class _Raster:
 
 
 def _write(path, array, src, driver, options, mask=None):
-    """Write (bands, rows, cols) with no geotransform and no CRS; keeps nodata, colours, mask band."""
+    """Write (bands, rows, cols) with no geotransform and no CRS; keeps nodata, colours, mask band.
+
+    GDAL's write errors (full disk), also those reported only when the file is closed, raise."""
+    with gdalio.checked_write(path, "augmented dataset"):
+        _write_unchecked(path, array, src, driver, options, mask)
+
+
+def _write_unchecked(path, array, src, driver, options, mask=None):
     bands, rows, cols = array.shape
     if driver == "GTiff":
         ds = gdalio.create_raster(path, cols, rows, bands, src.gdal_type, options=options)

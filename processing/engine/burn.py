@@ -133,6 +133,6 @@ def rasterize_labelme_file(path, classes, width=None, height=None, all_touched=F
         raise GullySegError(f"'{path}': no imageWidth/imageHeight; give the size.")
     items, ok = labelme.shape_items(doc, width, height, classes, line_width, point_radius, problems,
                                     unknown_labels=unknown_labels)
-    if not ok:
+    if not ok or any(p.severity == ERROR for p in problems):
         raise GullySegError("; ".join(str(p) for p in problems if p.severity == ERROR))
     return rasterize_shapes(width, height, items, all_touched), problems

@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 from osgeo import gdal, ogr, osr
 
 from ...metadata import VERSION
-from . import gdalio, windows
+from . import gdalio, safefiles, windows
 from .errors import GullySegError
 
 INDEX_NAME = "index.gpkg"
@@ -91,8 +91,10 @@ class DatasetPaths:
     card_md = property(lambda self: os.path.join(self.root, CARD_MD))
 
     def abs(self, relative) -> Optional[str]:
-        """Absolute path of a path stored relative to the dataset folder ('' -> None)."""
-        return os.path.join(self.root, *relative.split("/")) if relative else None
+        """Absolute path of a path stored relative to the dataset folder ('' -> None).
+
+        It must stay inside the folder (no '..', no absolute path), else a GullySegError."""
+        return safefiles.confined(self.root, relative) if relative else None
 
     def rel(self, path) -> str:
         return os.path.relpath(os.path.abspath(path), self.root).replace(os.sep, "/")
@@ -120,7 +122,8 @@ def write_index(path, crs_wkt, records, overwrite=False, extra_fields=None) -> s
     """
     fields = dict(INDEX_FIELDS)
     fields.update(extra_fields or {})
-    with gdalio.atomic_output(path, overwrite=overwrite, what="OUTPUT_INDEX") as tmp:
+    with gdalio.atomic_output(path, overwrite=overwrite, what="OUTPUT_INDEX") as tmp, \
+            gdalio.checked_write(path, "OUTPUT_INDEX"):
         drv = ogr.GetDriverByName("GPKG")
         ds = drv.CreateDataSource(tmp)
         srs = osr.SpatialReference()
@@ -194,6 +197,15 @@ def update_index(path, updates) -> int:
     """Set fields of tiles: ``updates`` is {tile_id: {field: value}}. Adds missing fields."""
     if not updates:
         return 0
+    try:
+        return _update_index(path, updates)
+    except RuntimeError as exc:  # read-only file or folder, a locked database, a full disk
+        raise GullySegError(f"TILES: cannot update the tile index '{path}': {exc}") from None
+
+
+def _update_index(path, updates):
+    if not os.access(str(path), os.W_OK):
+        raise GullySegError(f"TILES: the tile index '{path}' is read-only; nothing was changed.")
     ds, layer = _open_index(path, update=True)
     defn = layer.GetLayerDefn()
     existing = {defn.GetFieldDefn(i).GetName() for i in range(defn.GetFieldCount())}
@@ -428,10 +440,10 @@ def read_json(path, what) -> Any:
     """The JSON document at ``path`` (None when there is none); a broken one is an error naming it."""
     if not os.path.exists(path):
         return None
+    raw = safefiles.read_bytes(path, what, safefiles.MAX_JSON_BYTES)  # a regular file of bounded size
     try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except (OSError, ValueError) as exc:
+        return json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
         raise GullySegError(f"{what}: cannot read '{path}': {exc}") from None
 
 

@@ -4,6 +4,7 @@ import contextlib
 import glob
 import math
 import os
+import re
 import uuid
 from dataclasses import dataclass
 
@@ -140,7 +141,14 @@ def open_checked(path, what="INPUT", projected=True):
 def read_window(ds, x_off, y_off, width, height, bands=None):
     """Read (bands, height, width) from ``ds``; ``bands`` is a 1-based list (default all)."""
     bands = list(bands or range(1, ds.RasterCount + 1))
-    return ds.ReadAsArray(x_off, y_off, width, height, band_list=bands).reshape(len(bands), height, width)
+    try:
+        arr = ds.ReadAsArray(x_off, y_off, width, height, band_list=bands)
+    except RuntimeError as exc:  # IReadBlock failed: a truncated or damaged file
+        raise GullySegError(
+            f"INPUT: cannot read the pixels of '{ds.GetDescription()}' at ({x_off}, {y_off}, {width}x{height}): "
+            f"{str(exc).rstrip('.')}. The file may be truncated or damaged; check it with gdalinfo -checksum."
+        ) from None
+    return arr.reshape(len(bands), height, width)
 
 
 def representable(value, dtype):
@@ -300,22 +308,64 @@ def remove_with_side_files(path):
             os.remove(p)
 
 
+def _stale_partials(folder, stem, ext):
+    """Hidden temporaries of ``stem`` left by a killed run (``.<stem>.partial-xxxxxxxx<ext>`` and sides)."""
+    pattern = os.path.join(glob.escape(folder), glob.escape(f".{stem}.partial-") + "[0-9a-f]" * 8 + "*")
+    return [p for p in glob.glob(pattern) if os.path.isfile(p) or os.path.islink(p)]
+
+
+_PARTIAL_NAME = re.compile(r"^\..+\.partial-[0-9a-f]{8}")
+
+
+def remove_stale_partials(folder):
+    """Remove the hidden temporaries (``.<name>.partial-xxxxxxxx...``) a killed run left in ``folder``.
+
+    Call it only where this run is the folder's one writer (a step's own output folder).
+    Returns the number of files removed."""
+    removed = 0
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            if _PARTIAL_NAME.match(entry.name) and not entry.is_dir(follow_symlinks=False):
+                _quiet_remove(entry.path)
+                removed += 1
+    return removed
+
+
+def make_folder(folder, what="OUTPUT"):
+    """``os.makedirs`` with a GullySegError (naming ``what`` and the folder) instead of an OSError."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise GullySegError(f"{what}: cannot create the folder '{folder}': {exc.strerror or exc}.") from None
+
+
+def _quiet_remove(path):
+    """Remove a temporary file; a failure to clean up must never hide the error being raised."""
+    with contextlib.suppress(OSError):
+        os.remove(path)
+
+
 @contextlib.contextmanager
 def atomic_output(path, overwrite=False, what="OUTPUT", side_suffixes=None):
     """Yield a temporary path beside ``path``; rename it (and its side files) into place on success.
 
     On any exception (including ``Cancelled``) the temporary files are removed and nothing of
-    the user's is touched. Refuses an existing ``path`` unless ``overwrite``.
+    the user's is touched; an OSError (full disk, read-only folder, permissions) becomes a
+    GullySegError naming ``what`` and the file. Refuses an existing ``path`` unless ``overwrite``.
     side_suffixes: optional list of the only side files to expect, as suffixes of the file's stem
     (e.g. ``[".jgw", ".jpg.aux.xml"]``); then the folder is not listed, which matters when
-    thousands of files are written into one folder (tiles). None: find side files by globbing.
+    thousands of files are written into one folder (tiles). None: find side files by globbing,
+    and first remove the hidden temporaries of the same output left by a killed run (kill -9).
     """
     path = os.path.abspath(str(path))
     if os.path.exists(path) and not overwrite:
         raise GullySegError(f"{what}: '{path}' already exists; choose another name or allow overwriting.")
     folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
     stem, ext = os.path.splitext(os.path.basename(path))
+    make_folder(folder, what)
+    if side_suffixes is None:
+        for stale in _stale_partials(folder, stem, ext):
+            _quiet_remove(stale)
     tmp_stem = f".{stem}.partial-{uuid.uuid4().hex[:8]}"
     tmp = os.path.join(folder, tmp_stem + ext)
 
@@ -324,23 +374,73 @@ def atomic_output(path, overwrite=False, what="OUTPUT", side_suffixes=None):
             return _side_files(os.path.join(folder, of_stem + ext))
         return [p for p in (os.path.join(folder, of_stem + s) for s in side_suffixes) if os.path.exists(p)]
 
+    def clean_up():
+        for p in [tmp] + sides(tmp_stem):
+            _quiet_remove(p)
+
     try:
         yield tmp
+    except OSError as exc:
+        clean_up()
+        raise GullySegError(f"{what}: writing '{path}' failed: {exc}") from exc
     except BaseException:
-        for p in [tmp] + sides(tmp_stem):
-            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
-                os.remove(p)
+        clean_up()
         raise
     if not os.path.exists(tmp):
         return  # the caller decided to write nothing
-    if overwrite and os.path.exists(path):
-        for p in [path] + sides(stem):
-            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
-                os.remove(p)
-    for side in sides(tmp_stem):
-        suffix = os.path.basename(side)[len(tmp_stem):]
-        os.replace(side, os.path.join(folder, stem + suffix))
-    os.replace(tmp, path)
+    try:
+        if overwrite and os.path.exists(path):
+            for p in sides(stem):  # the old file itself is replaced by the one rename below
+                with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                    os.remove(p)
+        for side in sides(tmp_stem):
+            suffix = os.path.basename(side)[len(tmp_stem):]
+            os.replace(side, os.path.join(folder, stem + suffix))
+        os.replace(tmp, path)
+    except OSError as exc:
+        clean_up()
+        raise GullySegError(f"{what}: cannot put '{path}' in place: {exc.strerror or exc}.") from exc
+
+
+class _GdalErrors:
+    """A GDAL error handler that keeps the failures (thread-local: GDAL's handler stack is per thread)."""
+
+    def __init__(self):
+        self.messages = []
+
+    def __call__(self, err_class, err_no, message):
+        if err_class >= gdal.CE_Failure:
+            self.messages.append(str(message))
+
+
+@contextlib.contextmanager
+def checked_write(path, what="OUTPUT"):
+    """Write (and close) a GDAL dataset inside this block; any GDAL failure becomes a GullySegError.
+
+    GDAL reports write errors (full disk, I/O errors) at ``FlushCache`` or, worse, only while a
+    dataset is destroyed (``ds = None``), where Python prints and drops them. Inside this block
+    they are collected; the block must end with the dataset flushed and closed::
+
+        with gdalio.checked_write(final_path, "OUTPUT_DIR"):
+            ds = create_raster(tmp, ...)
+            ...
+            ds.FlushCache()
+            ds = None
+
+    Use it inside ``atomic_output``, so a failed file is removed and never renamed into place.
+    """
+    errors = _GdalErrors()
+    gdal.PushErrorHandler(errors)
+    try:
+        try:
+            yield
+        except RuntimeError as exc:
+            errors.messages.insert(0, str(exc))
+    finally:
+        gdal.PopErrorHandler()
+    if errors.messages:
+        detail = "; ".join(dict.fromkeys(errors.messages[:3]))
+        raise GullySegError(f"{what}: GDAL could not write '{path}' (disk full or I/O error?): {detail}")
 
 
 def ring_polygon(points):

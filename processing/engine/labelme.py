@@ -27,6 +27,7 @@ from typing import Optional
 import numpy as np
 from osgeo import gdal, ogr
 
+from . import safefiles
 from .dataset import MASK_IGNORE
 from .errors import GullySegError
 from .gdalio import ring_polygon
@@ -58,6 +59,14 @@ WARNING = "warning"
 # Points may sit this far outside the image (pixels) before it counts as "outside the tile":
 # Labelme clamps to the image border, but float noise like 256.0000000001 is common.
 EDGE_TOLERANCE = 1e-6
+# Coordinates beyond this (pixels, either sign) cannot be burnt (GDAL's rasteriser works in
+# 32-bit pixel indices): such a shape is an error, not "clipped".
+MAX_COORDINATE = float(2 ** 31 - 1)
+# imageWidth/imageHeight above this are refused (a tile is at most a few thousand pixels).
+MAX_IMAGE_SIDE = 1_000_000
+# A mask shape's PNG may hold at most this many pixels (and never more than its box).
+MAX_MASK_PIXELS = 64 * 1024 * 1024
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Maximum distance (pixels) between a true circle and its polygon (circles and point discs).
 CIRCLE_TOLERANCE = 0.01
 
@@ -147,10 +156,10 @@ class ClassMap:
 
 def read_labels_txt(path, ignore_value=DEFAULT_IGNORE_VALUE) -> "ClassMap":
     """A Labelme labels.txt: ``__ignore__`` (-1 -> ignore), ``_background_`` (0), classes 1..n."""
+    raw = safefiles.read_bytes(path, "CLASSES", safefiles.MAX_TEXT_BYTES)  # a regular file of bounded size
     try:
-        with open(path, encoding="utf-8") as handle:
-            names = [line.strip() for line in handle if line.strip()]
-    except OSError as exc:
+        names = [line.strip() for line in raw.decode("utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError as exc:
         raise GullySegError(f"CLASSES: cannot read the labels file '{path}': {exc}") from None
     if not names:
         raise GullySegError(f"CLASSES: the labels file '{path}' is empty.")
@@ -233,13 +242,27 @@ class LabelmeDoc:
 
 
 def read_labelme(path, problems) -> Optional["LabelmeDoc"]:
-    """Parse a Labelme JSON. Returns a LabelmeDoc, or None after adding an ERROR to ``problems``."""
+    """Parse a Labelme JSON. Returns a LabelmeDoc, or None after adding an ERROR to ``problems``.
+
+    Any ERROR it adds (for the file or one of its shapes) means the file must not be burnt.
+    Only regular files of at most ``safefiles.MAX_JSON_BYTES`` are read. JSON nested too deeply
+    for Python's parser (RecursionError) stops the whole run with a GullySegError, STRICT or not.
+    """
     try:
-        with open(path, "rb") as handle:
-            data = json.loads(handle.read().decode("utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
+        raw = safefiles.read_bytes(path, "Labelme file", safefiles.MAX_JSON_BYTES)
+    except GullySegError as exc:
+        problems.append(Problem(path, str(exc)))
+        return None
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
         problems.append(Problem(path, f"cannot read the file: {exc}"))
         return None
+    except RecursionError:
+        raise GullySegError(
+            f"LABELME_DIR: '{path}' is nested too deeply to be a Labelme file (a hostile or broken JSON); "
+            "the run stops. Remove the file from the folder."
+        ) from None
     except ValueError as exc:
         problems.append(Problem(path, f"invalid JSON: {exc}"))
         return None
@@ -251,11 +274,19 @@ def read_labelme(path, problems) -> Optional["LabelmeDoc"]:
         value = data.get(key)
         if value is None:
             return None
-        try:
-            return int(value)
-        except (TypeError, ValueError):
-            problems.append(Problem(path, f"{key} is not a number: {value!r}"))
+        number = None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = int(value) if math.isfinite(value) else None  # Infinity, NaN: not a size
+        elif isinstance(value, str):
+            try:
+                number = int(value.strip())
+            except ValueError:
+                number = None
+        if number is None or not 0 < number <= MAX_IMAGE_SIDE:
+            shown = repr(value) if len(repr(value)) < 40 else repr(value)[:40] + "..."
+            problems.append(Problem(path, f"{key} is not a whole number of pixels in 1..{MAX_IMAGE_SIDE}: {shown}"))
             return None
+        return number
 
     doc = LabelmeDoc(
         path=str(path),
@@ -270,17 +301,23 @@ def read_labelme(path, problems) -> Optional["LabelmeDoc"]:
             continue
         label = raw.get("label")
         if not isinstance(label, str) or not label:
-            problems.append(Problem(path, "shape has no label", shape_index=i))
+            problems.append(Problem(path, "shape has no label (or a label that is not text)", shape_index=i))
             continue
         shape_type = raw.get("shape_type") or "polygon"  # Labelme's default when the key is absent
         points = raw.get("points") or []
         try:
+            if not isinstance(points, list) or any(not isinstance(p, list) or len(p) != 2 for p in points):
+                raise TypeError
             pts = [(float(p[0]), float(p[1])) for p in points]
-        except (TypeError, ValueError, IndexError):
+        except (TypeError, ValueError, IndexError, OverflowError):
             problems.append(Problem(path, f"'{label}' {shape_type}: points are not [x, y] pairs", shape_index=i))
             continue
         if not all(math.isfinite(v) for p in pts for v in p):
             problems.append(Problem(path, f"'{label}' {shape_type}: a point is not a finite number", shape_index=i))
+            continue
+        if any(abs(v) > MAX_COORDINATE for p in pts for v in p):
+            problems.append(Problem(path, f"'{label}' {shape_type}: a point lies beyond {MAX_COORDINATE:.0f} px "
+                                          "(GDAL's rasteriser cannot burn it)", shape_index=i))
             continue
         doc.shapes.append(Shape(i, label, str(shape_type), pts, raw.get("mask")))
     return doc
@@ -302,26 +339,51 @@ def circle_polygon(cx, cy, radius) -> ogr.Geometry:
     return ring_polygon([(cx + radius * math.cos(a), cy + radius * math.sin(a)) for a in angles])
 
 
-def decode_mask_png(b64) -> np.ndarray:
-    """A Labelme mask (base64 PNG) -> bool array (rows, cols), decoded by GDAL via /vsimem."""
+def png_size(raw) -> Optional[tuple]:
+    """(width, height) from a PNG's header (IHDR), or None when ``raw`` is not a PNG."""
+    if len(raw) < 24 or raw[:8] != PNG_SIGNATURE or raw[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(raw[16:20], "big"), int.from_bytes(raw[20:24], "big")
+
+
+def decode_mask_png(b64, max_size=None) -> np.ndarray:
+    """A Labelme mask (base64 PNG) -> bool array (rows, cols), decoded by GDAL's PNG driver via /vsimem.
+
+    Only PNG is decoded (checked by its signature, and GDAL may use no other driver: a VRT or a
+    /vsicurl/ path in a shared file must never be opened). The size in the PNG's header is checked
+    before any pixel is read: at most ``max_size`` (width, height) when given, and at most
+    MAX_MASK_PIXELS in any case.
+    """
     try:
         raw = base64.b64decode(b64, validate=False)
     except (binascii.Error, TypeError, ValueError) as exc:
         raise GullySegError(f"mask is not valid base64: {exc}") from None
+    size = png_size(raw)
+    if size is None:
+        raise GullySegError("mask is not a PNG image (Labelme writes masks as base64 PNG)")
+    width, height = size
+    if width < 1 or height < 1 or width * height > MAX_MASK_PIXELS:
+        raise GullySegError(f"mask PNG declares {width}x{height} pixels (at most {MAX_MASK_PIXELS:,} are read)")
+    if max_size is not None and (width > max_size[0] or height > max_size[1]):
+        raise GullySegError(f"mask PNG is {width}x{height} pixels, larger than its shape's box "
+                            f"{max_size[0]}x{max_size[1]}")
     name = f"/vsimem/gullyseg_mask_{uuid.uuid4().hex}.png"
     gdal.FileFromMemBuffer(name, raw)
     try:
         try:
-            ds = gdal.Open(name)
+            ds = gdal.OpenEx(name, gdal.OF_RASTER, allowed_drivers=["PNG"])
         except RuntimeError as exc:
             raise GullySegError(f"mask is not a PNG image GDAL can read: {exc}") from None
-        if ds is None:
+        if ds is None or ds.GetDriver().ShortName != "PNG" or (ds.RasterXSize, ds.RasterYSize) != (width, height):
             raise GullySegError("mask is not a PNG image GDAL can read")
         # Labelme writes 1-bit or 8-bit grey PNGs; for RGB(A) ones any non-zero colour counts (not alpha)
         colour_bands = [1, 2, 3] if ds.RasterCount >= 3 else [1]
         mask = np.zeros((ds.RasterYSize, ds.RasterXSize), dtype=bool)
-        for b in colour_bands:
-            mask |= ds.GetRasterBand(b).ReadAsArray() != 0
+        try:
+            for b in colour_bands:
+                mask |= ds.GetRasterBand(b).ReadAsArray() != 0
+        except RuntimeError as exc:
+            raise GullySegError(f"mask PNG cannot be decoded: {exc}") from None
         ds = None
         return mask
     finally:
@@ -404,8 +466,10 @@ def shape_items(doc, width, height, classes, line_width, point_radius, problems,
             if not shape.mask_b64:
                 report(shape, f"'{label}' mask shape has no 'mask' image")
                 continue
+            # Labelme's box: from int(first point) to int(second point), both included
+            box = (abs(int(pts[1][0]) - int(pts[0][0])) + 1, abs(int(pts[1][1]) - int(pts[0][1])) + 1)
             try:
-                mask = decode_mask_png(shape.mask_b64)
+                mask = decode_mask_png(shape.mask_b64, max_size=(min(box[0], width + 1), min(box[1], height + 1)))
             except GullySegError as exc:
                 report(shape, f"'{label}' {exc}")
                 continue

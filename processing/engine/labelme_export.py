@@ -8,7 +8,7 @@ from typing import Iterable, Optional
 
 from osgeo import gdal, ogr
 
-from . import dataset, gdalio, labelme
+from . import dataset, gdalio, labelme, safefiles
 from .dataset import index_paths as _index_path_and_paths
 from .dataset import rel_or_abs as _rel_or_abs
 from .dataset import tile_grid
@@ -55,7 +55,10 @@ def write_tile_jpeg(image_tif, path) -> None:
             scale.append([lo, hi, 0, 255])
     opts = gdal.TranslateOptions(format="JPEG", bandList=bands, outputType=gdal.GDT_Byte,
                                  scaleParams=scale, creationOptions=["QUALITY=95", "WORLDFILE=NO"])
-    gdal.Translate(path, src, options=opts)
+    with gdalio.checked_write(path, "OUTPUT_DIR"):
+        out = gdal.Translate(path, src, options=opts)
+        out.FlushCache()
+        out = None
     src = None
 
 
@@ -68,6 +71,11 @@ def _place_jpeg(grid, rec, paths, out_dir, feedback):
     if not source or not os.path.exists(source):
         guess = os.path.join(paths.images, f"{grid.tile_id}.jpg")
         source = guess if os.path.exists(guess) else None
+    if source:  # never link or copy a file from outside the dataset (a planted symlink) or a special file
+        if not safefiles.is_inside(paths.root, source, real=True):
+            raise GullySegError(f"TILES: the image '{source}' of tile '{grid.tile_id}' resolves outside the dataset "
+                                f"folder '{paths.root}' (a link?); it is not exported.")
+        safefiles.require_regular(source, "TILES")
     with gdalio.atomic_output(target, what="OUTPUT_DIR") as tmp:
         if source:
             try:
@@ -106,7 +114,13 @@ def export_labelme(index_path: str, only_kept: bool = True, prefill: Optional[It
     if not tiles:
         raise GullySegError(f"TILES: the index '{index_path}' has no tiles.")
     out_dir = os.path.abspath(output_dir) if output_dir else paths.labelme
-    os.makedirs(out_dir, exist_ok=True)
+    labels_file = os.path.join(out_dir, "labels.txt")
+    if os.path.lexists(labels_file):  # never write through a link that leaves the folder
+        if not safefiles.is_inside(out_dir, labels_file, real=True):
+            raise GullySegError(f"OUTPUT_DIR: '{labels_file}' is a link to '{os.path.realpath(labels_file)}', "
+                                "outside the folder; GullySeg does not write through it. Remove the link.")
+        safefiles.require_regular(labels_file, "OUTPUT_DIR")
+    gdalio.make_folder(out_dir, "OUTPUT_DIR")
     layer = None
     if prefill is not None:
         prefill_ds = ogr.GetDriverByName("Memory").CreateDataSource("prefill")  # keeps the layer alive
@@ -148,16 +162,16 @@ def export_labelme(index_path: str, only_kept: bool = True, prefill: Optional[It
         written += 1
         shapes_total += len(shapes)
         updates[tid] = {"labelme": _rel_or_abs(paths, json_path)}
-    labels_file = os.path.join(out_dir, "labels.txt")
     if not os.path.exists(labels_file):
         with gdalio.atomic_output(labels_file, what="OUTPUT_DIR") as tmp:
             labelme.write_labels_txt(tmp, [label])
     else:
-        with open(labels_file, encoding="utf-8") as handle:
-            names = [line.strip() for line in handle if line.strip()]
+        text = safefiles.read_bytes(labels_file, "OUTPUT_DIR", safefiles.MAX_TEXT_BYTES).decode("utf-8", "replace")
+        names = [line.strip() for line in text.splitlines() if line.strip()]
         if label not in names:
-            with open(labels_file, "a", encoding="utf-8") as handle:
-                handle.write(label + "\n")
+            with gdalio.atomic_output(labels_file, overwrite=True, what="OUTPUT_DIR") as tmp:
+                with open(tmp, "w", encoding="utf-8") as handle:
+                    handle.write(text + ("" if not text or text.endswith("\n") else "\n") + label + "\n")
             feedback.info(f"Added '{label}' to the existing {labels_file}.")
     dataset.update_index(index_path, updates)
     dataset.update_card(paths.root, labelme={

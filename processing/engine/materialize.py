@@ -7,6 +7,7 @@ import os
 import shutil
 import uuid
 
+from . import safefiles
 from .dataset import SPLIT_MANIFEST, SPLITS
 from .dataset import listing as _listing
 from .dataset import side_files as _side_files
@@ -40,6 +41,9 @@ def _plan_files(paths, samples):
             dst_rel = f"{s['split']}/{sub}/{sid}{ext}"
             s.setdefault("materialized", {})[key] = dst_rel
             src = paths.abs(src_rel)
+            if not safefiles.is_inside(paths.root, src, real=True):  # a planted link: never link or copy it
+                raise GullySegError(f"DATASET: '{src_rel}' of sample '{sid}' resolves outside the dataset folder "
+                                    f"'{paths.root}' (a link?); it is not linked into the split.")
             plan.append((src, dst_rel))
             if not s.get("variant") and key != "mask":
                 for side, kind, suffix in _side_files(src):

@@ -15,6 +15,7 @@ x right, y down, pixel-corner origin), polygons in map space on the tile's geore
 grid; both on the same array.
 """
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ from .results import DictAccess
 
 REPORT_FIELDS = ["file", "tile_id", "shape_index", "severity", "problem"]
 MAX_LOGGED_PROBLEMS = 200
+_MASK_SIDES = [".tif.aux.xml", ".tif.msk"]  # the only side files a mask may get
 
 
 @dataclass
@@ -169,7 +171,8 @@ def _parse_labelme_files(json_files, tiles_by_id, paths, index_crs, classes, lin
                                         problems, tid, unknown_labels)
         for p in problems[before:]:
             p.tile_id = tid
-        if not ok:
+        # a shape rejected while parsing (NaN points, no label, bad imageWidth ...) makes the file bad too
+        if not ok or any(p.severity == ERROR for p in problems[before:]):
             bad_files.add(path)
             continue
         per_tile[tid] = (path, items)
@@ -230,12 +233,19 @@ def _burn_tile(grid, layer, items, all_touched, nodata_value=None):
     return arr
 
 
-def _write_mask(path, arr, grid, ignore, overwrite):
-    with gdalio.atomic_output(path, overwrite=overwrite, what="OUTPUT_DIR") as tmp:
+def _write_mask(path, arr, grid, ignore, overwrite, stack):
+    """Write a mask under a hidden temporary name, renamed into place when ``stack`` closes
+    (after the index update: a failed update leaves no orphan mask). GDAL's write errors raise."""
+    tmp = stack.enter_context(gdalio.atomic_output(path, overwrite=overwrite, what="OUTPUT_DIR",
+                                                   side_suffixes=_MASK_SIDES))
+    with gdalio.checked_write(path, "OUTPUT_DIR"):
         out = gdalio.create_raster(tmp, grid.width, grid.height, 1, gdal.GDT_Byte, grid.geotransform,
                                    grid.crs_wkt, nodata=ignore, options=gdalio.GTIFF_SMALL)
-        out.GetRasterBand(1).WriteArray(arr)
-        out = None
+        try:
+            out.GetRasterBand(1).WriteArray(arr)
+            out.FlushCache()
+        finally:
+            out = None  # closed inside checked_write, also after an error
 
 
 def _stop_on_problems(problems, errors, bad_files, classes, strict, report_path, feedback):
@@ -344,25 +354,29 @@ def rasterize_labels(index_path: str, labelme_dir: Optional[str] = None, vector:
         )
 
     # 5. Burn and write ----------------------------------------------------------------------
-    os.makedirs(output_dir, exist_ok=True)
+    gdalio.make_folder(output_dir, "OUTPUT_DIR")
+    gdalio.remove_stale_partials(output_dir)  # left by a killed run (kill -9)
     fg_values = np.array(classes.foreground_values() or [1], dtype=np.uint8)
     updates = {}
     ignore = classes.ignore_value
-    for k, tid in enumerate(targets):
-        feedback.check_cancelled()
-        feedback.progress(30.0 + 68.0 * k / len(targets))
-        grid = grids.get(tid) or tile_grid(tiles_by_id[tid], paths, index_crs)
-        json_path, items = per_tile.get(tid, (None, None))
-        arr = _burn_tile(grid, layer, items, all_touched, ignore if ignore_nodata else None)
-        labelled = int(np.count_nonzero(arr != ignore))
-        frac = float(np.count_nonzero(np.isin(arr, fg_values))) / labelled if labelled else 0.0
-        _write_mask(masks[tid], arr, grid, ignore, overwrite)
-        values = {"gully_frac": round(frac, 6), "mask": _rel_or_abs(paths, masks[tid])}
-        if json_path:
-            values["labelme"] = _rel_or_abs(paths, json_path)
-        updates[tid] = values
+    # Masks stay under hidden temporary names until the index has been updated: a failed update
+    # (read-only or locked index, full disk) removes them again, so no mask is orphaned.
+    with contextlib.ExitStack() as stack:
+        for k, tid in enumerate(targets):
+            feedback.check_cancelled()
+            feedback.progress(30.0 + 68.0 * k / len(targets))
+            grid = grids.get(tid) or tile_grid(tiles_by_id[tid], paths, index_crs)
+            json_path, items = per_tile.get(tid, (None, None))
+            arr = _burn_tile(grid, layer, items, all_touched, ignore if ignore_nodata else None)
+            labelled = int(np.count_nonzero(arr != ignore))
+            frac = float(np.count_nonzero(np.isin(arr, fg_values))) / labelled if labelled else 0.0
+            _write_mask(masks[tid], arr, grid, ignore, overwrite, stack)
+            values = {"gully_frac": round(frac, 6), "mask": _rel_or_abs(paths, masks[tid])}
+            if json_path:
+                values["labelme"] = _rel_or_abs(paths, json_path)
+            updates[tid] = values
 
-    dataset.update_index(index_path, updates)
+        dataset.update_index(index_path, updates)
     card_labels = _labels_card(classes, all_touched, line_width, point_radius, ignore_nodata, len(targets),
                                len(per_tile), layer.count if layer is not None else 0,
                                _rel_or_abs(paths, output_dir))

@@ -5,6 +5,8 @@ once for the scene) with world file and CRS, written by a small thread pool thro
 import contextlib
 import os
 import re
+import shutil
+import uuid
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 import numpy as np
@@ -36,14 +38,18 @@ def _to_byte(arr, bands, stretch, valid):
 def _write_gtiff(path, arr, gdal_type, geotransform, crs_wkt, nodata, mask, overwrite):
     bands, height, width = arr.shape
     with gdalio.atomic_output(path, overwrite=overwrite, what="OUTPUT_DIR", side_suffixes=_TIF_SIDES) as tmp:
-        ds = gdalio.create_raster(tmp, width, height, bands, gdal_type, geotransform, crs_wkt,
-                                  nodata=nodata, options=TILE_GTIFF_OPTIONS)
-        ds.WriteRaster(0, 0, width, height, np.ascontiguousarray(arr),
-                       width, height, gdal_type, list(range(1, bands + 1)))
-        if mask is not None:
-            ds.CreateMaskBand(gdal.GMF_PER_DATASET)
-            ds.GetRasterBand(1).GetMaskBand().WriteArray(mask.astype(np.uint8) * 255)
-        ds = None
+        with gdalio.checked_write(path, "OUTPUT_DIR"):  # GDAL's write errors (full disk) raise before the rename
+            ds = gdalio.create_raster(tmp, width, height, bands, gdal_type, geotransform, crs_wkt,
+                                      nodata=nodata, options=TILE_GTIFF_OPTIONS)
+            try:
+                ds.WriteRaster(0, 0, width, height, np.ascontiguousarray(arr),
+                               width, height, gdal_type, list(range(1, bands + 1)))
+                if mask is not None:
+                    ds.CreateMaskBand(gdal.GMF_PER_DATASET)
+                    ds.GetRasterBand(1).GetMaskBand().WriteArray(mask.astype(np.uint8) * 255)
+                ds.FlushCache()
+            finally:
+                ds = None  # closed inside checked_write, also after an error
 
 
 def _world_file_text(gt):
@@ -71,10 +77,12 @@ def _write_jpeg(path, rgb, geotransform, crs_wkt, overwrite):
         if bands == 3:
             for i, ci in enumerate((gdal.GCI_RedBand, gdal.GCI_GreenBand, gdal.GCI_BlueBand)):
                 mem.GetRasterBand(i + 1).SetColorInterpretation(ci)
-        out = _JPEG.CreateCopy(tmp, mem, 0, [f"QUALITY={JPEG_QUALITY}"])
-        if out is None:
-            raise GullySegError(f"OUTPUT_DIR: GDAL could not write the JPEG tile '{path}'.")
-        out = None
+        with gdalio.checked_write(path, "OUTPUT_DIR"):
+            out = _JPEG.CreateCopy(tmp, mem, 0, [f"QUALITY={JPEG_QUALITY}"])
+            if out is None:
+                raise GullySegError(f"OUTPUT_DIR: GDAL could not write the JPEG tile '{path}'.")
+            out.FlushCache()
+            out = None
         mem = None
         with open(os.path.splitext(tmp)[0] + ".jgw", "w", encoding="ascii") as handle:
             handle.write(_world_file_text(geotransform))
@@ -187,3 +195,95 @@ def _remove(path):
         os.remove(path)
     except FileNotFoundError:
         pass
+
+
+# --- OVERWRITE beside the old dataset; leftovers of a killed run (issue 14) ----------------------
+
+_STAGING_PREFIX = ".gullyseg-staging-"  # a new dataset being built beside the old one (OVERWRITE)
+_OLD_PREFIX = ".gullyseg-old-"  # the old tiles, moved aside during the swap
+_STAGED_INDEX = ".staged-"
+_LEFTOVER = re.compile(r"^\.gullyseg-(staging|old)-[0-9a-f]{8}$")
+
+
+def _staging(root, index_path, overwrite):
+    """(staging folder, staged index path) when OVERWRITE replaces an earlier run, else (None, index_path).
+
+    OVERWRITE builds the new tiles and index beside the old ones and swaps them in only when
+    everything is written (``_swap_in``): a failure or cancel leaves the old dataset (index.gpkg
+    with its screening decisions) as it was."""
+    if not (overwrite and _owned_files(root, index_path)):
+        return None, index_path
+    tag = uuid.uuid4().hex[:8]
+    name = f".{os.path.basename(index_path)}{_STAGED_INDEX}{tag}.gpkg"
+    staged_index = os.path.join(os.path.dirname(index_path), name)
+    return os.path.join(root, _STAGING_PREFIX + tag), staged_index
+
+
+def _drop_staging(staging, staged_index):
+    """After an error or cancel: remove the half-built new dataset (the old one is untouched)."""
+    shutil.rmtree(staging, ignore_errors=True)
+    gdalio.remove_with_side_files(staged_index)
+
+
+def _remove_leftovers(root, feedback):
+    """Remove what a killed run (kill -9) left: staging folders, staged indexes, hidden temporaries."""
+    if not os.path.isdir(root):
+        return
+    removed = 0
+    for entry in os.scandir(root):
+        if _LEFTOVER.match(entry.name) and entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed += 1
+        elif _STAGED_INDEX in entry.name and entry.name.startswith(".") and entry.is_file(follow_symlinks=False):
+            gdalio.remove_with_side_files(entry.path)
+            removed += 1
+    removed += gdalio.remove_stale_partials(root)
+    images = dataset.DatasetPaths(root).images
+    if os.path.isdir(images):
+        removed += gdalio.remove_stale_partials(images)
+    if removed:
+        feedback.info(f"OUTPUT_DIR: removed {removed} leftover(s) of an interrupted earlier run in '{root}'.")
+
+
+def _swap_in(root, index_path, input_path, staging, staged_index, feedback):
+    """Replace the old tiles and index by the staged ones; the index last, in one rename."""
+    paths = dataset.DatasetPaths(root)
+    old_files = [p for p in _owned_files(root, index_path)
+                 if os.path.abspath(p) != os.path.abspath(input_path)
+                 and os.path.dirname(os.path.abspath(p)) == paths.images]
+    aside = os.path.join(root, f"{_OLD_PREFIX}{uuid.uuid4().hex[:8]}")
+    os.makedirs(aside)
+    os.makedirs(paths.images, exist_ok=True)
+    moved = []
+    try:
+        for p in old_files:
+            os.replace(p, os.path.join(aside, os.path.basename(p)))
+            moved.append(p)
+        new_images = os.path.join(staging, dataset.IMAGES_DIR)
+        for name in os.listdir(new_images):
+            os.replace(os.path.join(new_images, name), os.path.join(paths.images, name))
+    except OSError as exc:  # put the old tiles back
+        for p in moved:
+            with contextlib.suppress(OSError):
+                os.replace(os.path.join(aside, os.path.basename(p)), p)
+        shutil.rmtree(aside, ignore_errors=True)
+        raise GullySegError(f"OUTPUT_DIR: could not swap the new tiles into '{paths.images}': {exc}") from None
+    for side in ("-journal", "-wal", "-shm", ".aux.xml"):  # the old index's SQLite files must not outlive it
+        _remove(index_path + side)
+    os.replace(staged_index, index_path)
+    stale = [paths.card, paths.card_md]  # rebuilt by this run (update_card) rather than merged
+    if os.path.abspath(paths.index) != os.path.abspath(index_path):
+        stale += [paths.index + s for s in ("", "-journal", "-wal", "-shm", ".aux.xml")]
+    for p in stale:
+        _remove(p)
+    shutil.rmtree(aside, ignore_errors=True)
+    shutil.rmtree(staging, ignore_errors=True)
+    if old_files:
+        feedback.info(f"OVERWRITE: replaced {len(old_files)} file(s) of the earlier run in '{root}'.")
+    kept = [d for d in (dataset.MASKS_DIR, dataset.LABELME_DIR) if os.path.isdir(os.path.join(root, d))
+            and os.listdir(os.path.join(root, d))]
+    if kept:
+        feedback.warn(
+            f"OVERWRITE: kept {', '.join(d + '/' for d in kept)} in '{root}' (annotations and masks are "
+            "never deleted); they match the new tiles only if the grid is unchanged."
+        )

@@ -35,9 +35,13 @@ from .tile_writers import (  # noqa: F401 (JPEG_QUALITY, TILE_GTIFF_OPTIONS impo
     JPEG_QUALITY,
     TILE_GTIFF_OPTIONS,
     _check_output,
+    _drop_staging,
     _owned_files,
     _remove,
     _remove_earlier_run,
+    _remove_leftovers,
+    _staging,
+    _swap_in,
     _TileWriter,
     _to_byte,
     _undo,
@@ -51,6 +55,7 @@ FORMAT_BOTH = 2
 FORMAT_NAMES = {FORMAT_GTIFF: ["tif"], FORMAT_JPEG: ["jpg"], FORMAT_BOTH: ["tif", "jpg"]}
 
 DEFAULT_TILE_SIZE = 256
+MAX_TILE_SIZE = 8192  # a tile (all bands, padding, its JPEG) is held in memory whole
 DEFAULT_MAX_NODATA = 0.999
 STRETCH_FULL_READ_PIXELS = _stretch.STRETCH_FULL_READ_PIXELS  # scenes up to this size are read whole
 # Value that fills padding (EDGE=pad) in bands that have no nodata value; the padding is also
@@ -178,8 +183,9 @@ def _check_parameters(input_path, info, tile_size, stride, edge, max_nodata, fmt
         stride = int(stride or 0)
     except (TypeError, ValueError):
         raise GullySegError(f"TILE_SIZE/STRIDE must be whole numbers (got {tile_size!r}, {stride!r}).") from None
-    if tile_size < 1:
-        raise GullySegError(f"TILE_SIZE must be a positive number of pixels (got {tile_size}).")
+    if not 1 <= tile_size <= MAX_TILE_SIZE:
+        raise GullySegError(f"TILE_SIZE must be between 1 and {MAX_TILE_SIZE} pixels (got {tile_size}); tiles are "
+                            "held in memory whole, and training tiles are usually 256 to 1024 pixels.")
     if stride < 0:
         raise GullySegError(f"STRIDE must be 0 (= TILE_SIZE) or a positive number of pixels (got {stride}).")
     if stride > tile_size:
@@ -224,6 +230,7 @@ class _CutSettings:
     pad: list
     mask_tiles: bool
     overwrite: bool
+    images_dir: str = ""  # where the tiles are written (a staging folder under OVERWRITE); '' = paths.images
 
 
 def _cut_rows(cut, by_row, writer, records, written, feedback, progress):
@@ -290,18 +297,18 @@ def _cut_rows(cut, by_row, writer, records, written, feedback, progress):
                 "bounds": win.bounds(gt),
             }
             if "tif" in formats:
-                path = os.path.join(paths.images, tid + ".tif")
+                path = os.path.join(cut.images_dir or paths.images, tid + ".tif")
                 mask = valid if (mask_tiles and valid is not None and not valid.all()) else None
                 written.append(path)
                 writer.submit(_write_gtiff, path, arr, info.gdal_type, tile_gt, info.crs_wkt, tile_nodata,
                               mask, overwrite)
-                rec["image_tif"] = paths.rel(path)
+                rec["image_tif"] = paths.rel(os.path.join(paths.images, tid + ".tif"))
             if "jpg" in formats:
-                path = os.path.join(paths.images, tid + ".jpg")
+                path = os.path.join(cut.images_dir or paths.images, tid + ".jpg")
                 written.append(path)
                 writer.submit(_write_jpeg, path, _to_byte(arr, bands_rgb, stretch, valid), tile_gt,
                               info.crs_wkt, overwrite)
-                rec["image_jpg"] = paths.rel(path)
+                rec["image_jpg"] = paths.rel(os.path.join(paths.images, tid + ".jpg"))
             records.append(rec)
         progress.progress(100.0 * (n + 1) / len(by_row))
     return skipped_nodata
@@ -414,8 +421,12 @@ def grid_tiles(input_path, output_dir, tile_size=DEFAULT_TILE_SIZE, stride=0, ed
     index_path = os.path.abspath(str(output_index)) if output_index else paths.index
     if not index_path.lower().endswith(".gpkg"):
         raise GullySegError(f"OUTPUT_INDEX: '{index_path}' must be a GeoPackage (.gpkg).")
+    _remove_leftovers(root, feedback)  # of a killed run (kill -9)
     _check_output(root, index_path, overwrite, input_path)
     created = [d for d in (root, paths.images) if not os.path.exists(d)]
+    # OVERWRITE: the new tiles and index are built beside the old ones and swapped in on success
+    staging, write_index_path = _staging(root, index_path, overwrite)
+    images_dir = os.path.join(staging, dataset.IMAGES_DIR) if staging else paths.images
     scene = scene_name or scene_name_from_path(input_path)
 
     grid, rows, cols, by_row, skipped_aoi = _plan_grid(info, tile_size, stride, edge, aoi_geom, feedback)
@@ -428,9 +439,7 @@ def grid_tiles(input_path, output_dir, tile_size=DEFAULT_TILE_SIZE, stride=0, ed
     stretch = _jpeg_stretch(ds, formats, bands_rgb, validity, feedback.scaled(0, share_stretch), feedback)
     feedback.check_cancelled()
 
-    if overwrite:
-        _remove_earlier_run(root, index_path, input_path, feedback)
-    os.makedirs(paths.images, exist_ok=True)
+    gdalio.make_folder(images_dir, "OUTPUT_DIR")
 
     # cut --------------------------------------------------------------------------------
     progress = feedback.scaled(share_stretch, 99.0)
@@ -438,18 +447,24 @@ def grid_tiles(input_path, output_dir, tile_size=DEFAULT_TILE_SIZE, stride=0, ed
     writer = _TileWriter()
     try:
         cut = _CutSettings(ds, info, paths, scene, tile_size, max_nodata, formats, bands_rgb, stretch, validity,
-                           pad, mask_tiles, overwrite)
+                           pad, mask_tiles, overwrite, images_dir)
         skipped_nodata = _cut_rows(cut, by_row, writer, records, written, feedback, progress)
         writer.finish()
         feedback.check_cancelled()
         if not records:
             feedback.warn("No tile was written: every tile exceeded MAX_NODATA or lay outside the AOI.")
-        dataset.write_index(index_path, info.crs_wkt, records, overwrite=True)
+        dataset.write_index(write_index_path, info.crs_wkt, records, overwrite=True)
+        if staging:
+            feedback.check_cancelled()
+            _swap_in(root, index_path, input_path, staging, write_index_path, feedback)
     except BaseException as exc:
         writer.abort()  # waits for the tiles being written, so none is renamed into place later
-        _undo(written, created)
+        if staging:
+            _drop_staging(staging, write_index_path)
+        _undo([] if staging else written, created)
         if isinstance(exc, Cancelled):
-            feedback.warn(f"Cancelled: removed the {len(written)} tile file(s) written so far; no index was written.")
+            feedback.warn(f"Cancelled: removed the {len(written)} tile file(s) written so far; no index was written"
+                          + ("; the earlier dataset is unchanged." if staging else "."))
         raise
     finally:
         ds = None

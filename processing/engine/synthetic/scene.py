@@ -156,7 +156,8 @@ def make_scene(path, width=512, height=512, seed=0, bands="rgb", nodata_edge=Fal
         with _config("OGR_CURRENT_DATE", FIXED_DATE), \
                 _maybe_atomic(gullies_path, overwrite, "OUTPUT_GULLIES", tmpdir, "gullies.gpkg") as gpkg_tmp, \
                 _maybe_atomic(mask_path, overwrite, "OUTPUT_MASK", tmpdir, "mask.tif") as mask_tmp, \
-                gdalio.atomic_output(path, overwrite=overwrite, what="OUTPUT") as img_tmp:
+                gdalio.atomic_output(path, overwrite=overwrite, what="OUTPUT") as img_tmp, \
+                gdalio.checked_write(path, "OUTPUT"):  # GDAL's write errors (full disk) raise before the renames
             footprint = _footprint(width, height, nodata_edge, seed, geo)
             _write_features(gpkg_tmp, os.path.join(tmpdir, "render.gpkg"), srs, width, height, seed, geo,
                             footprint, density, feedback.scaled(0, 10), result)
