@@ -92,7 +92,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   say "installing Python requirements into .venv: ${requirements[*]}"
   # (without the warnings about index folders that this machine's pip configuration names but lacks)
   { .venv/bin/python -m pip install -q --disable-pip-version-check -c "$constraints" "${requirements[@]}" \
-      2>&1 1>&3 | { grep -v "is ignored: it is neither a file nor a directory" >&2 || true; }; } 3>&1
+      2>&1 1>&3 | { grep -v -E "WARNING: Location .* is ignored: it is" >&2 || true; }; } 3>&1
   echo "$want" > "$stamp"
 fi
 NUMPY_MAJOR="$numpy_major" .venv/bin/python - <<'PY'
