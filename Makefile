@@ -59,7 +59,7 @@ bench: setup
 
 # PyTorch is needed by tools/train_demo_model.py only, never by the plugin or the tests.
 train-model: setup
-	$(BIN)/python -m pip install -q -c constraints.txt -r requirements-train.txt
+	$(BIN)/python -m pip install -q -c $(VENV)/gullyseg-constraints.txt -r requirements-train.txt
 	$(BIN)/python tools/train_demo_model.py --minutes 32
 
 clean:
