@@ -51,7 +51,7 @@ from osgeo import gdal, gdal_array, ogr, osr
 from . import gdalio, windows
 from .errors import Cancelled, GullySegError
 from .feedback import Feedback
-from .onnx_model import ModelInfo, load_model, parse_bands
+from .onnx_model import ModelInfo, NonFiniteOutput, load_model, parse_bands
 
 PROB_SCALE = 254
 NODATA = 255
@@ -97,9 +97,18 @@ def hann(n, floor=WEIGHT_FLOOR):
     return np.maximum(np.sin(np.pi * (i + 0.5) / n) ** 4, floor)
 
 
-def _taper(n, low_open, high_open):
-    """1-D weights: Hann, but flat (1) on a side with no neighbouring window."""
-    w = hann(n)
+def _taper(n, low_open, high_open, margin=0):
+    """1-D weights: Hann, but flat (1) on a side with no neighbouring window.
+
+    ``margin`` (the model's context margin): weight 0 within ``margin`` pixels of a side with a
+    neighbour, the Hann taper over the rest, so pixels whose receptive field reaches past the
+    window's edge never count (a neighbour's core covers them: overlap >= 2 x margin).
+    """
+    if margin:
+        w = np.zeros(n, dtype=np.float64)
+        w[margin:n - margin] = hann(n - 2 * margin)
+    else:
+        w = hann(n)
     half = n // 2
     if not low_open:
         w[:half] = 1.0
@@ -110,9 +119,9 @@ def _taper(n, low_open, high_open):
     return w
 
 
-def window_weight(width, height, left=True, top=True, right=True, bottom=True):
+def window_weight(width, height, left=True, top=True, right=True, bottom=True, margin=0):
     """2-D blending weight of a window; a side is tapered when another window overlaps it."""
-    return np.outer(_taper(height, top, bottom), _taper(width, left, right)).astype(np.float32)
+    return np.outer(_taper(height, top, bottom, margin), _taper(width, left, right, margin)).astype(np.float32)
 
 
 def tta_transforms(mode, square=True):
@@ -146,6 +155,22 @@ def tta_transforms(mode, square=True):
     raise GullySegError(f"TTA must be 0 (none), 1 (flips) or 2 (flips and rotations), got {mode}.")
 
 
+def _model_tta(model, tta):
+    """The TTA transforms for ``model``, refused where they cannot map its output back."""
+    if tta and any((w - c) % 2 for w, c in zip(model.window, model.core)):
+        raise GullySegError(
+            f"TTA: the output of '{os.path.basename(model.path)}' ({model.core[0]}x{model.core[1]}) is not centred in "
+            f"its {model.window[0]}x{model.window[1]} window (an odd margin), so flipped runs cannot be mapped back; "
+            "use TTA 0.")
+    return tta_transforms(tta, model.window[0] == model.window[1] or not model.fixed_size)
+
+
+def _grid(raster_w, raster_h, out, model, overlap, context=0):
+    """The grid of ``model``'s windows over ``out`` (laid out by the output's core)."""
+    return _Grid(raster_w, raster_h, out, tuple(model.core), overlap,
+                 (model.offset[0], model.offset[1], model.window[0], model.window[1]), context)
+
+
 # --- running the model --------------------------------------------------------------------------
 
 class _Runner:
@@ -156,9 +181,9 @@ class _Runner:
 
         self.model = model
         self.batch_size = max(1, int(batch_size))
-        if model.fixed_batch:
-            self.batch_size = model.fixed_batch
-        self.transforms = tta_transforms(tta, model.window[0] == model.window[1] or not model.fixed_size)
+        if model.run_batch:
+            self.batch_size = model.run_batch
+        self.transforms = _model_tta(model, tta)
         self.lanes = model.lanes
         self.run_options = onnxruntime.RunOptions()
         self.run_options.log_severity_level = 3
@@ -178,7 +203,7 @@ class _Runner:
     def predict(self, x):
         """(n, C, H, W) float32 -> (n, H, W) float32 gully probability."""
         n = x.shape[0]
-        fixed = self.model.fixed_batch
+        fixed = self.model.run_batch
         total = None
         for fwd, inv in self.transforms:
             xt = np.ascontiguousarray(fwd(x))
@@ -190,7 +215,11 @@ class _Runner:
                     pad = np.zeros((fixed - chunk.shape[0],) + chunk.shape[1:], dtype=np.float32)
                     chunk = np.concatenate([chunk, pad])
                 out = self._run(chunk)
-                parts.append(self.model.gully_probability(out)[:min(step, n - i)])
+                try:
+                    parts.append(self.model.gully_probability(out[:min(step, n - i)]))
+                except NonFiniteOutput as exc:  # counts per window of this batch
+                    exc.counts = [0] * i + list(exc.counts) + [0] * max(0, n - i - len(exc.counts))
+                    raise
             p = parts[0] if len(parts) == 1 else np.concatenate(parts)
             p = np.ascontiguousarray(inv(p))
             total = p if total is None else total + p
@@ -230,10 +259,21 @@ class _CancelWatcher:
 # --- the grid of windows ------------------------------------------------------------------------
 
 class _Grid:
-    """Windows over ``out`` = (x, y, w, h) of a raster, widened to one window where it is smaller."""
+    """Windows over ``out`` = (x, y, w, h) of a raster, widened to one window where it is smaller.
 
-    def __init__(self, raster_w, raster_h, out, window, overlap):
+    ``window`` is the size of the model's output (the core of its input window when the output is
+    smaller); ``pad`` = (x, y, input width, input height) places the input window around a core
+    (None: the same); ``context``: the model's context margin (zero weight near inner edges).
+    """
+
+    def __init__(self, raster_w, raster_h, out, window, overlap, pad=None, context=0):
         ww, wh = window
+        if context and 2 * context >= min(ww, wh):
+            raise GullySegError(f"CONTEXT_MARGIN {context} leaves no core of the {ww}x{wh} window (2 x margin must "
+                                "be smaller than the window); use a smaller margin or a larger window.")
+        self.raster_size = (raster_w, raster_h)
+        self.pad = None if pad is None or (pad[0], pad[1]) == (0, 0) and tuple(pad[2:]) == tuple(window) else pad
+        self.context = int(context)
         ox, oy, ow, oh = out
         stride = (ww - overlap, wh - overlap)
         if min(stride) <= 0:
@@ -258,8 +298,28 @@ class _Grid:
         self.rows = [rows[r] for r in sorted(rows)]
         self.row_y = [row[0].y_off for row in self.rows]
         self.count = sum(len(r) for r in self.rows)
-        self.read_region = self.region
+        self.read_region = self.read_box(gx, gy, gx + gw, gy + gh)
         self.grid = self
+
+    def read_box(self, x0, y0, x1, y1):
+        """(x, y, w, h) to read for windows over [x0, x1) x [y0, y1): within the region, or with the
+        input windows' context around cores, within the raster."""
+        if self.pad is None:
+            gx, gy, gw, gh = self.region
+            x0, y0, x1, y1 = max(x0, gx), max(y0, gy), min(x1, gx + gw), min(y1, gy + gh)
+        else:
+            px, py, iw, ih = self.pad
+            ww, wh = self.window
+            x0, y0 = max(0, x0 - px), max(0, y0 - py)
+            x1, y1 = min(self.raster_size[0], x1 + iw - ww - px), min(self.raster_size[1], y1 + ih - wh - py)
+        return x0, y0, x1 - x0, y1 - y0
+
+    def input_window(self, win):
+        """The model's input window around ``win`` (the window itself unless the output is a core)."""
+        if self.pad is None:
+            return win
+        px, py, iw, ih = self.pad
+        return windows.Window(win.row, win.col, win.x_off - px, win.y_off - py, iw, ih)
 
     def counts(self, win):
         return True
@@ -317,12 +377,15 @@ class _Panel:
                      else [] for row in grid.rows]
         self.row_y = grid.row_y
         self.count = sum(len(r) for r in self.rows)
+        self.pad, self.context = grid.pad, grid.context
         used = [row for row in self.rows if row]
         x0, y0 = min(row[0].x_off for row in used), used[0][0].y_off
         x1, y1 = max(row[-1].x_end for row in used), used[-1][0].y_end
         # windows of a padded grid (a region smaller than a window) reach past the raster: read within it
-        x0, y0, x1, y1 = max(x0, gx), max(y0, gy), min(x1, gx + gw), min(y1, gy + gh)
-        self.read_region = (x0, y0, x1 - x0, y1 - y0)
+        self.read_region = grid.read_box(x0, y0, x1, y1)
+
+    def input_window(self, win):
+        return self.grid.input_window(win)
 
     def counts(self, win):
         """Whether this panel counts ``win`` in windows run/skipped (each window once over the panels)."""
@@ -431,7 +494,7 @@ class _GdalReader:
         if self.mask_wkts:
             self.polys = _PolygonMask(self.mask_wkts, self.crs_wkt)
         # one strip buffer, reused: rows [b0, b1) of the read region are raw[:, :b1 - b0]
-        self._alloc(self.grid.window[1] + self.chunk, self.scratch)
+        self._alloc((self.grid.pad[3] if self.grid.pad else self.grid.window[1]) + self.chunk, self.scratch)
 
     def _alloc(self, rows, scratch=None):
         w = self.c1 - self.c0
@@ -564,11 +627,11 @@ def _inverse_weight_sums(grid):
         if not row:  # a row of windows outside a block's rows
             continue
         _, top, _, bottom = grid.edges(row[0])
-        rows.append((row[0].y_off, _taper(wh, top, bottom)))
+        rows.append((row[0].y_off, _taper(wh, top, bottom, grid.context)))
     cols = []
     for win in next(row for row in grid.rows if row):  # every row has the same columns
         left, _, right, _ = grid.edges(win)
-        cols.append((win.x_off, _taper(ww, left, right)))
+        cols.append((win.x_off, _taper(ww, left, right, grid.context)))
     return axis(gy, gh, rows), axis(gx, gw, cols)
 
 
@@ -617,7 +680,7 @@ class _Accumulator:
         key = self.grid.edges(win)
         wt = self.weights.get(key)
         if wt is None:
-            wt = self.weights[key] = window_weight(self.ww, self.wh, *key)
+            wt = self.weights[key] = window_weight(self.ww, self.wh, *key, margin=self.grid.context)
         xa, xb = max(win.x_off, gx), min(win.x_end, gx + gw)
         ya, yb = max(win.y_off, gy), min(win.y_end, gy + gh)
         r0, r1 = ya - self.top, yb - self.top
@@ -716,14 +779,17 @@ def _blend(model, panels, make_reader, scale, runner, sink, feedback, stop, prog
                 reader.open()
                 try:
                     buf, wins, valids = None, [], []
-                    for r, row in enumerate(panel.rows):
+                    for row in panel.rows:
                         if not row:  # a row of windows outside the panel's rows (a block)
                             continue
-                        reader.need(panel.row_y[r], panel.row_y[r] + panel.window[1])
+                        first = panel.input_window(row[0])
+                        reader.need(first.y_off, first.y_end)
                         for win in row:
                             if stop.is_set() or halt.is_set():
                                 return
-                            raw, valid = reader.window(win)
+                            raw, valid_in = reader.window(panel.input_window(win))
+                            valid = valid_in if panel.pad is None else \
+                                valid_in[panel.pad[1]:panel.pad[1] + win.height, panel.pad[0]:panel.pad[0] + win.width]
                             if not valid.any():
                                 jobs.put((seq, win, None, None))
                                 seq += 1
@@ -735,7 +801,7 @@ def _blend(model, panels, make_reader, scale, runner, sink, feedback, stop, prog
                                     buf = spare.pop() if spare else None
                                 if buf is None or buf.shape[1:] != raw.shape:
                                     buf = np.empty((batch_size,) + raw.shape, dtype=np.float32)
-                            model.normalise(raw, scale, valid, out=buf[len(wins)])
+                            model.normalise(raw, scale, valid_in, out=buf[len(wins)])
                             wins.append(win)
                             valids.append(valid.copy())
                             if len(wins) == batch_size:
@@ -771,6 +837,9 @@ def _blend(model, panels, make_reader, scale, runner, sink, feedback, stop, prog
                 continue
             try:
                 probs = runner.predict(x[:len(wins)])
+            except NonFiniteOutput as exc:
+                fail(_nan_error(exc, wins))
+                return
             except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
                 fail(exc)
                 return
@@ -844,6 +913,17 @@ def _blend(model, panels, make_reader, scale, runner, sink, feedback, stop, prog
         for thread in threads:
             thread.join(timeout=10)
     return counted[0], counted[1]
+
+
+def _nan_error(exc, wins):
+    """NaN in a batch's output: an error naming the model and the windows (never probability 0)."""
+    bad = [(w, n) for w, n in zip(wins, exc.counts) if n]
+    where = "; ".join(f"{n} pixel(s) of the window at column {w.x_off}, row {w.y_off} ({w.width}x{w.height} px)"
+                      for w, n in bad[:3]) + (f" and {len(bad) - 3} more window(s)" if len(bad) > 3 else "")
+    return GullySegError(
+        f"MODEL: '{exc.model_path}' returned NaN for {where} (input pixel coordinates): the model is broken "
+        "(NaN weights, a division by zero) or these pixels are far outside what it was trained on. NaN is never "
+        "read as a probability of 0; no output was written.")
 
 
 def _blend_panels(model, grid, make_reader, scale, runner, sink, feedback, stop, progress=(0.0, 100.0), panels=None):
@@ -1044,6 +1124,37 @@ def _intersect(a, b):
     return x0, y0, x1 - x0, y1 - y0
 
 
+def _overlap_and_context(model, overlap, context_margin, feedback):
+    """(overlap, context margin) in pixels: the parameters, else the model's; checked.
+
+    A context margin needs overlap >= 2 x margin (every pixel in some window's core): a smaller
+    overlap is raised to that, and the log says so.
+    """
+    core = min(model.core)
+    overlap = model.overlap if overlap is None or overlap < 0 else int(overlap)
+    if overlap >= core:
+        raise GullySegError(f"OVERLAP {overlap} must be smaller than the window ({core} pixels).")
+    source = "CONTEXT_MARGIN"
+    if context_margin is None or context_margin < 0:
+        context_margin, source = model.context_margin, "the model's metadata (gullyseg.context_margin)"
+    context = int(context_margin)
+    if context and 2 * context >= core:
+        raise GullySegError(
+            f"CONTEXT_MARGIN {context} (from {source}) leaves no core of the {core} px window: 2 x margin must be "
+            "smaller than the window; use a smaller margin or a model with larger windows.")
+    if context and overlap < 2 * context:
+        feedback.info(f"OVERLAP {overlap} px raised to {2 * context} px: twice the context margin of {context} px "
+                      f"(from {source}), so every pixel lies in some window's core.")
+        overlap = 2 * context
+        if overlap >= core:
+            raise GullySegError(f"CONTEXT_MARGIN {context}: the overlap it needs ({overlap} px) is not smaller than "
+                                f"the window ({core} px); use a smaller margin.")
+    elif context:
+        feedback.info(f"Context margin {context} px (from {source}): window edges with a neighbour are ignored "
+                      "that far in, then blended.")
+    return overlap, context
+
+
 def _check_block(block, info, out, input_path):
     """A block (x, y, w, h) of input pixels, checked and clipped to the output region ``out``."""
     try:
@@ -1097,7 +1208,8 @@ def resolve_bands(model, band_count, bands=None):
 
 def segment_raster(input_path, model, output_probability=None, output_mask=None, output_polygons=None, bands=None,
                    extent=None, mask_wkts=None, overlap=None, batch_size=8, threshold=None, tta=0, min_area=0,
-                   simplify=0, overwrite=False, feedback=None, threads=None, compression="DEFLATE", block=None):
+                   simplify=0, overwrite=False, feedback=None, threads=None, compression="DEFLATE", block=None,
+                   context_margin=None):
     """Run ``model`` (a ModelInfo or an .onnx path) over ``input_path``; returns a result dict.
 
     extent: (xmin, ymin, xmax, ymax) in the raster's CRS; mask_wkts: polygons (WKT) in the
@@ -1153,12 +1265,8 @@ def segment_raster(input_path, model, output_probability=None, output_mask=None,
     options = output_options(compression)
     if tta not in TTA_NAMES:
         raise GullySegError(f"TTA must be 0 (none), 1 (flips) or 2 (flips and rotations), got {tta}.")
-    tta_transforms(tta, model.window[0] == model.window[1] or not model.fixed_size)
-    if overlap is None or overlap < 0:
-        overlap = model.overlap
-    overlap = int(overlap)
-    if overlap >= min(model.window):
-        raise GullySegError(f"OVERLAP {overlap} must be smaller than the window ({model.window[0]} pixels).")
+    _model_tta(model, tta)
+    overlap, context = _overlap_and_context(model, overlap, context_margin, feedback)
     if int(batch_size) < 1:
         raise GullySegError(f"BATCH_SIZE must be at least 1 (got {batch_size}).")
     if min_area < 0 or simplify < 0:
@@ -1247,7 +1355,7 @@ def segment_raster(input_path, model, output_probability=None, output_mask=None,
         infer_span = (0.0, 90.0 if resample else (92.0 if poly_path else 100.0))
 
         if not resample:
-            grid = _Grid(info.width, info.height, out, model.window, overlap)
+            grid = _grid(info.width, info.height, out, model, overlap, context)
             feedback.info(f"{grid.count} windows in {len(grid.rows)} rows (last row/column snapped to the edge)")
             panels = grid.panels(block=block) if block else None
             if block:
@@ -1267,8 +1375,8 @@ def segment_raster(input_path, model, output_probability=None, output_mask=None,
                 sink.abort()
                 raise
         else:
-            ran, skipped, grid = _resampled(input_path, info, model, band_list, scale, runner, out, wkts, overlap,
-                                            resample, tmp_prob, tmp_mask, threshold, feedback, stop, folder,
+            ran, skipped, grid = _resampled(input_path, info, model, band_list, scale, runner, out, wkts,
+                                            (overlap, context), resample, tmp_prob, tmp_mask, threshold, feedback, stop, folder,
                                             scratch, vsimem, infer_span, options)
             sink = grid.sink
         result.update(windows=ran, windows_skipped=skipped, pixels_processed=sink.valid_pixels,
@@ -1295,6 +1403,7 @@ def segment_raster(input_path, model, output_probability=None, output_mask=None,
 def _resampled(input_path, info, model, band_list, scale, runner, out, wkts, overlap, res_m, tmp_prob, tmp_mask,
                threshold, feedback, stop, folder, scratch, vsimem, span, options):
     """Run on a warped VRT at the model's resolution, then warp the probability back (see module doc)."""
+    overlap, context = overlap
     gt = info.geotransform
     ox, oy, ow, oh = out
     xmin, ymax = gt[0] + ox * gt[1], gt[3] + oy * gt[5]
@@ -1317,7 +1426,7 @@ def _resampled(input_path, info, model, band_list, scale, runner, out, wkts, ove
         raise GullySegError(f"INPUT: cannot build a warped VRT of '{input_path}' at {res_m:g} m.")
     wgt = warped.GetGeoTransform()
     warped = None
-    mgrid = _Grid(mw, mh, (0, 0, mw, mh), model.window, overlap)
+    mgrid = _grid(mw, mh, (0, 0, mw, mh), model, overlap, context)
     feedback.info(f"{mgrid.count} windows in {len(mgrid.rows)} rows on the model grid")
     model_prob = os.path.join(folder, f".gullyseg-modelgrid-{uuid.uuid4().hex[:8]}.tif")
     scratch.append(model_prob)
@@ -1369,7 +1478,8 @@ def _resampled(input_path, info, model, band_list, scale, runner, out, wkts, ove
     return ran, skipped, mgrid
 
 
-def predict_array(model, raw, valid=None, overlap=None, batch_size=8, tta=0, scale=None, feedback=None):
+def predict_array(model, raw, valid=None, overlap=None, batch_size=8, tta=0, scale=None, feedback=None,
+                  context_margin=None):
     """Blended probability (H, W) float32 of one in-memory (C, H, W) array of raw pixel values.
 
     The same windows, weights and preprocessing as ``segment_raster``; NaN where ``valid`` is False.
@@ -1384,8 +1494,9 @@ def predict_array(model, raw, valid=None, overlap=None, batch_size=8, tta=0, sca
     c, h, w = raw.shape
     valid = np.ones((h, w), bool) if valid is None else np.asarray(valid, dtype=bool)
     scale = model.input_scale(raw.dtype) if scale is None else scale
-    overlap = model.overlap if overlap is None or overlap < 0 else int(overlap)
-    grid = _Grid(w, h, (0, 0, w, h), model.window, overlap)
+    fb = feedback or Feedback()
+    overlap, context = _overlap_and_context(model, overlap, context_margin, _Quiet(fb))
+    grid = _grid(w, h, (0, 0, w, h), model, overlap, context)
     result = np.full((h, w), np.nan, dtype=np.float32)
 
     def sink(y, prob, ok):  # the grid region is the whole array here
@@ -1414,7 +1525,8 @@ def predict_tiles(model, arrays, valid=None, batch_size=8, tta=0, overlap=None, 
     tiles = [np.asarray(a) for a in arrays]
     masks = [None] * len(tiles) if valid is None else list(valid)
     out = [None] * len(tiles)
-    direct = [i for i, t in enumerate(tiles) if t.ndim == 3 and (t.shape[2], t.shape[1]) == tuple(model.window)]
+    direct = [i for i, t in enumerate(tiles) if t.ndim == 3 and (t.shape[2], t.shape[1]) == tuple(model.window)
+              and tuple(model.core) == tuple(model.window)]  # a core model's tiles are blended (edge context)
     runner = _Runner(model, batch_size, tta)
     stop = threading.Event()
 
