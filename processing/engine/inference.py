@@ -1319,6 +1319,12 @@ def segment_raster(input_path, model, output_probability=None, output_mask=None,
         f" on {model.threads // model.lanes if model.threads else 'the default'} thread(s) each; outputs "
         f"{str(compression).upper()}-compressed"
     )
+    if tuple(model.core) != tuple(model.window):
+        feedback.info(
+            f"The model's output is the centred {model.core[0]}x{model.core[1]} core of its {model.window[0]}x"
+            f"{model.window[1]} window: windows are laid out by their core and read with {model.offset[0]} px of "
+            "context around it; beyond the scene edge that context is padded with zeros (as Deepness pads), so the "
+            f"pixels within {max(model.offset)} px of the edge are computed partly from zeros.")
     ds = None
 
     runner = _Runner(model, batch_size, tta)
@@ -1331,6 +1337,7 @@ def segment_raster(input_path, model, output_probability=None, output_mask=None,
         "resampled": bool(resample),
         "outputs": {"probability": prob_path, "mask": mask_path, "polygons": poly_path},
         "block": block,
+        "context_margin": context,
     }
     with contextlib.ExitStack() as stack:
         tmp_prob = stack.enter_context(gdalio.atomic_output(prob_path, overwrite, "OUTPUT_PROBABILITY")) \
@@ -1376,8 +1383,8 @@ def segment_raster(input_path, model, output_probability=None, output_mask=None,
                 raise
         else:
             ran, skipped, grid = _resampled(input_path, info, model, band_list, scale, runner, out, wkts,
-                                            (overlap, context), resample, tmp_prob, tmp_mask, threshold, feedback, stop, folder,
-                                            scratch, vsimem, infer_span, options)
+                                            (overlap, context), resample, tmp_prob, tmp_mask, threshold, feedback,
+                                            stop, folder, scratch, vsimem, infer_span, options)
             sink = grid.sink
         result.update(windows=ran, windows_skipped=skipped, pixels_processed=sink.valid_pixels,
                       gully_pixels=sink.gully_pixels, gully_area_m2=sink.gully_pixels * pixel_area)
