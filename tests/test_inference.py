@@ -619,3 +619,33 @@ def test_block_refusals(scene_factory, models, tmp_path):
     with pytest.raises(GullySegError, match="block.*resolution"):
         inference.segment_raster(str(scene), res150, output_probability=str(tmp_path / "p.tif"), block=(0, 0, 99, 99))
     assert not list(tmp_path.glob("*.tif")) and not list(tmp_path.glob(".*"))
+
+
+# --- 16-bit data above the model's input_max (issue 14, item 12) ----------------------------------------
+
+def test_values_above_input_max_warn_and_far_above_are_refused(tmp_path):
+    rng = np.random.default_rng(2)
+    data = rng.integers(0, 1000, (3, 300, 400)).astype(np.uint16)
+    data[:, 100, 200] = 1400  # 1.4 x input_max 1000
+    rasters.write_raster(tmp_path / "ten.tif", data, options=["TILED=YES"])
+    model = om.make_pointwise_model(tmp_path / "pw.onnx", weights=(1.0, 1.0, 1.0),
+                                    metadata={"gullyseg": {"input_max": 1000}})
+    fb = RecordingFeedback()
+    res = inference.segment_raster(str(tmp_path / "ten.tif"), model, output_probability=str(tmp_path / "p.tif"),
+                                   feedback=fb)
+    assert res["input_maximum"] == 1400
+    assert any("largest valid pixel value is 1400" in w and "input_max 1000" in w for w in fb.warnings)
+    # within range: no warning
+    fb = RecordingFeedback()
+    ok = np.minimum(data, 1000)
+    ok[0, 0, 0] = 65535  # a nodata value is not data
+    rasters.write_raster(tmp_path / "ok.tif", ok, nodata=65535, options=["TILED=YES"])
+    res = inference.segment_raster(str(tmp_path / "ok.tif"), model, output_probability=str(tmp_path / "q.tif"),
+                                   feedback=fb)
+    assert res["input_maximum"] <= 1000 and not [w for w in fb.warnings if "input_max" in w]
+    # 12-bit data on a model that says 1000: far outside, refused before any output
+    far = (data.astype(np.uint32) * 4).astype(np.uint16)
+    rasters.write_raster(tmp_path / "far.tif", far, options=["TILED=YES"])
+    with pytest.raises(GullySegError, match=r"INPUT: pixel values reach about \d+ .*input_max 1000"):
+        inference.segment_raster(str(tmp_path / "far.tif"), model, output_probability=str(tmp_path / "r.tif"))
+    assert not (tmp_path / "r.tif").exists()

@@ -58,6 +58,8 @@ NODATA = 255
 TTA_NONE, TTA_FLIPS, TTA_DIHEDRAL = 0, 1, 2
 TTA_NAMES = {TTA_NONE: "none", TTA_FLIPS: "flips (4 passes)", TTA_DIHEDRAL: "flips and rotations (8 passes)"}
 RESOLUTION_TOLERANCE = 0.10
+INPUT_MAX_FACTOR = 2.0  # integer data more than this many times input_max is refused (above 1x: a warning)
+MIN_AREA_PIXELS = 4  # the default MIN_AREA of polygons: the area of this many pixels
 WEIGHT_FLOOR = 1e-6
 # wider regions are blended in column panels of this many output columns (a multiple of the 256 px
 # output blocks): peak memory then depends on this, not on the scene width
@@ -469,9 +471,10 @@ def parse_mask_wkts(mask_wkts):
 class _GdalReader:
     """Reads block-aligned strips of rows (only the new ones), serves windows from them."""
 
-    def __init__(self, path, bands, gt, crs_wkt, grid, out, mask_wkts, raster_size, scratch=None):
+    def __init__(self, path, bands, gt, crs_wkt, grid, out, mask_wkts, raster_size, scratch=None, observe=None):
         self.path, self.bands, self.gt, self.crs_wkt = path, bands, gt, crs_wkt
         self.scratch = scratch  # a _Scratch: the strip buffer is reused from panel to panel
+        self.observe = observe  # an _Observed: the largest valid value read (or None)
         self.grid = grid
         self.out = out
         self.mask_wkts = mask_wkts
@@ -550,6 +553,8 @@ class _GdalReader:
             valid[max(0, oy + oh - start):] = False
         if self.polys is not None and valid.any():
             valid &= self.polys.mask(self.gt, self.c0, start, w, n)
+        if self.observe is not None:
+            self.observe.add(raw, valid)
         self.ds.FlushCache()  # the strip is in our buffer now: free GDAL's cached blocks
         self.valid[k:k + n] = valid
         self.b1 = end
@@ -1155,6 +1160,60 @@ def _overlap_and_context(model, overlap, context_margin, feedback):
     return overlap, context
 
 
+class _Observed:
+    """The largest valid pixel value the readers saw (integer data that can exceed input_max)."""
+
+    def __init__(self, scale):
+        self.scale = scale
+        self.maximum = None
+        self.lock = threading.Lock()
+
+    def add(self, raw, valid):
+        if not valid.any():
+            return
+        m = raw.max(where=valid[None], initial=np.iinfo(raw.dtype).min)
+        with self.lock:
+            self.maximum = m if self.maximum is None else max(self.maximum, m)
+
+
+def _check_input_range(ds, bands, dtype, scale, model, feedback):
+    """Integer data that can exceed the divisor (16-bit data, input_max): refused when a sampled maximum
+    (GDAL's approximate min/max, nodata excluded) is more than ``INPUT_MAX_FACTOR`` x input_max, else
+    watched while reading (``_Observed``; a warning at the end names the observed maximum)."""
+    if not np.issubdtype(dtype, np.integer) or np.iinfo(dtype).max <= scale:
+        return None
+    sampled = None
+    for b in bands:
+        try:
+            lo_hi = ds.GetRasterBand(b).ComputeRasterMinMax(True)
+        except RuntimeError:
+            continue
+        if lo_hi is not None:
+            sampled = lo_hi[1] if sampled is None else max(sampled, lo_hi[1])
+    source = "its metadata (gullyseg.input_max)" if model.input_max is not None else "the 8-bit default"
+    if sampled is not None and sampled > INPUT_MAX_FACTOR * scale:
+        raise GullySegError(
+            f"INPUT: pixel values reach about {sampled:g} (sampled), more than {INPUT_MAX_FACTOR:g} x the model's "
+            f"input_max {scale:g} (from {source}): the model would see values it was never trained on. Record the "
+            "data's real maximum (e.g. 1023 for 10-bit, 4095 for 12-bit) with gullyseg:setmodelmetadata INPUT_MAX "
+            "if the model was trained on such data, or use a model made for it.")
+    if sampled is not None and sampled > scale:
+        feedback.warn(f"INPUT: pixel values reach about {sampled:g} (sampled), above the model's input_max "
+                      f"{scale:g} (from {source}); such pixels are fed above 1.0.")
+    return _Observed(scale)
+
+
+def _report_observed(observed, model, result, feedback):
+    """A warning when valid pixels exceeded the model's input_max (they reached the model above 1.0)."""
+    result["input_maximum"] = None if observed is None or observed.maximum is None else float(observed.maximum)
+    if result["input_maximum"] is not None and observed.maximum > observed.scale:
+        feedback.warn(
+            f"INPUT: the largest valid pixel value is {observed.maximum:g}, above the model's input_max "
+            f"{observed.scale:g} ({observed.maximum / observed.scale:.2f}x): those pixels reached the model above "
+            f"1.0. If the data's range is larger than the model's, record the right input_max with "
+            f"gullyseg:setmodelmetadata (model '{os.path.basename(model.path)}').")
+
+
 def _check_block(block, info, out, input_path):
     """A block (x, y, w, h) of input pixels, checked and clipped to the output region ``out``."""
     try:
@@ -1207,14 +1266,16 @@ def resolve_bands(model, band_count, bands=None):
 
 
 def segment_raster(input_path, model, output_probability=None, output_mask=None, output_polygons=None, bands=None,
-                   extent=None, mask_wkts=None, overlap=None, batch_size=8, threshold=None, tta=0, min_area=0,
+                   extent=None, mask_wkts=None, overlap=None, batch_size=8, threshold=None, tta=0, min_area=None,
                    simplify=0, overwrite=False, feedback=None, threads=None, compression="DEFLATE", block=None,
                    context_margin=None):
     """Run ``model`` (a ModelInfo or an .onnx path) over ``input_path``; returns a result dict.
 
     extent: (xmin, ymin, xmax, ymax) in the raster's CRS; mask_wkts: polygons (WKT) in the
     raster's CRS; overlap: pixels (None = the model's default: metadata tiles_overlap or a quarter
-    of the window); threshold: None = the model's seg_thresh, else 0.5; tta: 0, 1 or 2;
+    of the window); threshold: None = the model's seg_thresh, else 0.5; tta: 0, 1 or 2; min_area: m2
+    (None = ``MIN_AREA_PIXELS`` pixels, 0 = every polygon); context_margin: pixels (None = the
+    model's gullyseg.context_margin, else 0);
     compression: of the two GeoTIFFs, a key of ``COMPRESSIONS`` (DEFLATE, ZSTD, LZW, NONE).
     block: (x, y, w, h) in pixels of the input raster: only that part of the outputs (clipped to the
     output region) is produced; the windows are those of the whole run that touch it, and its
@@ -1237,6 +1298,7 @@ def segment_raster(input_path, model, output_probability=None, output_mask=None,
         raise GullySegError(f"BANDS: bands {band_list} of '{input_path}' have different data types.")
     dtype = np.dtype(gdal_array.GDALTypeCodeToNumericTypeCode(dtypes.pop()))
     scale = model.input_scale(dtype)
+    observed = _check_input_range(ds, band_list, dtype, scale, model, feedback)
 
     prob_path = _check_output(output_probability, "OUTPUT_PROBABILITY")
     mask_path = _check_output(output_mask, "OUTPUT_MASK")
@@ -1269,7 +1331,7 @@ def segment_raster(input_path, model, output_probability=None, output_mask=None,
     overlap, context = _overlap_and_context(model, overlap, context_margin, feedback)
     if int(batch_size) < 1:
         raise GullySegError(f"BATCH_SIZE must be at least 1 (got {batch_size}).")
-    if min_area < 0 or simplify < 0:
+    if (min_area is not None and min_area < 0) or simplify < 0:
         raise GullySegError("MIN_AREA and SIMPLIFY must not be negative.")
 
     out = (0, 0, info.width, info.height)
@@ -1294,6 +1356,8 @@ def segment_raster(input_path, model, output_probability=None, output_mask=None,
         if max(abs(px - res_m), abs(py - res_m)) / res_m > RESOLUTION_TOLERANCE:
             resample = res_m
     pixel_area = px * py
+    if min_area is None:  # specks of 1-3 pixels are noise, not gullies
+        min_area = MIN_AREA_PIXELS * pixel_area
     if block is not None:
         block = _check_block(block, info, out, input_path)
         if poly_path:
@@ -1373,7 +1437,7 @@ def segment_raster(input_path, model, output_probability=None, output_mask=None,
             try:
                 def make_reader(panel, scratch):
                     return _GdalReader(str(input_path), band_list, gt, info.crs_wkt, panel, out, wkts,
-                                       (info.width, info.height), scratch)
+                                       (info.width, info.height), scratch, observed)
 
                 ran, skipped = _blend_panels(model, grid, make_reader, scale, runner, sink, feedback, stop,
                                              infer_span, panels)
@@ -1384,11 +1448,12 @@ def segment_raster(input_path, model, output_probability=None, output_mask=None,
         else:
             ran, skipped, grid = _resampled(input_path, info, model, band_list, scale, runner, out, wkts,
                                             (overlap, context), resample, tmp_prob, tmp_mask, threshold, feedback,
-                                            stop, folder, scratch, vsimem, infer_span, options)
+                                            stop, folder, scratch, vsimem, infer_span, options, observed)
             sink = grid.sink
         result.update(windows=ran, windows_skipped=skipped, pixels_processed=sink.valid_pixels,
                       gully_pixels=sink.gully_pixels, gully_area_m2=sink.gully_pixels * pixel_area)
         sink = None
+        _report_observed(observed, model, result, feedback)
         if poly_path:
             feedback.check_cancelled()
             result["polygons"] = polygonize_mod.polygonize_bounded(
@@ -1408,7 +1473,7 @@ def segment_raster(input_path, model, output_probability=None, output_mask=None,
 
 
 def _resampled(input_path, info, model, band_list, scale, runner, out, wkts, overlap, res_m, tmp_prob, tmp_mask,
-               threshold, feedback, stop, folder, scratch, vsimem, span, options):
+               threshold, feedback, stop, folder, scratch, vsimem, span, options, observed=None):
     """Run on a warped VRT at the model's resolution, then warp the probability back (see module doc)."""
     overlap, context = overlap
     gt = info.geotransform
@@ -1441,7 +1506,8 @@ def _resampled(input_path, info, model, band_list, scale, runner, out, wkts, ove
                        feedback, output_options("ZSTD"))  # scratch: only GDAL reads it back
     try:
         def make_reader(panel, scratch):
-            return _GdalReader(vrt, band_list, wgt, info.crs_wkt, panel, (0, 0, mw, mh), wkts, (mw, mh), scratch)
+            return _GdalReader(vrt, band_list, wgt, info.crs_wkt, panel, (0, 0, mw, mh), wkts, (mw, mh), scratch,
+                               observed)
 
         ran, skipped = _blend_panels(model, mgrid, make_reader, scale, runner, sink, feedback, stop, span)
         sink.finish()

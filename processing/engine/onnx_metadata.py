@@ -65,7 +65,8 @@ def _decode(value):
 
 
 def _bad(path, key, value, why):
-    return GullySegError(f"MODEL: '{path}': metadata {key}={value!r} {why}.")
+    text = value if isinstance(value, str) else json.dumps(value) if isinstance(value, (dict, list)) else repr(value)
+    return GullySegError(f"MODEL: '{path}': metadata {key}={text} {why}.")
 
 
 def _names_of(value, path, key):

@@ -509,6 +509,10 @@ def load_model(path, threads=None, providers=None, probe=True):
             f"MODEL: '{path}': metadata gullyseg.bands {meta['bands']} has {len(meta['bands'])} bands for "
             f"{channels} input channels."
         )
+    margin = meta["context_margin"] or 0
+    if 2 * margin >= min(core):
+        raise GullySegError(f"MODEL: '{path}': metadata gullyseg.context_margin={margin} leaves no core of the "
+                            f"{core[0]}x{core[1]} px window (2 x margin must be smaller than the window).")
     percent = meta["tiles_overlap_percent"]
     overlap = int(round(min(core) * percent / 100.0)) if percent is not None else min(core) // 4
     overlap = max(0, min(overlap, min(core) - 1))
@@ -522,7 +526,7 @@ def load_model(path, threads=None, providers=None, probe=True):
         bands=meta["bands"], resolution_cm=meta["resolution_cm"], tile_size=meta["tile_size"], overlap=overlap,
         provider=used[0] if used else CPU, providers=used, threads=lanes * intra if intra else 0, lanes=lanes,
         metadata=meta_raw, run_batch=run_batch, core=core, offset=offset, output_rank=len(rshape),
-        context_margin=meta["context_margin"] or 0, outputs=[o.name for o in session.get_outputs()],
+        context_margin=margin, outputs=[o.name for o in session.get_outputs()],
         output_index=head_index, choice=choice,
     )
 
