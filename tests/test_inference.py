@@ -445,7 +445,7 @@ def test_column_panels_give_the_same_outputs(scene_factory, models, tmp_path, mo
     extent = (gt[0] + 37 * gt[1], gt[3] + 590 * gt[5], gt[0] + 1090 * gt[1], gt[3] + 11 * gt[5])
     runs = {}
     for name, width in (("single", 10 ** 6), ("panels", panel_width)):
-        monkeypatch.setattr(inference, "PANEL_WIDTH", width)
+        monkeypatch.setattr(inference.grid, "PANEL_WIDTH", width)
         res = inference.segment_raster(str(scene), models["fcn"], output_probability=str(tmp_path / f"{name}_p.tif"),
                                        output_mask=str(tmp_path / f"{name}_m.tif"), extent=extent)
         runs[name] = res
@@ -573,7 +573,7 @@ def _mosaic_blocks(scene, model, tmp_path, blocks, name, **kwargs):
 def test_blocks_mosaic_equals_a_whole_run(scene_factory, models, tmp_path, monkeypatch, panel_width):
     """Four uneven blocks (cuts through windows, rows and columns, not on 256 px output blocks) give,
     mosaicked, the whole run's outputs bit for bit; the counts add up to the whole run's."""
-    monkeypatch.setattr(inference, "PANEL_WIDTH", panel_width)  # 256: panels inside the blocks too
+    monkeypatch.setattr(inference.grid, "PANEL_WIDTH", panel_width)  # 256: panels inside the blocks too
     scene = scene_factory("blocks", width=1100, height=700, seed=3)
     blocks = [(0, 0, 613, 301), (613, 0, 487, 301), (0, 301, 100, 399), (100, 301, 1000, 399)]
     whole, mosaic, totals = _mosaic_blocks(scene, models["fcn"], tmp_path, blocks, "w")

@@ -144,7 +144,7 @@ def test_core_model_is_bit_identical_across_lanes_panels_and_blocks(scene, tmp_p
     path = om.make_core_model(tmp_path / "core.onnx", kernel=9, metadata={"tile_size": 128})
     runs = {}
     for name, threads, panel in (("one", 1, 10 ** 6), ("two", 2, 10 ** 6), ("panels", 2, 256)):
-        monkeypatch.setattr(inference, "PANEL_WIDTH", panel)
+        monkeypatch.setattr(inference.grid, "PANEL_WIDTH", panel)
         model = onnx_model.load_model(path, threads=threads, providers=[onnx_model.CPU])
         runs[name] = inference.segment_raster(str(scene), model, output_probability=str(tmp_path / f"{name}.tif"),
                                               batch_size=3)
