@@ -7,6 +7,7 @@ object of ``segment_raster`` (built before anything is read or written).
 
 import math
 import os
+from dataclasses import dataclass, field
 
 from .. import gdalio
 from ..errors import GullySegError
@@ -119,3 +120,72 @@ def _check_output(path, what):
     if os.path.splitext(path)[1].lower() not in (".tif", ".tiff"):
         raise GullySegError(f"{what}: '{path}' must be a GeoTIFF (.tif).")
     return path
+
+
+@dataclass
+class SegmentOptions:
+    """The validated options of one ``segment_raster`` run (``SegmentOptions.build``): every check that
+    needs no pixel is done before the raster is read or anything is written."""
+
+    prob_path: str = None
+    mask_path: str = None
+    poly_path: str = None
+    overwrite: bool = False
+    threshold: float = 0.5
+    threshold_source: str = "default"
+    tta: int = TTA_NONE
+    overlap: int = 0
+    context: int = 0
+    batch_size: int = 8
+    min_area: float = None  # m2; None: MIN_AREA_PIXELS pixels
+    simplify: float = 0.0
+    compression: str = "DEFLATE"
+    creation_options: list = field(default_factory=list)
+
+    @property
+    def paths(self):
+        return [p for p in (self.prob_path, self.mask_path, self.poly_path) if p]
+
+    @classmethod
+    def build(cls, model, input_path, output_probability=None, output_mask=None, output_polygons=None,
+              overwrite=False, threshold=None, tta=0, overlap=None, context_margin=None, batch_size=8,
+              min_area=None, simplify=0, compression="DEFLATE", feedback=None):
+        opts = cls(prob_path=_check_output(output_probability, "OUTPUT_PROBABILITY"),
+                   mask_path=_check_output(output_mask, "OUTPUT_MASK"),
+                   poly_path=os.path.abspath(str(output_polygons)) if output_polygons else None,
+                   overwrite=bool(overwrite))
+        opts._check_paths(input_path)
+        if threshold is None or (isinstance(threshold, (int, float)) and threshold < 0):
+            opts.threshold = model.threshold
+            opts.threshold_source = "the model's metadata (seg_thresh)" if model.threshold_from_metadata else "default"
+        else:
+            opts.threshold, opts.threshold_source = float(threshold), "THRESHOLD"
+        if not 0.0 <= opts.threshold <= 1.0:
+            raise GullySegError(f"THRESHOLD must be within 0..1 (got {opts.threshold}).")
+        opts.compression = str(compression or "DEFLATE").upper()
+        opts.creation_options = output_options(compression)
+        if tta not in TTA_NAMES:
+            raise GullySegError(f"TTA must be 0 (none), 1 (flips) or 2 (flips and rotations), got {tta}.")
+        opts.tta = tta
+        opts.overlap, opts.context = _overlap_and_context(model, overlap, context_margin, feedback)
+        if int(batch_size) < 1:
+            raise GullySegError(f"BATCH_SIZE must be at least 1 (got {batch_size}).")
+        opts.batch_size = int(batch_size)
+        if (min_area is not None and min_area < 0) or simplify < 0:
+            raise GullySegError("MIN_AREA and SIMPLIFY must not be negative.")
+        opts.min_area, opts.simplify = min_area, float(simplify)
+        return opts
+
+    def _check_paths(self, input_path):
+        if not self.paths:
+            raise GullySegError("No output chosen: give OUTPUT_PROBABILITY, OUTPUT_MASK and/or OUTPUT_POLYGONS.")
+        if len(set(self.paths)) != len(self.paths):
+            raise GullySegError("OUTPUT_PROBABILITY, OUTPUT_MASK and OUTPUT_POLYGONS must be different files.")
+        if os.path.abspath(str(input_path)) in self.paths:
+            raise GullySegError("An output would overwrite INPUT; choose other output names.")
+        if self.poly_path and os.path.splitext(self.poly_path)[1].lower() != ".gpkg":
+            raise GullySegError(f"OUTPUT_POLYGONS: '{self.poly_path}' must be a GeoPackage (.gpkg).")
+        for path, what in ((self.prob_path, "OUTPUT_PROBABILITY"), (self.mask_path, "OUTPUT_MASK"),
+                           (self.poly_path, "OUTPUT_POLYGONS")):
+            if path and os.path.exists(path) and not self.overwrite:
+                raise GullySegError(f"{what}: '{path}' already exists; choose another name or allow overwriting.")

@@ -261,12 +261,14 @@ def _check_input_range(ds, bands, dtype, scale, model, feedback):
     return _Observed(scale)
 
 
-def _report_observed(observed, model, result, feedback):
-    """A warning when valid pixels exceeded the model's input_max (they reached the model above 1.0)."""
-    result["input_maximum"] = None if observed is None or observed.maximum is None else float(observed.maximum)
-    if result["input_maximum"] is not None and observed.maximum > observed.scale:
+def _report_observed(observed, model, feedback):
+    """The largest valid input value seen (None when not watched); a warning when it exceeded the model's
+    input_max (those pixels reached the model above 1.0)."""
+    maximum = None if observed is None or observed.maximum is None else float(observed.maximum)
+    if maximum is not None and observed.maximum > observed.scale:
         feedback.warn(
             f"INPUT: the largest valid pixel value is {observed.maximum:g}, above the model's input_max "
             f"{observed.scale:g} ({observed.maximum / observed.scale:.2f}x): those pixels reached the model above "
             f"1.0. If the data's range is larger than the model's, record the right input_max with "
             f"gullyseg:setmodelmetadata (model '{os.path.basename(model.path)}').")
+    return maximum

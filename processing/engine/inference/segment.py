@@ -6,6 +6,8 @@ import os
 import threading
 import time
 import uuid
+from collections import namedtuple
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from osgeo import gdal, gdal_array
@@ -21,10 +23,9 @@ from .options import (
     PROB_SCALE,
     RESOLUTION_TOLERANCE,
     TTA_NAMES,
+    SegmentOptions,
     _check_block,
-    _check_output,
     _intersect,
-    _overlap_and_context,
     _region_from_extent,
     output_options,
 )
@@ -59,32 +60,69 @@ def resolve_bands(model, band_count, bands=None):
     return chosen, source
 
 
-def segment_raster(input_path, model, output_probability=None, output_mask=None, output_polygons=None, bands=None,
-                   extent=None, mask_wkts=None, overlap=None, batch_size=8, threshold=None, tta=0, min_area=None,
-                   simplify=0, overwrite=False, feedback=None, threads=None, compression="DEFLATE", block=None,
-                   context_margin=None):
-    """Run ``model`` (a ModelInfo or an .onnx path) over ``input_path``; returns a result dict.
+@dataclass
+class SegmentResult:
+    """What ``segment_raster`` did. Dict-style access (``result["windows"]``) works as before."""
 
-    extent: (xmin, ymin, xmax, ymax) in the raster's CRS; mask_wkts: polygons (WKT) in the
-    raster's CRS; overlap: pixels (None = the model's default: metadata tiles_overlap or a quarter
-    of the window); threshold: None = the model's seg_thresh, else 0.5; tta: 0, 1 or 2; min_area: m2
-    (None = ``MIN_AREA_PIXELS`` pixels, 0 = every polygon); context_margin: pixels (None = the
-    model's gullyseg.context_margin, else 0);
-    compression: of the two GeoTIFFs, a key of ``COMPRESSIONS`` (DEFLATE, ZSTD, LZW, NONE).
-    block: (x, y, w, h) in pixels of the input raster: only that part of the outputs (clipped to the
-    output region) is produced; the windows are those of the whole run that touch it, and its
-    pixels are bit-identical to the same pixels of a whole run (``distributed`` runs blocks on
-    several workers and mosaics them). Not with OUTPUT_POLYGONS or a resampled model.
-    Result: pixels_processed (valid output pixels), gully_area_m2, gully_pixels, provider, windows,
-    windows_skipped, resampled, polygons (count or None), outputs {probability, mask, polygons},
-    block ((x, y, w, h) written, in input pixels; None for a whole run).
-    """
-    from .. import polygonize as polygonize_mod
+    provider: str
+    threshold: float
+    overlap: int
+    context_margin: int
+    bands: list
+    resampled: bool
+    outputs: dict  # {probability, mask, polygons}: the paths written (None where not asked for)
+    block: tuple = None  # (x, y, w, h) written, in input pixels; None for a whole run
+    windows: int = 0  # windows run (a window across a block's or panel's edge counted once)
+    windows_skipped: int = 0  # windows without a valid pixel
+    pixels_processed: int = 0  # valid output pixels
+    gully_pixels: int = 0
+    gully_area_m2: float = 0.0
+    input_maximum: float = None  # the largest valid input value, for integer data that can exceed input_max
+    polygons: int = None  # polygons written (None without OUTPUT_POLYGONS)
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict, repr=False)
 
-    feedback = feedback or Feedback()
-    t0 = time.monotonic()
-    if not isinstance(model, ModelInfo):
-        model = load_model(model, threads=threads)
+    def __getitem__(self, key):
+        if key in self.__dataclass_fields__ and key != "extra":
+            return getattr(self, key)
+        return self.extra[key]
+
+    def __contains__(self, key):
+        return (key in self.__dataclass_fields__ and key != "extra") or key in self.extra
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
+
+    def keys(self):
+        return [k for k in self.__dataclass_fields__ if k != "extra"] + list(self.extra)
+
+    def to_dict(self):
+        d = asdict(self)
+        d.update(d.pop("extra"))
+        return d
+
+
+_Counts = namedtuple("_Counts", "windows windows_skipped valid_pixels gully_pixels")
+
+
+@dataclass
+class _Input:
+    """The input raster as a run sees it: grid, bands, scaling, output region, resolution."""
+
+    path: str
+    info: object
+    bands: list
+    band_source: str
+    dtype: object
+    scale: float
+    out: tuple  # (x, y, w, h): the output region in input pixels
+    wkts: list  # MASK_LAYER polygons (WKT) or None
+    resample: float  # the model's pixel size (m) when the model runs on a warped copy, else None
+    pixel_area: float
+    observed: object  # readers._Observed or None
+
+
+def _open_input(input_path, model, bands, extent, mask_wkts, feedback):
     ds, info = gdalio.open_checked(input_path, "INPUT", projected=True)
     band_list, band_source = resolve_bands(model, info.bands, bands)
     dtypes = {ds.GetRasterBand(b).DataType for b in band_list}
@@ -93,41 +131,7 @@ def segment_raster(input_path, model, output_probability=None, output_mask=None,
     dtype = np.dtype(gdal_array.GDALTypeCodeToNumericTypeCode(dtypes.pop()))
     scale = model.input_scale(dtype)
     observed = _check_input_range(ds, band_list, dtype, scale, model, feedback)
-
-    prob_path = _check_output(output_probability, "OUTPUT_PROBABILITY")
-    mask_path = _check_output(output_mask, "OUTPUT_MASK")
-    poly_path = os.path.abspath(str(output_polygons)) if output_polygons else None
-    if not (prob_path or mask_path or poly_path):
-        raise GullySegError("No output chosen: give OUTPUT_PROBABILITY, OUTPUT_MASK and/or OUTPUT_POLYGONS.")
-    paths = [p for p in (prob_path, mask_path, poly_path) if p]
-    if len(set(paths)) != len(paths):
-        raise GullySegError("OUTPUT_PROBABILITY, OUTPUT_MASK and OUTPUT_POLYGONS must be different files.")
-    if os.path.abspath(str(input_path)) in paths:
-        raise GullySegError("An output would overwrite INPUT; choose other output names.")
-    if poly_path and os.path.splitext(poly_path)[1].lower() != ".gpkg":
-        raise GullySegError(f"OUTPUT_POLYGONS: '{poly_path}' must be a GeoPackage (.gpkg).")
-    for path, what in ((prob_path, "OUTPUT_PROBABILITY"), (mask_path, "OUTPUT_MASK"), (poly_path, "OUTPUT_POLYGONS")):
-        if path and os.path.exists(path) and not overwrite:
-            raise GullySegError(f"{what}: '{path}' already exists; choose another name or allow overwriting.")
-
-    if threshold is None or (isinstance(threshold, (int, float)) and threshold < 0):
-        threshold = model.threshold
-        thr_source = "the model's metadata (seg_thresh)" if model.threshold_from_metadata else "default"
-    else:
-        thr_source = "THRESHOLD"
-    threshold = float(threshold)
-    if not 0.0 <= threshold <= 1.0:
-        raise GullySegError(f"THRESHOLD must be within 0..1 (got {threshold}).")
-    options = output_options(compression)
-    if tta not in TTA_NAMES:
-        raise GullySegError(f"TTA must be 0 (none), 1 (flips) or 2 (flips and rotations), got {tta}.")
-    _model_tta(model, tta)
-    overlap, context = _overlap_and_context(model, overlap, context_margin, feedback)
-    if int(batch_size) < 1:
-        raise GullySegError(f"BATCH_SIZE must be at least 1 (got {batch_size}).")
-    if (min_area is not None and min_area < 0) or simplify < 0:
-        raise GullySegError("MIN_AREA and SIMPLIFY must not be negative.")
-
+    ds = None
     out = (0, 0, info.width, info.height)
     if extent is not None:
         out = _region_from_extent(info, extent)
@@ -141,7 +145,6 @@ def segment_raster(input_path, model, output_probability=None, output_mask=None,
         if out is None:
             raise GullySegError(f"MASK_LAYER: no polygon overlaps INPUT '{input_path}'" +
                                 (" within EXTENT." if extent is not None else "."))
-
     gt = info.geotransform
     px, py = abs(gt[1]), abs(gt[5])
     resample = None
@@ -149,33 +152,38 @@ def segment_raster(input_path, model, output_probability=None, output_mask=None,
         res_m = model.resolution_cm / 100.0
         if max(abs(px - res_m), abs(py - res_m)) / res_m > RESOLUTION_TOLERANCE:
             resample = res_m
-    pixel_area = px * py
-    if min_area is None:  # specks of 1-3 pixels are noise, not gullies
-        min_area = MIN_AREA_PIXELS * pixel_area
-    if block is not None:
-        block = _check_block(block, info, out, input_path)
-        if poly_path:
-            raise GullySegError("block: OUTPUT_POLYGONS cannot be made for a block (polygons cross block edges); "
-                                "polygonize the mosaicked mask instead (gdal_polygonize or a whole run).")
-        if resample:
-            raise GullySegError(
-                f"block: the model runs at {model.resolution_cm:g} cm/px, not the raster's {px * 100:g} cm/px "
-                "(resampled through a warped VRT), which blocks do not support; resample INPUT to the model's "
-                "resolution first (gdalwarp -tr) and run blocks of that.")
+    return _Input(str(input_path), info, band_list, band_source, dtype, scale, out, wkts, resample, px * py,
+                  observed)
 
+
+def _check_block_options(block, src, opts, model):
+    block = _check_block(block, src.info, src.out, src.path)
+    if opts.poly_path:
+        raise GullySegError("block: OUTPUT_POLYGONS cannot be made for a block (polygons cross block edges); "
+                            "polygonize the mosaicked mask instead (gdal_polygonize or a whole run).")
+    if src.resample:
+        raise GullySegError(
+            f"block: the model runs at {model.resolution_cm:g} cm/px, not the raster's "
+            f"{abs(src.info.geotransform[1]) * 100:g} cm/px (resampled through a warped VRT), which blocks do not "
+            "support; resample INPUT to the model's resolution first (gdalwarp -tr) and run blocks of that.")
+    return block
+
+
+def _log_run(model, src, opts, feedback):
+    info, out = src.info, src.out
     feedback.info(model.summary())
     feedback.info(
-        f"INPUT {info.path}: {info.width}x{info.height} px, {info.bands} band(s) {dtype.name}, {px:g} m pixels, "
-        f"{info.crs_label}; bands {band_list} ({band_source}); values / {scale:g}"
-        + ("" if not np.any(model.mean) and np.all(model.std == 1) else
-           f", then (x - {list(np.round(model.mean, 4))}) / {list(np.round(model.std, 4))}")
+        f"INPUT {info.path}: {info.width}x{info.height} px, {info.bands} band(s) {src.dtype.name}, "
+        f"{abs(info.geotransform[1]):g} m pixels, {info.crs_label}; bands {src.bands} ({src.band_source}); values / "
+        f"{src.scale:g}" + ("" if not np.any(model.mean) and np.all(model.std == 1) else
+                            f", then (x - {list(np.round(model.mean, 4))}) / {list(np.round(model.std, 4))}")
     )
     feedback.info(
-        f"Window {model.window[0]}x{model.window[1]}, overlap {overlap} px, batch {batch_size}, TTA "
-        f"{TTA_NAMES[tta]}, threshold {threshold:g} ({thr_source}); output region {out[2]}x{out[3]} px at "
-        f"({out[0]}, {out[1]}); execution provider: {model.provider}, {model.lanes} batch(es) at once"
-        f" on {model.threads // model.lanes if model.threads else 'the default'} thread(s) each; outputs "
-        f"{str(compression).upper()}-compressed"
+        f"Window {model.window[0]}x{model.window[1]}, overlap {opts.overlap} px, batch {opts.batch_size}, TTA "
+        f"{TTA_NAMES[opts.tta]}, threshold {opts.threshold:g} ({opts.threshold_source}); output region "
+        f"{out[2]}x{out[3]} px at ({out[0]}, {out[1]}); execution provider: {model.provider}, {model.lanes} "
+        f"batch(es) at once on {model.threads // model.lanes if model.threads else 'the default'} thread(s) each; "
+        f"outputs {opts.compression}-compressed"
     )
     if tuple(model.core) != tuple(model.window):
         feedback.info(
@@ -183,102 +191,138 @@ def segment_raster(input_path, model, output_probability=None, output_mask=None,
             f"{model.window[1]} window: windows are laid out by their core and read with {model.offset[0]} px of "
             "context around it; beyond the scene edge that context is padded with zeros (as Deepness pads), so the "
             f"pixels within {max(model.offset)} px of the edge are computed partly from zeros.")
-    ds = None
 
-    runner = _Runner(model, batch_size, tta)
-    stop = threading.Event()
-    result = {
-        "provider": model.provider,
-        "threshold": threshold,
-        "overlap": overlap,
-        "bands": band_list,
-        "resampled": bool(resample),
-        "outputs": {"probability": prob_path, "mask": mask_path, "polygons": poly_path},
-        "block": block,
-        "context_margin": context,
-    }
-    with contextlib.ExitStack() as stack:
-        tmp_prob = stack.enter_context(gdalio.atomic_output(prob_path, overwrite, "OUTPUT_PROBABILITY")) \
-            if prob_path else None
-        tmp_mask = stack.enter_context(gdalio.atomic_output(mask_path, overwrite, "OUTPUT_MASK")) \
-            if mask_path else None
-        tmp_poly = stack.enter_context(gdalio.atomic_output(poly_path, overwrite, "OUTPUT_POLYGONS")) \
-            if poly_path else None
-        scratch = []  # temporary files of this run, removed at the end
-        stack.callback(lambda: [gdalio.remove_with_side_files(p) for p in scratch])
-        vsimem = []
-        stack.callback(lambda: [gdal.Unlink(p) for p in vsimem])
-        folder = os.path.dirname(paths[0])
-        if poly_path and not tmp_prob:
-            tmp_prob = os.path.join(folder, f".gullyseg-prob-{uuid.uuid4().hex[:8]}.tif")
-            scratch.append(tmp_prob)
-        if poly_path and not tmp_mask:
-            tmp_mask = os.path.join(folder, f".gullyseg-mask-{uuid.uuid4().hex[:8]}.tif")
-            scratch.append(tmp_mask)
-        watcher = stack.enter_context(_CancelWatcher(feedback, runner, stop))
-        del watcher
-        infer_span = (0.0, 90.0 if resample else (92.0 if poly_path else 100.0))
 
-        if not resample:
-            grid = _grid(info.width, info.height, out, model, overlap, context)
-            feedback.info(f"{grid.count} windows in {len(grid.rows)} rows (last row/column snapped to the edge)")
-            panels = grid.panels(block=block) if block else None
-            if block:
-                feedback.info(f"Block {block[2]}x{block[3]} px at ({block[0]}, {block[1]}): "
-                              f"{sum(p.count for p in panels)} window(s) touch it")
-            sink = _OutputSink(tmp_prob, tmp_mask, block or out, panels[0].region if block else grid.region, gt,
-                               info.crs_wkt, threshold, pixel_area, feedback, options)
-            try:
-                def make_reader(panel, scratch):
-                    return _GdalReader(str(input_path), band_list, gt, info.crs_wkt, panel, out, wkts,
-                                       (info.width, info.height), scratch, observed)
+def segment_raster(input_path, model, output_probability=None, output_mask=None, output_polygons=None, bands=None,
+                   extent=None, mask_wkts=None, overlap=None, batch_size=8, threshold=None, tta=0, min_area=None,
+                   simplify=0, overwrite=False, feedback=None, threads=None, compression="DEFLATE", block=None,
+                   context_margin=None):
+    """Run ``model`` (a ModelInfo or an .onnx path) over ``input_path``; returns a ``SegmentResult``.
 
-                ran, skipped = _blend_panels(model, grid, make_reader, scale, runner, sink, feedback, stop,
-                                             infer_span, panels)
-                sink.finish()
-            except BaseException:
-                sink.abort()
-                raise
-        else:
-            ran, skipped, grid = _resampled(input_path, info, model, band_list, scale, runner, out, wkts,
-                                            (overlap, context), resample, tmp_prob, tmp_mask, threshold, feedback,
-                                            stop, folder, scratch, vsimem, infer_span, options, observed)
-            sink = grid.sink
-        result.update(windows=ran, windows_skipped=skipped, pixels_processed=sink.valid_pixels,
-                      gully_pixels=sink.gully_pixels, gully_area_m2=sink.gully_pixels * pixel_area)
-        sink = None
-        _report_observed(observed, model, result, feedback)
-        if poly_path:
-            feedback.check_cancelled()
-            result["polygons"] = polygonize_mod.polygonize_bounded(
-                tmp_mask, tmp_prob, tmp_poly, min_area=min_area, simplify=simplify,
-                layer_name=os.path.splitext(os.path.basename(poly_path))[0], feedback=feedback.scaled(92, 100))
-        else:
-            result["polygons"] = None
-        feedback.check_cancelled()
+    extent: (xmin, ymin, xmax, ymax) in the raster's CRS; mask_wkts: polygons (WKT) in the
+    raster's CRS; overlap: pixels (None = the model's default: metadata tiles_overlap or a quarter
+    of the window); threshold: None = the model's seg_thresh, else 0.5; tta: 0, 1 or 2; min_area: m2
+    (None = ``MIN_AREA_PIXELS`` pixels, 0 = every polygon); context_margin: pixels (None = the
+    model's gullyseg.context_margin, else 0);
+    compression: of the two GeoTIFFs, a key of ``COMPRESSIONS`` (DEFLATE, ZSTD, LZW, NONE).
+    block: (x, y, w, h) in pixels of the input raster: only that part of the outputs (clipped to the
+    output region) is produced; the windows are those of the whole run that touch it, and its
+    pixels are bit-identical to the same pixels of a whole run (``distributed`` runs blocks on
+    several workers and mosaics them). Not with OUTPUT_POLYGONS or a resampled model.
+    The result (``SegmentResult``; ``result["key"]`` works too): pixels_processed, gully_area_m2,
+    gully_pixels, provider, windows, windows_skipped, resampled, polygons (count or None),
+    outputs {probability, mask, polygons}, block, context_margin, input_maximum, seconds.
+    """
+    feedback = feedback or Feedback()
+    t0 = time.monotonic()
+    if not isinstance(model, ModelInfo):
+        model = load_model(model, threads=threads)
+    opts = SegmentOptions.build(model, input_path, output_probability, output_mask, output_polygons, overwrite,
+                                threshold, tta, overlap, context_margin, batch_size, min_area, simplify, compression,
+                                feedback)
+    _model_tta(model, opts.tta)
+    src = _open_input(input_path, model, bands, extent, mask_wkts, feedback)
+    if opts.min_area is None:  # specks of 1-3 pixels are noise, not gullies
+        opts.min_area = MIN_AREA_PIXELS * src.pixel_area
+    if block is not None:
+        block = _check_block_options(block, src, opts, model)
+    _log_run(model, src, opts, feedback)
+    result = SegmentResult(
+        provider=model.provider, threshold=opts.threshold, overlap=opts.overlap, context_margin=opts.context,
+        bands=src.bands, resampled=bool(src.resample), block=block,
+        outputs={"probability": opts.prob_path, "mask": opts.mask_path, "polygons": opts.poly_path})
+    _run(model, src, opts, block, result, feedback)
     feedback.progress(100)
-    result["seconds"] = time.monotonic() - t0
+    result.seconds = time.monotonic() - t0
     feedback.info(
-        f"Done in {result['seconds']:.1f} s: {result['windows']} windows run, {result['windows_skipped']} skipped "
-        f"(no data); {result['pixels_processed']} pixels, gully area {result['gully_area_m2']:.1f} m2 "
-        f"({model.provider})"
+        f"Done in {result.seconds:.1f} s: {result.windows} windows run, {result.windows_skipped} skipped "
+        f"(no data); {result.pixels_processed} pixels, gully area {result.gully_area_m2:.1f} m2 ({model.provider})"
     )
     return result
 
 
-def _resampled(input_path, info, model, band_list, scale, runner, out, wkts, overlap, res_m, tmp_prob, tmp_mask,
-               threshold, feedback, stop, folder, scratch, vsimem, span, options, observed=None):
-    """Run on a warped VRT at the model's resolution, then warp the probability back (see module doc)."""
-    overlap, context = overlap
-    gt = info.geotransform
-    ox, oy, ow, oh = out
+def _run(model, src, opts, block, result, feedback):
+    """The outputs, written atomically (temporary names renamed at the end; nothing left on error)."""
+    from .. import polygonize as polygonize_mod
+
+    runner = _Runner(model, opts.batch_size, opts.tta)
+    stop = threading.Event()
+    with contextlib.ExitStack() as stack:
+        tmp = {}
+        for key, path, what in (("prob", opts.prob_path, "OUTPUT_PROBABILITY"), ("mask", opts.mask_path, "OUTPUT_MASK"),
+                                ("poly", opts.poly_path, "OUTPUT_POLYGONS")):
+            tmp[key] = stack.enter_context(gdalio.atomic_output(path, opts.overwrite, what)) if path else None
+        scratch = []  # temporary files of this run, removed at the end
+        stack.callback(lambda: [gdalio.remove_with_side_files(p) for p in scratch])
+        vsimem = []
+        stack.callback(lambda: [gdal.Unlink(p) for p in vsimem])
+        folder = os.path.dirname(opts.paths[0])
+        for key in ("prob", "mask"):  # polygons need both rasters: scratch ones where not asked for
+            if opts.poly_path and not tmp[key]:
+                tmp[key] = os.path.join(folder, f".gullyseg-{key}-{uuid.uuid4().hex[:8]}.tif")
+                scratch.append(tmp[key])
+        stack.enter_context(_CancelWatcher(feedback, runner, stop))
+        span = (0.0, 90.0 if src.resample else (92.0 if opts.poly_path else 100.0))
+        if src.resample:
+            counts = _resampled(src, model, runner, opts, tmp["prob"], tmp["mask"], feedback, stop, folder, scratch,
+                                vsimem, span)
+        else:
+            counts = _direct(src, model, runner, opts, block, tmp["prob"], tmp["mask"], feedback, stop, span)
+        result.windows, result.windows_skipped = counts.windows, counts.windows_skipped
+        result.pixels_processed, result.gully_pixels = counts.valid_pixels, counts.gully_pixels
+        result.gully_area_m2 = counts.gully_pixels * src.pixel_area
+        result.input_maximum = _report_observed(src.observed, model, feedback)
+        if opts.poly_path:
+            feedback.check_cancelled()
+            result.polygons = polygonize_mod.polygonize_bounded(
+                tmp["mask"], tmp["prob"], tmp["poly"], min_area=opts.min_area, simplify=opts.simplify,
+                layer_name=os.path.splitext(os.path.basename(opts.poly_path))[0], feedback=feedback.scaled(92, 100))
+        feedback.check_cancelled()
+
+
+def _sink_run(sink, blend):
+    """``blend()`` into ``sink``; the sink is finished (or aborted on error). Returns ``_Counts``."""
+    try:
+        ran, skipped = blend()
+        sink.finish()
+    except BaseException:
+        sink.abort()
+        raise
+    return _Counts(ran, skipped, sink.valid_pixels, sink.gully_pixels)
+
+
+def _direct(src, model, runner, opts, block, tmp_prob, tmp_mask, feedback, stop, span):
+    """The model on the input grid: windows (of a block, or all) blended into the outputs."""
+    info, gt = src.info, src.info.geotransform
+    grid = _grid(info.width, info.height, src.out, model, opts.overlap, opts.context)
+    feedback.info(f"{grid.count} windows in {len(grid.rows)} rows (last row/column snapped to the edge)")
+    panels = grid.panels(block=block) if block else None
+    if block:
+        feedback.info(f"Block {block[2]}x{block[3]} px at ({block[0]}, {block[1]}): "
+                      f"{sum(p.count for p in panels)} window(s) touch it")
+    sink = _OutputSink(tmp_prob, tmp_mask, block or src.out, panels[0].region if block else grid.region, gt,
+                       info.crs_wkt, opts.threshold, src.pixel_area, feedback, opts.creation_options)
+
+    def make_reader(panel, scratch):
+        return _GdalReader(src.path, src.bands, gt, info.crs_wkt, panel, src.out, src.wkts,
+                           (info.width, info.height), scratch, src.observed)
+
+    return _sink_run(sink, lambda: _blend_panels(model, grid, make_reader, src.scale, runner, sink, feedback, stop,
+                                                 span, panels))
+
+
+def _resampled(src, model, runner, opts, tmp_prob, tmp_mask, feedback, stop, folder, scratch, vsimem, span):
+    """Run on a warped VRT at the model's resolution, then warp the probability back (see the package doc).
+
+    Returns ``_Counts`` of the final outputs (windows on the model grid, pixels on the input grid).
+    """
+    info, gt, res_m = src.info, src.info.geotransform, src.resample
+    ox, oy, ow, oh = src.out
     xmin, ymax = gt[0] + ox * gt[1], gt[3] + oy * gt[5]
     xmax, ymin = xmin + ow * gt[1], ymax + oh * gt[5]
     mw = max(1, math.ceil((xmax - xmin) / res_m - 1e-9))
     mh = max(1, math.ceil((ymax - ymin) / res_m - 1e-9))
-    bounds = (xmin, ymax - mh * res_m, xmin + mw * res_m, ymax)
-    coarser = res_m > abs(gt[1])
-    alg = "average" if coarser else "bilinear"
+    alg = "average" if res_m > abs(gt[1]) else "bilinear"
     feedback.info(
         f"The model expects {model.resolution_cm:g} cm/px, the raster has {abs(gt[1]) * 100:g} cm/px (more than "
         f"{RESOLUTION_TOLERANCE:.0%} apart): running on a warped VRT at {res_m:g} m ({mw}x{mh} px, '{alg}' "
@@ -286,60 +330,56 @@ def _resampled(input_path, info, model, band_list, scale, runner, out, wkts, ove
     )
     vrt = f"/vsimem/gullyseg_{uuid.uuid4().hex}.vrt"
     vsimem.append(vrt)
-    warped = gdal.Warp(vrt, str(input_path), options=gdal.WarpOptions(
-        format="VRT", outputBounds=bounds, width=mw, height=mh, resampleAlg=alg, dstAlpha=True, multithread=False))
+    warped = gdal.Warp(vrt, src.path, options=gdal.WarpOptions(
+        format="VRT", outputBounds=(xmin, ymax - mh * res_m, xmin + mw * res_m, ymax), width=mw, height=mh,
+        resampleAlg=alg, dstAlpha=True, multithread=False))
     if warped is None:
-        raise GullySegError(f"INPUT: cannot build a warped VRT of '{input_path}' at {res_m:g} m.")
+        raise GullySegError(f"INPUT: cannot build a warped VRT of '{src.path}' at {res_m:g} m.")
     wgt = warped.GetGeoTransform()
     warped = None
-    mgrid = _grid(mw, mh, (0, 0, mw, mh), model, overlap, context)
+    mgrid = _grid(mw, mh, (0, 0, mw, mh), model, opts.overlap, opts.context)
     feedback.info(f"{mgrid.count} windows in {len(mgrid.rows)} rows on the model grid")
     model_prob = os.path.join(folder, f".gullyseg-modelgrid-{uuid.uuid4().hex[:8]}.tif")
     scratch.append(model_prob)
-    sink = _OutputSink(model_prob, None, (0, 0, mw, mh), mgrid.region, wgt, info.crs_wkt, threshold, res_m * res_m,
-                       feedback, output_options("ZSTD"))  # scratch: only GDAL reads it back
-    try:
-        def make_reader(panel, scratch):
-            return _GdalReader(vrt, band_list, wgt, info.crs_wkt, panel, (0, 0, mw, mh), wkts, (mw, mh), scratch,
-                               observed)
+    sink = _OutputSink(model_prob, None, (0, 0, mw, mh), mgrid.region, wgt, info.crs_wkt, opts.threshold,
+                       res_m * res_m, feedback, output_options("ZSTD"))  # scratch: only GDAL reads it back
 
-        ran, skipped = _blend_panels(model, mgrid, make_reader, scale, runner, sink, feedback, stop, span)
-        sink.finish()
-    except BaseException:
-        sink.abort()
-        raise
-    sink = None
-    # back onto the input grid
+    def make_reader(panel, scratch):
+        return _GdalReader(vrt, src.bands, wgt, info.crs_wkt, panel, (0, 0, mw, mh), src.wkts, (mw, mh), scratch,
+                           src.observed)
+
+    on_model_grid = _sink_run(sink, lambda: _blend_panels(model, mgrid, make_reader, src.scale, runner, sink,
+                                                          feedback, stop, span))
     back = f"/vsimem/gullyseg_{uuid.uuid4().hex}_back.vrt"
     vsimem.append(back)
-    bds = gdal.Warp(back, model_prob, options=gdal.WarpOptions(
+    gdal.Warp(back, model_prob, options=gdal.WarpOptions(
         format="VRT", outputBounds=(xmin, ymin, xmax, ymax), width=ow, height=oh, resampleAlg="bilinear",
         srcNodata=NODATA, dstNodata=NODATA, outputType=gdal.GDT_Float32, multithread=False))
-    bds = None
-    final = _OutputSink(tmp_prob, tmp_mask, out, out, gt, info.crs_wkt, threshold, abs(gt[1] * gt[5]), feedback,
-                        options)
+    final = _OutputSink(tmp_prob, tmp_mask, src.out, src.out, gt, info.crs_wkt, opts.threshold, src.pixel_area,
+                        feedback, opts.creation_options)
+    counts = _sink_run(final, lambda: _warp_back(src, back, final, feedback, span))
+    return counts._replace(windows=on_model_grid.windows, windows_skipped=on_model_grid.windows_skipped)
+
+
+def _warp_back(src, back, final, feedback, span):
+    """The warped-back probability onto the input grid, with the input's validity, into ``final``."""
+    ox, oy, ow, oh = src.out
+    gt = src.info.geotransform
+    polys = _PolygonMask(src.wkts, src.info.crs_wkt) if src.wkts else None
+    ds, bds = gdal.Open(src.path), gdal.Open(back)
     try:
-        src = gdal.Open(str(input_path))
-        bds = gdal.Open(back)
-        polys = _PolygonMask(wkts, info.crs_wkt) if wkts else None
-        step = 256
-        for y in range(0, oh, step):
+        for y in range(0, oh, 256):
             feedback.check_cancelled()
-            n = min(step, oh - y)
+            n = min(256, oh - y)
             prob = bds.GetRasterBand(1).ReadAsArray(0, y, ow, n).astype(np.float32)
-            raw = gdalio.read_window(src, ox, oy + y, ow, n, band_list)
-            valid = _validity(src, band_list, raw, ox, oy + y, ow, n) & (prob != NODATA)
+            raw = gdalio.read_window(ds, ox, oy + y, ow, n, src.bands)
+            valid = _validity(ds, src.bands, raw, ox, oy + y, ow, n) & (prob != NODATA)
             if polys is not None:
                 valid &= polys.mask(gt, ox, oy + y, ow, n)
             final(oy + y, prob / PROB_SCALE, valid)
-            src.FlushCache()
+            ds.FlushCache()
             bds.FlushCache()
             feedback.progress(span[1] + (5.0 if span[1] < 95 else 0) * (y + n) / oh)
-        final.finish()
-    except BaseException:
-        final.abort()
-        raise
     finally:
-        src = bds = None
-    mgrid.sink = final
-    return ran, skipped, mgrid
+        ds = bds = None
+    return 0, 0
