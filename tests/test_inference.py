@@ -649,3 +649,16 @@ def test_values_above_input_max_warn_and_far_above_are_refused(tmp_path):
     with pytest.raises(GullySegError, match=r"INPUT: pixel values reach about \d+ .*input_max 1000"):
         inference.segment_raster(str(tmp_path / "far.tif"), model, output_probability=str(tmp_path / "r.tif"))
     assert not (tmp_path / "r.tif").exists()
+
+
+def test_segment_result_is_typed_and_dict_compatible(scene_factory, models, tmp_path):
+    scene = scene_factory("grid", width=600, height=520, seed=5)
+    res = inference.segment_raster(str(scene), models["pointwise"], output_mask=str(tmp_path / "m.tif"))
+    assert isinstance(res, inference.SegmentResult)
+    assert res.windows == res["windows"] and res.pixels_processed == res["pixels_processed"] == 600 * 520
+    assert res.outputs["mask"] == str(tmp_path / "m.tif") and res.polygons is None and res.block is None
+    as_dict = dict(res)
+    assert as_dict["gully_area_m2"] == res.gully_area_m2 and "extra" not in as_dict
+    assert res.get("nope", 7) == 7 and "windows" in res
+    with pytest.raises(KeyError):
+        res["nope"]

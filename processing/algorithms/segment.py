@@ -86,14 +86,8 @@ class SegmentAlgorithm(GullySegAlgorithm):
     PROVIDER = "PROVIDER"
     POLYGON_COUNT = "POLYGON_COUNT"
 
-    TTA_OPTIONS = ["None", "Flips (4 passes)", "Flips and rotations (8 passes)"]
-    # (engine name, label); the index is the parameter's value
-    COMPRESSION_OPTIONS = [
-        ("DEFLATE", "DEFLATE (any GIS software reads it)"),
-        ("ZSTD", "ZSTD (2-4x faster to write and read; GDAL-based software such as QGIS only, not ArcGIS)"),
-        ("LZW", "LZW"),
-        ("NONE", "None (largest files)"),
-    ]
+    TTA_OPTIONS = inference.TTA_LABELS  # the engine's one table of choices (the dock uses it too)
+    COMPRESSION_OPTIONS = inference.COMPRESSION_LABELS  # (engine name, label); the index is the value
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Input raster")))

@@ -1,5 +1,13 @@
 """Sliding-window ONNX inference over whole scenes: blended, streaming, cancellable.
 
+The package, one job per module: ``options`` (the COMPRESSION and TTA tables, ``SegmentOptions``:
+the one validated options object), ``weights`` (Hann tapers, the context margin, TTA transforms),
+``runner`` (batches through the session, the cancel watcher), ``grid`` (windows, column panels,
+blocks), ``readers`` (pixel validity: ``_validity`` is the one rule here; strips; arrays),
+``pipeline`` (the blend loop ``_Blend``: reader thread -> model threads -> sums in window order),
+``writer`` (rows -> GeoTIFF blocks), ``segment`` (``segment_raster`` -> ``SegmentResult``, the
+resampled path), ``tiles`` (``predict_array``, ``predict_tiles``, ``score_tiles`` for the dock).
+
 ``segment_raster`` runs a model (``onnx_model.load_model``) over a GDAL raster:
 
 * windows come from ``windows.iter_windows`` with EDGE_SHIFT (the last row and column end on the
@@ -20,6 +28,13 @@
   runs every window that touches it, in the same order with the same weights, so results are
   bit-identical to one full-width pass, and peak memory stops growing with the width too (the
   few windows across a boundary run twice);
+* ``context_margin`` (the model's metadata or CONTEXT_MARGIN): a window's weight is 0 within that
+  many pixels of a side with a neighbour, then tapered; with the model's receptive-field radius
+  the result equals one whole-image run (OVERLAP is raised to twice the margin if smaller);
+* a model whose output is the centred core of its window (valid convolutions) has its windows laid
+  out by the core and read with the context around it (zeros beyond the scene edge, as Deepness);
+* ``block`` (x, y, w, h): only the windows touching it run and only its pixels are written,
+  bit-identical to the same pixels of a whole run (the same sums in the same order, as panels);
 * nodata (band nodata values, NaN, mask bands, outside EXTENT / MASK_LAYER) is 255 in both
   outputs and 0 in the model's input; windows without a valid pixel are skipped;
 * cancel: ``feedback`` is checked between batches and a watcher thread sets onnxruntime's
@@ -38,6 +53,7 @@ bounding box snapped outward to that grid); optional gully polygons (``polygoniz
 
 from .grid import PANEL_WIDTH, _Grid, _Panel  # noqa: F401 - the public (and tested) names of the package
 from .options import (  # noqa: F401
+    COMPRESSION_LABELS,
     COMPRESSIONS,
     INPUT_MAX_FACTOR,
     MIN_AREA_PIXELS,
@@ -46,11 +62,13 @@ from .options import (  # noqa: F401
     RESOLUTION_TOLERANCE,
     TTA_DIHEDRAL,
     TTA_FLIPS,
+    TTA_LABELS,
     TTA_NAMES,
     TTA_NONE,
+    SegmentOptions,
     output_options,
 )
 from .readers import _validity, parse_mask_wkts  # noqa: F401
-from .segment import resolve_bands, segment_raster  # noqa: F401
+from .segment import SegmentResult, resolve_bands, segment_raster  # noqa: F401
 from .tiles import predict_array, predict_tiles, score_tiles  # noqa: F401
 from .weights import WEIGHT_FLOOR, _inverse_weight_sums, hann, tta_transforms, window_weight  # noqa: F401

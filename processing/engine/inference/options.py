@@ -16,6 +16,8 @@ PROB_SCALE = 254
 NODATA = 255
 TTA_NONE, TTA_FLIPS, TTA_DIHEDRAL = 0, 1, 2
 TTA_NAMES = {TTA_NONE: "none", TTA_FLIPS: "flips (4 passes)", TTA_DIHEDRAL: "flips and rotations (8 passes)"}
+# the choices' labels in the Toolbox and the dock (the index is the TTA value)
+TTA_LABELS = ["None", "Flips (4 passes)", "Flips and rotations (8 passes)"]
 RESOLUTION_TOLERANCE = 0.10
 INPUT_MAX_FACTOR = 2.0  # integer data more than this many times input_max is refused (above 1x: a warning)
 MIN_AREA_PIXELS = 4  # the default MIN_AREA of polygons: the area of this many pixels
@@ -29,6 +31,13 @@ COMPRESSIONS = {
     "LZW": ["COMPRESS=LZW"],
     "NONE": ["COMPRESS=NONE"],
 }
+# (COMPRESSION name, label) in the Toolbox and the dock; the index is the algorithm's enum value
+COMPRESSION_LABELS = [
+    ("DEFLATE", "DEFLATE (any GIS software reads it)"),
+    ("ZSTD", "ZSTD (2-4x faster to write and read; GDAL-based software such as QGIS only, not ArcGIS)"),
+    ("LZW", "LZW"),
+    ("NONE", "None (largest files)"),
+]
 
 
 def output_options(compression="DEFLATE"):
