@@ -331,3 +331,50 @@ def test_setmodelmetadata_context_margin_and_gully_output(run_alg, tmp_path):
     with pytest.raises(QgsProcessingException, match="context_margin=200 leaves no core"):
         run_alg("setmodelmetadata", {"MODEL": path, "CONTEXT_MARGIN": 200})
     assert om.read_metadata(path) == meta
+
+
+def test_polygon_attributes_on_a_hand_made_mask(tmp_path):
+    """Holes, diagonal neighbours (separate polygons, 4-connected), the raster edge, nodata in the
+    probability: area, perimeter and mean_prob equal those computed from the geometry and pixels."""
+    import rasters
+
+    from gullyseg.processing.engine import polygonize
+
+    mask = np.zeros((40, 50), np.uint8)
+    mask[5:15, 5:15] = 1
+    mask[8:11, 8:11] = 0  # a hole
+    mask[9, 9] = 1  # an island in the hole
+    mask[20, 20] = mask[21, 21] = 1  # diagonal neighbours: two polygons
+    mask[30:40, 40:50] = 1  # at the raster's corner
+    mask[0, :] = 255  # nodata row
+    prob = np.full(mask.shape, 100, np.uint8)
+    prob[5:15, 5:15] = np.arange(100, dtype=np.uint8).reshape(10, 10) + 150
+    prob[30, 40] = 255  # nodata inside a polygon: left out of its mean
+    rasters.write_raster(tmp_path / "m.tif", mask[None], nodata=255)
+    rasters.write_raster(tmp_path / "p.tif", prob[None], nodata=255)
+    n = polygonize.polygonize(str(tmp_path / "m.tif"), str(tmp_path / "p.tif"), str(tmp_path / "g.gpkg"))
+    assert n == 5
+    ds = ogr.Open(str(tmp_path / "g.gpkg"))
+    lyr = ds.GetLayer(0)
+    gt = gdal.Open(str(tmp_path / "m.tif")).GetGeoTransform()
+    pixel = abs(gt[1] * gt[5])
+    for f in lyr:
+        geom = f.GetGeometryRef()
+        assert f["area_m2"] == pytest.approx(geom.GetArea())
+        assert f["perimeter_m"] == pytest.approx(geom.Boundary().Length())
+        # the pixels whose centres are inside, from the geometry itself
+        inside = np.zeros(mask.shape, bool)
+        for r in range(mask.shape[0]):
+            for c in range(mask.shape[1]):
+                x, y = gt[0] + (c + 0.5) * gt[1], gt[3] + (r + 0.5) * gt[5]
+                inside[r, c] = geom.Contains(ogr.CreateGeometryFromWkt(f"POINT({x} {y})"))
+        assert inside.sum() * pixel == pytest.approx(f["area_m2"]) and (mask[inside] == 1).all()
+        values = prob[inside][prob[inside] != 255]
+        assert f["mean_prob"] == pytest.approx(values.mean() / 254.0, abs=1e-12)
+    has_index = ds.ExecuteSQL("SELECT HasSpatialIndex('g', 'geom')")
+    assert has_index.GetNextFeature().GetField(0) == 1
+    ds.ReleaseResultSet(has_index)
+    # MIN_AREA: exactly the polygons of at least that many square metres stay
+    n2 = polygonize.polygonize(str(tmp_path / "m.tif"), str(tmp_path / "p.tif"), str(tmp_path / "big.gpkg"),
+                               min_area=2 * pixel)
+    assert n2 == 2
