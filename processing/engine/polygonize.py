@@ -2,7 +2,8 @@
 
 1. ``gdal.Polygonize`` traces the mask's gully pixels (value 1; 0 and the 255 nodata are left
    out, 4-connected, so each polygon is a set of edge-connected gully pixels) straight into the
-   output layer, streaming line by line, in one transaction, without a spatial index yet.
+   output layer, streaming line by line, in one transaction (GDAL builds the spatial index in bulk
+   at the end of it, as for gdal_polygonize's output).
 2. The polygons are burnt back (``gdal.Rasterize``, their fid as the value) into a scratch label
    raster, which is read in strips of rows with the probability raster: per fid, numpy counts the
    pixels (area = pixels x pixel area), the pixel edges on its outline (perimeter, holes
@@ -12,7 +13,6 @@
    than MIN_AREA are deleted with one statement.
 4. SIMPLIFY (metres) simplifies the kept outlines preserving topology (a per-feature pass, only
    then), and area_m2 and perimeter_m become those of the written geometry.
-5. The spatial index is built once at the end (as gdal_polygonize's output has one).
 
 The cost is about that of ``gdal_polygonize`` on the same mask (benchmarks/bench_polygonize.py
 measures the ratio). The CRS must be projected in metres.
@@ -67,8 +67,7 @@ def _trace(mask_path, out_path, layer_name, srs, feedback):
         out_ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(out_path))
         if out_ds is None:
             raise GullySegError(f"OUTPUT_POLYGONS: cannot create '{out_path}'.")
-        layer = out_ds.CreateLayer(layer_name, srs=srs, geom_type=ogr.wkbPolygon,
-                                   options=["FID=fid", "SPATIAL_INDEX=NO"])
+        layer = out_ds.CreateLayer(layer_name, srs=srs, geom_type=ogr.wkbPolygon, options=["FID=fid"])
         for name, kind in FIELDS:
             layer.CreateField(ogr.FieldDefn(name, kind))
         layer.StartTransaction()
@@ -151,6 +150,10 @@ def _pixel_stats(label_path, prob_path, count, feedback):
     return pixels, h_edges, v_edges, psum, pcount
 
 
+def _not_here(_geom):
+    raise sqlite3.OperationalError("a geometry changed while attributes were written")
+
+
 def _write_attributes(out_path, layer_name, stats, gt, min_area):
     """area_m2, perimeter_m, mean_prob in one SQLite transaction; polygons under MIN_AREA deleted.
     Returns (written, dropped)."""
@@ -164,16 +167,23 @@ def _write_attributes(out_path, layer_name, stats, gt, min_area):
     keep = fids[area[fids] + 1e-9 >= min_area]
     table = '"' + layer_name.replace('"', '""') + '"'
     con = sqlite3.connect(str(out_path))
+    # the GeoPackage's R-tree triggers name GDAL's SQL functions: they fire only when a geometry changes
+    # (never here), but SQLite needs the names to compile the statements; called, they would fail loudly
+    for name in ("ST_IsEmpty", "ST_MinX", "ST_MaxX", "ST_MinY", "ST_MaxY"):
+        con.create_function(name, 1, _not_here)
+    # a temporary file until atomic_output renames it (an error or a kill leaves nothing in place)
+    con.execute("PRAGMA synchronous = OFF")
+    con.execute("PRAGMA journal_mode = MEMORY")
+    con.execute("PRAGMA cache_size = -65536")  # 64 MB of pages
     try:
         with con:
             con.execute("CREATE TEMP TABLE drop_fid (fid INTEGER PRIMARY KEY)")
             small = fids[area[fids] + 1e-9 < min_area]
-            con.executemany("INSERT INTO drop_fid VALUES (?)", ((int(f),) for f in small))
+            con.executemany("INSERT INTO drop_fid VALUES (?)", ((f,) for f in small.tolist()))
             con.execute(f"DELETE FROM {table} WHERE fid IN (SELECT fid FROM drop_fid)")
-            con.executemany(
-                f"UPDATE {table} SET area_m2 = ?, perimeter_m = ?, mean_prob = ? WHERE fid = ?",
-                ((float(area[f]), float(perimeter[f]), None if np.isnan(mean[f]) else float(mean[f]), int(f))
-                 for f in keep))
+            means = [None if m != m else m for m in mean[keep].tolist()]  # NaN (no valid probability): NULL
+            con.executemany(f"UPDATE {table} SET area_m2 = ?, perimeter_m = ?, mean_prob = ? WHERE fid = ?",
+                            zip(area[keep].tolist(), perimeter[keep].tolist(), means, keep.tolist()))
     finally:
         con.close()
     return len(keep), len(fids) - len(keep)
@@ -199,12 +209,6 @@ def _simplify(out_path, layer_name, tolerance, feedback):
         layer.SetFeature(feat)
     layer.CommitTransaction()
     ds = layer = None
-
-
-def _spatial_index(out_path, layer_name):
-    ds = ogr.Open(str(out_path), 1)
-    ds.ExecuteSQL(f"SELECT CreateSpatialIndex('{layer_name.replace(chr(39), chr(39) * 2)}', 'geom')")
-    ds = None
 
 
 def polygonize(mask_path, prob_path, out_path, min_area=0.0, simplify=0.0, layer_name=None, feedback=None):
@@ -234,7 +238,6 @@ def polygonize(mask_path, prob_path, out_path, min_area=0.0, simplify=0.0, layer
             written, dropped = _write_attributes(out_path, layer_name, stats, gt, float(min_area))
             if simplify > 0 and written:
                 _simplify(out_path, layer_name, simplify, feedback)
-        _spatial_index(out_path, layer_name)
     finally:
         mask_ds = None
         with contextlib.suppress(OSError):
