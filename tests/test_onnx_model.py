@@ -231,7 +231,7 @@ except GullySegError as exc:
     ({"class_names": {"0": "background", "1": "gully"}, "gullyseg": {"gully_class": 0}},
      "gully_class=0 points at the class named 'background'"),
     ({"class_names": {"0": "background", "1": "gully"}, "gullyseg": {"gully_class": 2}},
-     "gully_class=2 is not a class of class_names"),
+     "gully class 2 \\(gullyseg.gully_class\\) is not one of the 2 output channel"),
     ({"gullyseg": {"context_margin": 128}}, "context_margin=128 leaves no core"),
 ])
 def test_out_of_range_metadata_is_refused(tmp_path, meta, match):
@@ -239,6 +239,14 @@ def test_out_of_range_metadata_is_refused(tmp_path, meta, match):
     with pytest.raises(GullySegError, match=match) as err:
         onnx_model.load_model(path)
     assert "MODEL" in str(err.value) and "m.onnx" in str(err.value)
+
+
+def test_one_sigmoid_channel_named_background_gully_is_deepness_convention(tmp_path):
+    """Deepness names one sigmoid channel [background, gully]: gully_class 0 is then the gully score."""
+    path = om.make_fcn_model(tmp_path / "m.onnx", metadata={"class_names": {"0": "background", "1": "gully"},
+                                                            "gullyseg": {"gully_class": 0}})
+    m = onnx_model.load_model(path)
+    assert m.gully_class == 0 and m.output_channels == 1
 
 
 def test_set_model_metadata_writes_new_keys_and_refuses_contradictions(tmp_path):

@@ -194,15 +194,6 @@ def parse_metadata(meta, path="model"):
         out["gully_output"] = head
     if own.get("bands") is not None:
         out["bands"] = parse_bands(own["bands"], f"MODEL '{path}' metadata gullyseg.bands")
-    heads = out["class_names_per_head"]
-    if out["gully_class"] is not None and heads and len(heads) == 1:
-        names = heads[0]
-        if out["gully_class"] >= len(names):
-            raise _bad(path, "gullyseg.gully_class", out["gully_class"],
-                       f"is not a class of class_names {names} (0..{len(names) - 1})")
-        if names[out["gully_class"]].lower() in ("background", "bg", "other", "none"):
-            raise _bad(path, "gullyseg.gully_class", out["gully_class"],
-                       f"points at the class named '{names[out['gully_class']]}' in class_names {names}")
     return out
 
 

@@ -435,8 +435,13 @@ def _gully_channel(meta, head_index, out_channels, choice, path):
         gully_class, how = (1, "channel 1 of K (default)") if out_channels > 1 else (0, "the one channel")
     if not 0 <= gully_class < out_channels:
         raise GullySegError(
-            f"MODEL: '{path}': gully class {gully_class} is not one of the {out_channels} output channel(s)."
+            f"MODEL: '{path}': gully class {gully_class} ({how}) is not one of the {out_channels} output channel(s)."
         )
+    if names is not None and len(names) == out_channels and \
+            names[gully_class].lower() in ("background", "bg", "other", "none") and how == "gullyseg.gully_class":
+        # (one sigmoid channel named [background, gully] is Deepness' convention: channel 0 is the gully score)
+        raise GullySegError(f"MODEL: '{path}': metadata gullyseg.gully_class={gully_class} points at the class named "
+                            f"'{names[gully_class]}' in class_names {names}.")
     if names is None or len(names) != out_channels:
         names = ["gully"] if out_channels == 1 else [f"class_{i}" for i in range(out_channels)]
         if out_channels == 2:
