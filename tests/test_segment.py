@@ -378,3 +378,18 @@ def test_polygon_attributes_on_a_hand_made_mask(tmp_path):
     n2 = polygonize.polygonize(str(tmp_path / "m.tif"), str(tmp_path / "p.tif"), str(tmp_path / "big.gpkg"),
                                min_area=2 * pixel)
     assert n2 == 2
+    # most polygons dropped: the R-tree was refilled from the kept ones; spatial queries still find them
+    big = ogr.Open(str(tmp_path / "big.gpkg"))
+    blyr = big.GetLayer(0)
+    envelopes = {f.GetFID(): f.GetGeometryRef().GetEnvelope() for f in blyr}
+    rtree = big.ExecuteSQL("SELECT id, minx, maxx, miny, maxy FROM rtree_big_geom")
+    entries = {f.GetField(0): tuple(f.GetField(i) for i in range(1, 5)) for f in rtree}
+    big.ReleaseResultSet(rtree)
+    assert entries.keys() == envelopes.keys()
+    for fid, env in envelopes.items():
+        minx, maxx, miny, maxy = entries[fid]  # float32, rounded outward by SQLite's R-tree
+        assert env[0] - 1 <= minx <= env[0] and env[1] <= maxx <= env[1] + 1
+        assert env[2] - 1 <= miny <= env[2] and env[3] <= maxy <= env[3] + 1
+        blyr.SetSpatialFilterRect(env[0] + 0.1, env[2] + 0.1, env[0] + 0.2, env[2] + 0.2)
+        assert fid in [f.GetFID() for f in blyr]
+    blyr.SetSpatialFilter(None)

@@ -154,6 +154,35 @@ def _not_here(_geom):
     raise sqlite3.OperationalError("a geometry changed while attributes were written")
 
 
+def _delete(con, table, layer_name, fids, kept):
+    """Delete the polygons ``fids``. When they are most of the layer, the R-tree is emptied and refilled
+    with the kept polygons' envelopes (from the GeoPackage geometry headers): deleting one R-tree
+    entry at a time (the trigger) costs more than the rest of the polygons' attributes together."""
+    if not len(fids):
+        return
+    con.execute("CREATE TEMP TABLE drop_fid (fid INTEGER PRIMARY KEY)")
+    con.executemany("INSERT INTO drop_fid VALUES (?)", ((f,) for f in fids.tolist()))
+    rtree = '"' + f"rtree_{layer_name}_geom".replace('"', '""') + '"'
+    has_rtree = con.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (f"rtree_{layer_name}_geom",)).fetchone()
+    if not has_rtree or len(fids) < kept:
+        con.execute(f"DELETE FROM {table} WHERE fid IN (SELECT fid FROM drop_fid)")
+        return
+    con.execute(f"DELETE FROM {rtree}")
+    con.execute(f"DELETE FROM {table} WHERE fid IN (SELECT fid FROM drop_fid)")
+    rows = con.execute(f"SELECT fid, substr(geom, 1, 40) FROM {table}").fetchall()
+    if not rows:
+        return
+    heads = b"".join(h for _, h in rows if h is not None and len(h) == 40)
+    if len(heads) != 40 * len(rows):
+        raise GullySegError("OUTPUT_POLYGONS: a polygon without an envelope in its GeoPackage header.")
+    head = np.frombuffer(heads, np.uint8).reshape(-1, 40)
+    if not ((head[:, 0] == 0x47) & (head[:, 1] == 0x50) & ((head[:, 3] & 0x0F) == 0x03)).all():
+        raise GullySegError("OUTPUT_POLYGONS: unexpected GeoPackage geometry headers.")
+    env = np.ascontiguousarray(head[:, 8:40]).view("<f8")  # minx, maxx, miny, maxy (little-endian)
+    con.executemany(f"INSERT INTO {rtree} VALUES (?, ?, ?, ?, ?)",
+                    ((fid, *e) for (fid, _), e in zip(rows, env.tolist())))
+
+
 def _write_attributes(out_path, layer_name, stats, gt, min_area):
     """area_m2, perimeter_m, mean_prob in one SQLite transaction; polygons under MIN_AREA deleted.
     Returns (written, dropped)."""
@@ -177,10 +206,8 @@ def _write_attributes(out_path, layer_name, stats, gt, min_area):
     con.execute("PRAGMA cache_size = -65536")  # 64 MB of pages
     try:
         with con:
-            con.execute("CREATE TEMP TABLE drop_fid (fid INTEGER PRIMARY KEY)")
             small = fids[area[fids] + 1e-9 < min_area]
-            con.executemany("INSERT INTO drop_fid VALUES (?)", ((f,) for f in small.tolist()))
-            con.execute(f"DELETE FROM {table} WHERE fid IN (SELECT fid FROM drop_fid)")
+            _delete(con, table, layer_name, small, len(keep))
             means = [None if m != m else m for m in mean[keep].tolist()]  # NaN (no valid probability): NULL
             con.executemany(f"UPDATE {table} SET area_m2 = ?, perimeter_m = ?, mean_prob = ? WHERE fid = ?",
                             zip(area[keep].tolist(), perimeter[keep].tolist(), means, keep.tolist()))
