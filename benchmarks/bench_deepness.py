@@ -122,7 +122,9 @@ def compare(out, run):
     if run["tool"] == "deepness":
         cls = np.load(os.path.join(out, f"deepness_{run['overlap']}.npy"))
         cls = cls[0] if cls.ndim == 3 else cls
-        run["mask_off_pct"] = 100.0 * float(((cls[:ref.shape[0], :ref.shape[1]] > 0) != (ref >= 0.5)).mean())
+        # Deepness' class map: 0 outside the area, else class index + 1; one sigmoid channel is named
+        # [background, gully], so gully pixels are 2
+        run["mask_off_pct"] = 100.0 * float(((cls[:ref.shape[0], :ref.shape[1]] == 2) != (ref >= 0.5)).mean())
         return run
     name = f"g{run['margin']}_{run['overlap']}"
     ds = gdal.Open(os.path.join(out, f"{name}_m.tif"))
