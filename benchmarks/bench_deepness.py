@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -173,7 +174,8 @@ def main():
                                   capture_output=True, text=True, env=env, check=True)
             run = compare(out, json.loads(done.stdout.strip().splitlines()[-1]))
             print(json.dumps(run), flush=True)
-    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; work folder {out}")
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    shutil.rmtree(out, ignore_errors=True)
 
 
 if __name__ == "__main__":
