@@ -380,7 +380,7 @@ def _probe_layout(session, inp, out, channels, window, fixed_batch, fixed, path)
     if rshape is None and fixed_batch is None:
         try:  # e.g. a Reshape to [1, ...] inside the graph: one window at a time
             rshape, batch = list(_run_probe(session, inp, out, channels, window, 1)), 1
-        except Exception:  # noqa: BLE001 - the first error is the one to report
+        except Exception:
             pass
     if rshape is None:
         raise GullySegError(
@@ -406,7 +406,7 @@ def _probe_layout(session, inp, out, channels, window, fixed_batch, fixed, path)
         try:
             grown = _run_probe(session, inp, out, channels, bigger, run_batch or 1)
             bad = (grown[-1] - ow, grown[-2] - oh) != (32, 32)
-        except Exception:  # noqa: BLE001
+        except Exception:
             bad = True
     if bad:
         raise GullySegError(
