@@ -177,9 +177,22 @@ def test_cancel_leaves_nothing_half_written(make_tab, segment, scene_factory, tm
         QgsApplication.processEvents()
         time.sleep(0.02)
     assert tab.task is not None, "the run ended before it could be cancelled"
+    logged = []
+    log_slot = lambda message, tag, level: logged.append((message, tag, level))  # noqa: E731
+    QgsApplication.messageLog().messageReceived.connect(log_slot)
     started = time.monotonic()
     tab.cancelButton.click()
-    assert wait_until_done(tab, timeout=60) is False
+    try:
+        assert wait_until_done(tab, timeout=60) is False
+    finally:
+        QgsApplication.messageLog().messageReceived.disconnect(log_slot)
+    # a person's cancel is information: GullySeg logs it once, as INFO, and never as CRITICAL. QGIS's own
+    # Processing runner still logs the algorithm's cancel exception once under 'Processing' (QGIS's code)
+    ours = [m for m in logged if m[1] == "GullySeg"]
+    assert [m for m in ours if m[2] == compat.MSG_CRITICAL] == [], logged
+    assert [m for m in ours if "cancel" in m[0].lower()] == [
+        ("Inference cancelled by the user; no output was written.", "GullySeg", compat.MSG_INFO)], logged
+    assert len([m for m in logged if m[2] == compat.MSG_CRITICAL]) <= 1, logged
     latency = time.monotonic() - started
     assert latency < 3, "cancel took too long (the algorithm should stop within about a second)"
     assert "Cancelled" in tab.messageLabel.text()
@@ -357,3 +370,27 @@ def test_default_model_or_a_clear_note(make_tab):
     else:
         assert tab.modelWidget.filePath() == ""
         assert "not installed" in tab.modelInfoLabel.text()
+
+
+def test_missing_onnxruntime_offers_install_dependencies(make_tab, monkeypatch, tmp_path, qgis_iface):
+    """A message saying a package is missing offers Install dependencies… (a button in the tab)."""
+    from gullyseg.ui import inference
+
+    def no_runtime(path, feedback=None):
+        from gullyseg.processing.engine.errors import GullySegError
+
+        raise GullySegError("onnxruntime is not installed in QGIS's Python: install it ...")
+
+    monkeypatch.setattr(inference, "describe_model", no_runtime)
+    model_file = tmp_path / "m.onnx"
+    model_file.write_bytes(b"x")
+    tab = make_tab()
+    assert tab.installDepsButton.isHidden()
+    tab.modelWidget.setFilePath(str(model_file))
+    assert tab.wait_for_model_info()
+    assert "onnxruntime is not installed" in tab.modelInfoLabel.text()
+    assert tab.installDepsButton.isVisible()
+    requested = []
+    tab.installDependenciesRequested.connect(lambda: requested.append(True))
+    tab.installDepsButton.click()
+    assert requested == [True]

@@ -22,7 +22,7 @@ from qgis.core import (
 from qgis.gui import QgsFileWidget
 from qgis.PyQt import uic
 from qgis.PyQt.QtCore import pyqtSignal
-from qgis.PyQt.QtWidgets import QWidget
+from qgis.PyQt.QtWidgets import QPushButton, QWidget
 
 from .. import compat
 from ..metadata import NAME, resource_path
@@ -57,6 +57,8 @@ class RunFeedback(QgsProcessingFeedback):
         self.errors = []
 
     def reportError(self, error, fatalError=False):  # noqa: N802, N803
+        if self.isCanceled():
+            return  # the person's cancel is not an error: the tab logs it once, as information
         self.errors.append(str(error))
         self.message.emit("error", str(error))
         super().reportError(error, fatalError)
@@ -134,6 +136,7 @@ class InferenceTab(QWidget, FORM_CLASS):
 
     taskFinished = pyqtSignal(bool)
     modelDescribed = pyqtSignal(str)
+    installDependenciesRequested = pyqtSignal()  # the plugin opens Plugins > GullySeg > Install dependencies…
 
     def __init__(self, iface, parent=None):
         super().__init__(parent)
@@ -158,6 +161,12 @@ class InferenceTab(QWidget, FORM_CLASS):
         self.modelWidget.setStorageMode(QgsFileWidget.StorageMode.GetFile)
         self.folderWidget.setStorageMode(QgsFileWidget.StorageMode.GetDirectory)
         self.progressBar.setValue(0)
+        self.installDepsButton = QPushButton("Install dependencies…", self)
+        self.installDepsButton.setObjectName("installDepsButton")
+        self.installDepsButton.setToolTip("Install onnxruntime into GullySeg's own folder (no terminal, no root)")
+        self.installDepsButton.clicked.connect(self.installDependenciesRequested)
+        self.installDepsButton.hide()
+        self.layout().addWidget(self.installDepsButton)
 
         self._restore_settings()
         self.modelWidget.fileChanged.connect(self._on_model_changed)
@@ -251,7 +260,9 @@ class InferenceTab(QWidget, FORM_CLASS):
         if task.error or task.result is None:
             error = task.error or "the model could not be read"
             self.modelInfoLabel.setText(f"<span style='color:#c83232'>{_html(error)}</span>")
+            self._offer_install(error)
             return
+        self.installDepsButton.hide()
         self.model_info = task.result
         self.modelInfoLabel.setText(model_summary_html(self.model_info))
         settings.set_value("inference/model", path)
@@ -267,6 +278,22 @@ class InferenceTab(QWidget, FORM_CLASS):
             time.sleep(0.01)
         QgsApplication.processEvents()
         return not self._describe_tasks
+
+    def _offer_install(self, text):
+        """A message that says a package is missing offers Install dependencies… (tab and message bar)."""
+        from .deps_dialog import mentions_missing_package
+
+        if not mentions_missing_package(text):
+            return False
+        self.installDepsButton.show()
+        if self.iface is not None:
+            bar = self.iface.messageBar()
+            item = bar.createMessage(NAME, "onnxruntime is missing from QGIS's Python.")
+            button = QPushButton("Install dependencies…", item)
+            button.clicked.connect(self.installDependenciesRequested)
+            item.layout().addWidget(button)
+            bar.pushWidget(item, compat.MSG_WARNING, 0)
+        return True
 
     def _message(self, text, level=compat.MSG_INFO, bar=False):
         colour = {compat.MSG_CRITICAL: "#c83232", compat.MSG_WARNING: "#b06000", compat.MSG_SUCCESS: "#1a8c2e"}
@@ -420,7 +447,8 @@ class InferenceTab(QWidget, FORM_CLASS):
         self._update_enabled()
         if cancelled:
             self.progressBar.setValue(0)
-            self._message("Cancelled. No output was written.", compat.MSG_WARNING, bar=True)
+            self._message("Cancelled. No output was written.", compat.MSG_INFO, bar=True)
+            QgsMessageLog.logMessage("Inference cancelled by the user; no output was written.", NAME, compat.MSG_INFO)
             self.taskFinished.emit(False)
             return
         if not successful:
@@ -428,6 +456,7 @@ class InferenceTab(QWidget, FORM_CLASS):
             text = user_message(errors[-1]) if errors else "The algorithm failed; see the log below."
             self._message(f"Inference failed: {text}", compat.MSG_CRITICAL, bar=True)
             QgsMessageLog.logMessage(f"Inference failed: {text}", NAME, compat.MSG_CRITICAL)
+            self._offer_install(text)
             self.taskFinished.emit(False)
             return
         try:
