@@ -1,8 +1,11 @@
 """The screening tab: go through the tiles of a tile index with the keyboard, keep or reject each.
 
-Keys (the tile view has the focus; click it if another widget took it):
+Keys (whenever the Screening tab is visible and no text field has the focus, also after a click
+on a button or on the map; a "keys active" line under the picture says when they are):
 K keep · R reject · S skip · U or Backspace undo (repeat to go further back) ·
 →/N next · ←/P previous · G type a tile id (Enter goes there, Esc comes back).
+The keys are QActions registered with QGIS's shortcuts manager: rebind them under
+Settings > Keyboard Shortcuts (search "GullySeg").
 
 Every decision is written at once to the index file through the layer's data provider
 (an OGR/GeoPackage transaction per decision, no edit session), so closing QGIS or a crash
@@ -26,8 +29,8 @@ from qgis.core import (
 from qgis.gui import QgsFileWidget, QgsRubberBand
 from qgis.PyQt import uic
 from qgis.PyQt.QtCore import QEvent, QObject, Qt, QTimer, pyqtSignal
-from qgis.PyQt.QtGui import QColor, QPixmap
-from qgis.PyQt.QtWidgets import QFileDialog, QLineEdit, QWidget
+from qgis.PyQt.QtGui import QColor, QKeySequence, QPixmap
+from qgis.PyQt.QtWidgets import QAction, QApplication, QFileDialog, QLabel, QLineEdit, QPushButton, QWidget
 
 from .. import compat
 from ..metadata import NAME, resource_path
@@ -81,6 +84,30 @@ KEY_ACTIONS = {
 
 
 DECISIONS = ("keep", "reject", "skip", "undo")
+
+# (object name, action, default key, text): QActions registered with QgsGui.shortcutsManager()
+SHORTCUTS = (
+    ("GullySegScreeningKeep", "keep", "K", "GullySeg screening: keep the tile"),
+    ("GullySegScreeningReject", "reject", "R", "GullySeg screening: reject the tile"),
+    ("GullySegScreeningSkip", "skip", "S", "GullySeg screening: skip the tile"),
+    ("GullySegScreeningUndo", "undo", "U", "GullySeg screening: undo the last decision"),
+    ("GullySegScreeningUndo2", "undo", "Backspace", "GullySeg screening: undo (second key)"),
+    ("GullySegScreeningNext", "next", "N", "GullySeg screening: next tile"),
+    ("GullySegScreeningNext2", "next", "Right", "GullySeg screening: next tile (second key)"),
+    ("GullySegScreeningPrevious", "previous", "P", "GullySeg screening: previous tile"),
+    ("GullySegScreeningPrevious2", "previous", "Left", "GullySeg screening: previous tile (second key)"),
+    ("GullySegScreeningGoto", "goto", "G", "GullySeg screening: go to a tile id"),
+)
+TEXT_INPUT_CLASSES = ("QLineEdit", "QTextEdit", "QPlainTextEdit", "QAbstractSpinBox", "QsciScintillaBase")
+
+
+def is_text_input(widget):
+    """True for widgets that take typed text (their keys are theirs, not screening's)."""
+    if widget is None:
+        return False
+    if any(widget.inherits(name) for name in TEXT_INPUT_CLASSES):
+        return True
+    return widget.inherits("QComboBox") and widget.isEditable()
 
 
 def layer_file_path(layer):
@@ -143,7 +170,7 @@ class _KeyFilter(QObject):
             return False
         if event.modifiers() & (Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.AltModifier):
             return False
-        action = KEY_ACTIONS.get(event.key())
+        action = self._tab.action_for_key(event.key(), event.modifiers())
         if action is None:
             return False
         if kind == QEvent.Type.ShortcutOverride:
@@ -197,6 +224,20 @@ class ScreeningTab(QWidget, FORM_CLASS):
         self.scoreProgress.setVisible(False)
         self.tileView.setText("Open a tile index (index.gpkg of a dataset folder) to start screening.")
 
+        self.keysLabel = QLabel(self)
+        self.keysLabel.setObjectName("keysLabel")
+        self.keysLabel.setWordWrap(False)
+        layout = self.layout()
+        layout.insertWidget(layout.indexOf(self.tileView) + 1, self.keysLabel)
+        self.emptyButton = QPushButton("Show all tiles", self)
+        self.emptyButton.setObjectName("emptyButton")
+        self.emptyButton.hide()
+        self.emptyButton.clicked.connect(lambda: self.set_filter(FILTER_ALL))
+        layout.insertWidget(layout.indexOf(self.keysLabel) + 1, self.emptyButton)
+        self.actions = []
+        self._create_actions()
+        QApplication.instance().focusChanged.connect(self._update_keys_indicator)
+
         self._keys = _KeyFilter(self)
         for widget in (self, self.tileView, self.keepButton, self.rejectButton, self.skipButton,
                        self.undoButton, self.prevButton, self.nextButton, self.jumpButton, self.scoreButton):
@@ -218,7 +259,71 @@ class ScreeningTab(QWidget, FORM_CLASS):
         self.orderCombo.currentIndexChanged.connect(self._on_filter_changed)
         self.scoreButton.clicked.connect(self.start_scoring)
         self.scoreModelWidget.fileChanged.connect(lambda p: settings.set_value("screening/score_model", p))
+        QgsProject.instance().layersAdded.connect(self._preselect_index)
         self._update_enabled()
+        self._preselect_index()
+
+    # --- keyboard -----------------------------------------------------------------
+    def _create_actions(self):
+        """One QAction per screening key, on this tab and on QGIS's main window (so the keys work
+        after a click on the map), registered with QGIS's shortcuts manager (rebindable)."""
+        from qgis.gui import QgsGui
+
+        main = self.iface.mainWindow() if self.iface is not None else None
+        manager = QgsGui.shortcutsManager()
+        for name, action_name, key, text in SHORTCUTS:
+            action = QAction(text, self)
+            action.setObjectName(name)
+            action.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
+            action.setAutoRepeat(action_name not in DECISIONS)  # a held-down K keeps one tile
+            action.setEnabled(False)
+            action.setProperty("screening_action", action_name)
+            action.triggered.connect(lambda _checked=False, a=action_name: self._on_shortcut(a))
+            if manager is not None:
+                manager.registerAction(action, key)  # the user's binding, or the default
+            else:
+                action.setShortcut(QKeySequence(key))
+            self.addAction(action)
+            if main is not None:
+                main.addAction(action)
+            self.actions.append(action)
+
+    def action_for_key(self, key, modifiers=Qt.KeyboardModifier.NoModifier):
+        """The screening action bound to a key press (the actions' current shortcuts; Up/Down too)."""
+        try:
+            combined = QKeySequence(int(key) | int(modifiers))
+        except TypeError:
+            combined = QKeySequence(key.value | modifiers.value)
+        for action in self.actions:
+            if not action.shortcut().isEmpty() and action.shortcut().matches(combined) == \
+                    QKeySequence.SequenceMatch.ExactMatch:
+                return action.property("screening_action")
+        return {Qt.Key.Key_Down: "next", Qt.Key.Key_Up: "previous"}.get(key)
+
+    def _on_shortcut(self, action):
+        if not self.keys_active():
+            return
+        self.trigger(action)
+
+    def keys_active(self):
+        """Screening keys work now: the tab is visible, an index is open, no text field has the focus."""
+        return self.isVisible() and self.session is not None and not is_text_input(QApplication.focusWidget())
+
+    def _update_keys_indicator(self, *_args):
+        try:
+            visible = self.isVisible()
+        except RuntimeError:  # deleted
+            return
+        for action in self.actions:
+            action.setEnabled(visible and self.session is not None)
+        if self.session is None:
+            text, colour = "Keys: open a tile index first.", "#808080"
+        elif self.keys_active():
+            text, colour = "⌨ Keys active: K keep · R reject · S skip · U undo · ←/→", "#1a8c2e"
+        else:
+            text, colour = "⌨ Keys paused: a text field has the focus (Esc or click the picture).", "#b06000"
+        self.keysLabel.setText(text)
+        self.keysLabel.setStyleSheet(f"color: {colour};")
 
     # --- helpers ----------------------------------------------------------------
     @staticmethod
@@ -238,6 +343,7 @@ class ScreeningTab(QWidget, FORM_CLASS):
             QgsMessageLog.logMessage(text, NAME, level)
 
     def _update_enabled(self):
+        self._update_keys_indicator()
         has = self.session is not None
         for widget in (self.keepButton, self.rejectButton, self.skipButton, self.prevButton, self.nextButton,
                        self.jumpButton, self.jumpEdit, self.filterCombo, self.orderCombo, self.scoreButton):
@@ -276,6 +382,30 @@ class ScreeningTab(QWidget, FORM_CLASS):
         if self.layer is not layer:
             self.set_layer(layer)
         return self.session is not None
+
+    def _preselect_index(self, *_args):
+        """With no index open, pick the project's tile index (the demo project's, a dataset's
+        index.gpkg with a status field): the one opened last time first."""
+        try:
+            if self.layer is not None:
+                return None
+        except RuntimeError:
+            return None
+        last = os.path.abspath(settings.value("screening/last_index")) if settings.value("screening/last_index") else ""
+        found = []
+        for layer in QgsProject.instance().mapLayers().values():
+            if not isinstance(layer, QgsVectorLayer) or not layer.isValid():
+                continue
+            path = layer_file_path(layer)
+            if path and os.path.basename(path) == dataset.INDEX_NAME and layer.fields().indexOf("status") >= 0:
+                found.append((path != last, layer.name(), layer))
+        if not found:
+            return None
+        layer = sorted(found, key=lambda item: item[:2])[0][2]
+        self.indexCombo.setLayer(layer)
+        if self.layer is not layer:
+            self.set_layer(layer)
+        return layer
 
     @staticmethod
     def _layer_name(path):
@@ -481,14 +611,14 @@ class ScreeningTab(QWidget, FORM_CLASS):
         if tile is None:
             self._pixmap = None
             self.tileView.setPixmap(QPixmap())
-            self.tileView.setText(
-                "No tiles left under this filter." if session.queue else "No tiles match this filter."
-            )
+            self.tileView.setText(self.empty_reason())
+            self.emptyButton.setVisible(session.filter != FILTER_ALL)
             self.tileIdLabel.setText("")
             if self.rubber_band is not None:
                 self.rubber_band.reset(compat.GEOMETRY_POLYGON)
             self.tileShown.emit("")
             return
+        self.emptyButton.hide()
         colour = STATUS_COLOURS.get(tile.status, "#808080")
         score = f" · score {tile.score:.2f}" if tile.score is not None else ""
         self.tileIdLabel.setText(
@@ -498,6 +628,22 @@ class ScreeningTab(QWidget, FORM_CLASS):
         self._follow_canvas(tile)
         self._prefetch()
         self.tileShown.emit(tile.tile_id)
+
+    def empty_reason(self):
+        """Why nothing is shown: "all 64 tiles screened: show all?" and the like."""
+        session = self.session
+        c = session.counts()
+        total = c["total"]
+        if total == 0:
+            return "The index has no tiles."
+        if session.filter == FILTER_UNSCREENED:
+            return (f"All {total} tiles screened ({c['kept']} kept, {c['rejected']} rejected): "
+                    "show all tiles?")
+        if session.filter == FILTER_KEPT and c["kept"] == 0:
+            return f"No tile kept yet ({c['remaining']} of {total} unscreened): show all tiles?"
+        if session.filter == FILTER_REJECTED and c["rejected"] == 0:
+            return f"No tile rejected yet ({c['remaining']} of {total} unscreened): show all tiles?"
+        return f"End of the {len(session.queue)} tiles under this filter: show all {total} tiles?"
 
     def _show_counters(self):
         c = self.session.counts()
@@ -645,6 +791,7 @@ class ScreeningTab(QWidget, FORM_CLASS):
         return False
 
     def showEvent(self, event):  # noqa: N802
+        QTimer.singleShot(0, self._update_keys_indicator)
         if self.rubber_band is not None and self.session is not None and self.session.current is not None:
             self.rubber_band.show()
         super().showEvent(event)
@@ -653,8 +800,26 @@ class ScreeningTab(QWidget, FORM_CLASS):
         if self.rubber_band is not None:
             self.rubber_band.hide()  # the outline belongs to screening, not to the other tab
         super().hideEvent(event)
+        for action in self.actions:
+            action.setEnabled(False)  # QGIS's own keys are QGIS's again
 
     def shutdown(self):
+        for signal, slot in ((QApplication.instance().focusChanged, self._update_keys_indicator),
+                             (QgsProject.instance().layersAdded, self._preselect_index)):
+            try:
+                signal.disconnect(slot)
+            except (TypeError, RuntimeError):
+                pass
+        from qgis.gui import QgsGui
+
+        manager = QgsGui.shortcutsManager()
+        main = self.iface.mainWindow() if self.iface is not None else None
+        for action in self.actions:
+            if manager is not None:
+                manager.unregisterAction(action)
+            if main is not None:
+                main.removeAction(action)
+        self.actions = []
         if self.score_task is not None:
             try:
                 self.score_task.cancel()
