@@ -1,6 +1,7 @@
 """Base class and helpers shared by GullySeg's Processing algorithms."""
 
 import os
+import re
 
 from qgis.core import QgsFeatureRequest, QgsProcessingAlgorithm, QgsProcessingException
 from qgis.PyQt.QtCore import QCoreApplication
@@ -14,6 +15,33 @@ GROUP_DATASET = ("dataset", "Dataset")
 GROUP_INFERENCE = ("inference", "Inference")
 GROUP_EVALUATION = ("evaluation", "Evaluation")
 GROUP_DEMO = ("demo", "Demo")
+
+# The help panel's "Open help" button: each algorithm's section of the docs in the repository.
+DOCS_BASE_URL = "https://github.com/gullyseg/gullyseg/blob/main/"
+HELP_DOCS = {
+    "gridtiles": "docs/tiling.md#grid-division-gullyseggridtiles-split-raster-into-tiles",
+    "exportlabelme": "docs/labels.md#step-3-export-annotate",
+    "rasterizelabels": "docs/labels.md#step-4-rasterise",
+    "splitdataset": "docs/augment_split.md#splitdataset",
+    "augment": "docs/augment_split.md#augment",
+    "segment": "docs/models.md#how-a-scene-is-processed",
+    "setmodelmetadata": "docs/models.md#metadata-keys",
+    "evaluate": "docs/demo.md#evaluation-gullysegevaluate",
+    "syntheticscene": "docs/synthetic.md#how-to-make-one",
+    "trainmodel": "docs/training.md",
+    "comparemodels": "docs/training.md",
+    "segmentmany": "docs/scale.md",
+}
+HELP_FALLBACK = "README.md#algorithms"
+_HTML_TAGS = ("b", "i", "br", "p", "ul", "ol", "li", "code", "a", "em", "strong", "tt", "pre", "table", "tr", "td",
+              "th", "h1", "h2", "h3", "h4", "span", "div", "sub", "sup")
+_TAG_ALTERNATIVES = "|".join(_HTML_TAGS)
+_PLACEHOLDER = re.compile(rf"<(?!/?(?:{_TAG_ALTERNATIVES})\b[^<>]*>)([^<>]+)>")
+
+
+def escape_placeholders(text):
+    """'<dataset folder>/index.gpkg' renders as typed in QGIS's (HTML) help panel; real tags stay."""
+    return _PLACEHOLDER.sub(lambda m: f"&lt;{m.group(1)}&gt;", text or "")
 
 
 def features_in_crs(source, crs, context, what, with_attribute=None):
@@ -89,7 +117,11 @@ class GullySegAlgorithm(QgsProcessingAlgorithm):
         return self.GROUP[0]
 
     def shortHelpString(self):  # noqa: N802
-        return self.tr(self.HELP)
+        return escape_placeholders(self.tr(self.HELP))
+
+    def helpUrl(self):  # noqa: N802
+        """The algorithm's section of the docs (HELP_DOC on a class overrides the table above)."""
+        return DOCS_BASE_URL + (getattr(self, "HELP_DOC", None) or HELP_DOCS.get(self.ALG_ID) or HELP_FALLBACK)
 
     def icon(self):
         return QIcon(resource_path("icons", self.ICON))
@@ -102,11 +134,27 @@ class GullySegAlgorithm(QgsProcessingAlgorithm):
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         try:
-            return self.execute(parameters, context, feedback)
+            self._styling_run = (dict(parameters), None)
+            results = self.execute(parameters, context, feedback)
+            self._styling_run = (dict(parameters), results)
+            return results
         except Cancelled as exc:
             raise QgsProcessingException(str(exc)) from None
         except GullySegError as exc:
             raise QgsProcessingException(str(exc)) from None
+
+    def postProcessAlgorithm(self, context, feedback):  # noqa: N802
+        """Style and name the layers QGIS will load (Toolbox, batch, models): processing/styling.py."""
+        parameters, results = getattr(self, "_styling_run", (None, None))
+        if results:
+            from ..styling import attach, label_for
+
+            try:
+                attach(self.ALG_ID, results, context, label_for(self, parameters, context))
+            except Exception as exc:  # noqa: BLE001 (a style must never fail a finished run)
+                if feedback is not None:
+                    feedback.pushWarning(f"The output layers could not be styled: {exc}")
+        return {}
 
     def execute(self, parameters, context, feedback):
         """Parameters in, one engine call, outputs dict out. (Not ``run``: that name is
