@@ -189,3 +189,41 @@ def test_the_projects_tile_index_is_preselected(qgis_iface, qgis_new_project, in
         tab.deleteLater()
         QgsProject.instance().clear()
         settings.restore(saved)
+
+
+def test_a_second_writer_is_waited_for_and_errors_do_not_pile_up(dock, index_path):
+    """Another program holds the index's write lock (sqlite3 BEGIN IMMEDIATE): a short lock is waited
+    out; a lock held past the busy timeout fails with this decision's error only, said once."""
+    import sqlite3
+    import threading
+
+    from gullyseg.ui import screening_session
+
+    tab = dock.screening
+    dock.show_tab(tab)
+    assert tab.open_index(str(index_path))
+    ids = sorted(statuses(index_path))
+    other = sqlite3.connect(str(index_path), timeout=0, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    threading.Timer(0.6, other.commit).start()  # the other writer finishes after 0.6 s
+    tab.tileView.setFocus()
+    key(tab, Qt.Key.Key_K)
+    assert statuses(index_path)[ids[0]] == "keep", tab.messageLabel.text()
+
+    other.execute("BEGIN IMMEDIATE")  # now it holds the lock for longer than the busy timeout
+    try:
+        saved = screening_session.BUSY_TIMEOUT_S
+        key(tab, Qt.Key.Key_K)
+        first = tab.messageLabel.text()
+        assert "Cannot write status 'keep'" in first and ids[1] in first
+        key(tab, Qt.Key.Key_R)
+        second = tab.messageLabel.text()
+        assert "Cannot write status 'reject'" in second
+        assert "'keep'" not in second  # no earlier error repeated
+        assert second.count("locked") <= 1
+        assert screening_session.BUSY_TIMEOUT_S == saved
+    finally:
+        other.rollback()
+        other.close()
+    key(tab, Qt.Key.Key_R)
+    assert statuses(index_path)[ids[1]] == "reject"

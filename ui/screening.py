@@ -38,6 +38,7 @@ from ..processing.engine import dataset
 from ..processing.engine.errors import GullySegError
 from . import settings
 from .screening_session import (
+    BUSY_TIMEOUT_S,
     FILTER_ALL,
     FILTER_KEPT,
     FILTER_REJECTED,
@@ -49,6 +50,7 @@ from .screening_session import (
     ScreeningSession,
     Tile,
     normalise_status,
+    write_with_retry,
 )
 from .tasks import EngineTask
 from .tile_image import PICTURE_SUFFIXES, TilePrefetcher, estimate_stretch, image_path, to_qimage
@@ -508,11 +510,19 @@ class ScreeningTab(QWidget, FORM_CLASS):
         if layer is None or self._status_index < 0:
             raise GullySegError("No tile index is open.")
         provider = layer.dataProvider()
-        if not provider.changeAttributeValues({tile.fid: {self._status_index: status}}):
-            errors = "; ".join(provider.errors()) or "the data provider refused the change"
+
+        def write_once():
+            provider.clearErrors()  # the provider keeps every earlier error: report this try's only
+            ok = provider.changeAttributeValues({tile.fid: {self._status_index: status}})
+            return ok, provider.errors()
+
+        ok, errors = write_with_retry(write_once)
+        if not ok:
+            unique = list(dict.fromkeys(e.strip() for e in errors if e.strip()))
+            errors = "; ".join(unique) or "the data provider refused the change"
             raise GullySegError(
                 f"Cannot write status '{status}' of tile {tile.tile_id} to '{layer_file_path(layer) or layer.name()}'"
-                f" ({errors}). Is the file read-only or locked?"
+                f" ({errors}). Is the file read-only, or held by another program (waited {BUSY_TIMEOUT_S:g} s)?"
             )
         layer.triggerRepaint()
 

@@ -25,6 +25,26 @@ ORDER_SCORE = "score"  # highest predicted gully share first; unscored tiles las
 ORDERS = (ORDER_ID, ORDER_SCORE)
 
 RATE_WINDOW_S = 300.0  # tiles per minute over the last five minutes of work
+BUSY_TIMEOUT_S = 3.0  # how long a decision waits for another writer of the index (then it fails, said once)
+
+
+def write_with_retry(write_once, timeout=BUSY_TIMEOUT_S, clock=time.monotonic, sleep=time.sleep):
+    """Call ``write_once() -> (ok, errors)`` until it succeeds, or fails for a reason other than
+    another writer holding the file ("database is locked"/"busy"), or ``timeout`` seconds passed.
+
+    The busy timeout for a second writer (a QGIS edit session, another QGIS, a script): short
+    locks are waited out instead of failing at once. Returns (ok, errors of the last try only)."""
+    end = clock() + timeout
+    delay = 0.05
+    while True:
+        ok, errors = write_once()
+        if ok:
+            return True, []
+        busy = any("locked" in str(e).lower() or "busy" in str(e).lower() for e in errors)
+        if not busy or clock() >= end:
+            return False, list(errors)
+        sleep(delay)
+        delay = min(delay * 2, 0.5)
 
 
 @dataclass(eq=False)  # identity: two tiles are never "equal" (fast `in`/`index` on the queue)
