@@ -114,8 +114,9 @@ def test_runs_a_model_and_adds_styled_layers(make_tab, segment, model, scene_fac
     group = root.findGroup(f"GullySeg: scene · {Path(model).stem}")
     assert group is not None
     layers = {node.layer().name(): node.layer() for node in group.findLayers()}
-    assert set(layers) == {"gully probability", "gully mask", "gully polygons"}
-    prob, mask, polys = layers["gully probability"], layers["gully mask"], layers["gully polygons"]
+    stem = f"scene · {Path(model).stem}"
+    assert set(layers) == {f"{stem} · probability", f"{stem} · mask", f"{stem} · polygons"}
+    prob, mask, polys = layers[f"{stem} · probability"], layers[f"{stem} · mask"], layers[f"{stem} · polygons"]
     assert prob.renderer().type() == "singlebandpseudocolor"
     assert prob.renderer().classificationMax() == 254
     assert mask.renderer().type() == "paletted" and 0 < mask.renderer().opacity() < 1
@@ -321,7 +322,7 @@ def test_area_runs_match_the_algorithm(area, make_tab, segment, model, scene_fac
         extra["EXTENT"] = params["EXTENT"]
     assert tab.run() is not None, tab.messageLabel.text()
     assert wait_until_done(tab) is True, tab.messageLabel.text() + tab.logView.toPlainText()
-    mask = next(lyr for lyr in tab.last_layers if lyr.name() == "gully mask")
+    mask = next(lyr for lyr in tab.last_layers if lyr.name().endswith(" · mask"))
     direct = run_alg(segment, dict({
         "INPUT": str(scene), "MODEL": model, "BATCH_SIZE": 8, "TTA": 0,
         "OUTPUT_PROBABILITY": str(tmp_path / "p.tif"), "OUTPUT_MASK": str(tmp_path / "m.tif"),
@@ -394,3 +395,29 @@ def test_missing_onnxruntime_offers_install_dependencies(make_tab, monkeypatch, 
     tab.installDependenciesRequested.connect(lambda: requested.append(True))
     tab.installDepsButton.click()
     assert requested == [True]
+
+
+def test_a_missing_output_folder_is_created_and_names_say_which_run(make_tab, segment, model, scene_factory,
+                                                                     tmp_path):
+    scene = scene_factory("infer", width=512, height=384, seed=5)
+    layer = add_raster(scene)
+    out = tmp_path / "new" / "results"
+    tab = make_tab()
+    tab.rasterCombo.setLayer(layer)
+    tab.modelWidget.setFilePath(model)
+    assert tab.wait_for_model_info()
+    tab.filesRadio.setChecked(True)
+    tab.folderWidget.setFilePath(str(out))
+    for _ in range(2):
+        assert tab.run() is not None, tab.messageLabel.text()
+        assert wait_until_done(tab) is True, tab.messageLabel.text()
+    assert out.is_dir() and any(p.suffix == ".tif" for p in out.iterdir())
+    root = QgsProject.instance().layerTreeRoot()
+    stem = f"scene · {Path(model).stem}"
+    assert root.findGroup(f"GullySeg: {stem}") is not None
+    assert root.findGroup(f"GullySeg: {stem} (2)") is not None  # a counter when repeated
+    names = {lyr.name() for lyr in QgsProject.instance().mapLayers().values()}
+    assert {f"{stem} · mask", f"{stem} · mask (2)"} <= names
+    from gullyseg.processing.engine.inference import TTA_NAMES
+
+    assert [tab.ttaCombo.itemData(i) for i in range(tab.ttaCombo.count())] == sorted(TTA_NAMES)

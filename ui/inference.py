@@ -44,7 +44,14 @@ OUTPUT_EXT = {"OUTPUT_PROBABILITY": ".tif", "OUTPUT_MASK": ".tif", "OUTPUT_POLYG
 AREA_LAYER, AREA_CANVAS, AREA_POLYGONS = 0, 1, 2
 AREA_ITEMS = [("Whole layer", AREA_LAYER), ("Current map extent", AREA_CANVAS), ("Inside polygons of a layer",
                                                                                   AREA_POLYGONS)]
-TTA_ITEMS = [("None", 0), ("Flips (4 passes)", 1), ("Flips and rotations (8 passes)", 2)]
+def _tta_items():
+    """The engine's TTA modes (processing/engine/inference TTA_NAMES), capitalised for the combo box."""
+    from ..processing.engine.inference import TTA_NAMES
+
+    return [(name[:1].upper() + name[1:], value) for value, name in sorted(TTA_NAMES.items())]
+
+
+TTA_ITEMS = _tta_items()
 
 
 class RunFeedback(QgsProcessingFeedback):
@@ -368,7 +375,11 @@ class InferenceTab(QWidget, FORM_CLASS):
             if not folder:
                 raise ValueError("Choose the folder for the output files (or use temporary outputs).")
             if not os.path.isdir(folder):
-                raise ValueError(f"The output folder '{folder}' does not exist.")
+                try:
+                    os.makedirs(folder, exist_ok=True)  # the person named a new folder: make it
+                except OSError as exc:
+                    raise ValueError(
+                        f"The output folder '{folder}' cannot be created: {exc.strerror or exc}.") from None
         stem = f"{_safe(layer.name())}_{_safe(os.path.splitext(os.path.basename(model))[0])}"
         for key, want in wanted.items():
             optional = True
@@ -499,12 +510,16 @@ class InferenceTab(QWidget, FORM_CLASS):
         raster_name, model_name = self._run_label
         project = QgsProject.instance()
         root = project.layerTreeRoot()
-        group = root.insertGroup(0, f"{NAME}: {raster_name} · {model_name}")
+        from ..processing.styling import run_label, unique_layer_name
+
+        label = run_label(raster_name, model_name)
+        group = root.insertGroup(0, unique_layer_name(f"{NAME}: {label}", project))
         added = []
         for key in ("OUTPUT_POLYGONS", "OUTPUT_MASK", "OUTPUT_PROBABILITY"):  # top to bottom
             if not self.wanted.get(key):
                 continue
-            layer = self._take_layer(results.get(key), key, context, f"gully {OUTPUT_NAMES[key]}")
+            layer = self._take_layer(results.get(key), key, context,
+                                     unique_layer_name(f"{label} · {OUTPUT_NAMES[key]}", project))
             if layer is None:
                 self._log("warning", f"{key}: no layer could be loaded from {results.get(key)!r}")
                 continue
