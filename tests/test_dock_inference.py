@@ -421,3 +421,22 @@ def test_a_missing_output_folder_is_created_and_names_say_which_run(make_tab, se
     from gullyseg.processing.engine.inference import TTA_NAMES
 
     assert [tab.ttaCombo.itemData(i) for i in range(tab.ttaCombo.count())] == sorted(TTA_NAMES)
+
+
+def test_models_in_the_project_folder_are_offered(make_tab, model, tmp_path):
+    import shutil
+
+    (tmp_path / "models").mkdir()
+    shutil.copy(model, tmp_path / "models" / "trained_unet.onnx")
+    shutil.copy(model, tmp_path / "beside_project.onnx")
+    QgsProject.instance().setFileName(str(tmp_path / "valley.qgz"))  # the project's home folder
+    tab = make_tab()
+    labels = [tab.modelCombo.itemText(i) for i in range(tab.modelCombo.count())]
+    assert labels[1] == "Demo model (synthetic scenes only)"
+    assert "trained_unet (project/models)" in labels and "beside_project (project)" in labels
+    index = labels.index("trained_unet (project/models)")
+    tab.modelCombo.setCurrentIndex(index)
+    tab.modelCombo.activated.emit(index)  # as a click on the entry does
+    assert tab.modelWidget.filePath() == str(tmp_path / "models" / "trained_unet.onnx")
+    assert tab.wait_for_model_info()
+    assert "Runs on" in tab.modelInfoLabel.text()  # its metadata in the panel

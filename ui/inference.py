@@ -21,8 +21,8 @@ from qgis.core import (
 )
 from qgis.gui import QgsFileWidget
 from qgis.PyQt import uic
-from qgis.PyQt.QtCore import pyqtSignal
-from qgis.PyQt.QtWidgets import QPushButton, QWidget
+from qgis.PyQt.QtCore import Qt, pyqtSignal
+from qgis.PyQt.QtWidgets import QComboBox, QPushButton, QWidget
 
 from .. import compat
 from ..metadata import NAME, resource_path
@@ -77,6 +77,24 @@ class RunFeedback(QgsProcessingFeedback):
     def pushInfo(self, info):  # noqa: N802
         self.message.emit("info", str(info))
         super().pushInfo(info)
+
+
+def known_models(home_path):
+    """[(label, path)]: the demo model, then .onnx files in ``home_path`` and ``home_path/models``."""
+    found = []
+    if os.path.exists(DEFAULT_MODEL):
+        found.append(("Demo model (synthetic scenes only)", DEFAULT_MODEL))
+    if home_path:
+        for folder in (home_path, os.path.join(home_path, "models")):
+            if not os.path.isdir(folder):
+                continue
+            for name in sorted(os.listdir(folder)):
+                path = os.path.join(folder, name)
+                if name.lower().endswith(".onnx") and os.path.isfile(path) and \
+                        os.path.abspath(path) != os.path.abspath(DEFAULT_MODEL):
+                    where = "project" if folder == home_path else "project/models"
+                    found.append((f"{os.path.splitext(name)[0]} ({where})", path))
+    return found
 
 
 def describe_model(path, feedback=None):
@@ -168,6 +186,16 @@ class InferenceTab(QWidget, FORM_CLASS):
         self.modelWidget.setStorageMode(QgsFileWidget.StorageMode.GetFile)
         self.folderWidget.setStorageMode(QgsFileWidget.StorageMode.GetDirectory)
         self.progressBar.setValue(0)
+        self.modelCombo = QComboBox(self)
+        self.modelCombo.setObjectName("modelCombo")
+        self.modelCombo.setToolTip("The demo model and the .onnx models in the project's folder and its models/ "
+                                   "subfolder (for example those trained with gullyseg:trainmodel)")
+        self.modelCombo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.modelCombo.setMinimumContentsLength(12)
+        self.inputLayout.insertRow(1, "Known models", self.modelCombo)
+        self.refresh_models()
+        self.modelCombo.activated.connect(self._on_model_picked)
+        QgsProject.instance().homePathChanged.connect(self.refresh_models)
         self.installDepsButton = QPushButton("Install dependencies…", self)
         self.installDepsButton.setObjectName("installDepsButton")
         self.installDepsButton.setToolTip("Install onnxruntime into GullySeg's own folder (no terminal, no root)")
@@ -184,6 +212,29 @@ class InferenceTab(QWidget, FORM_CLASS):
         self.cancelButton.clicked.connect(self.cancel)
         self._on_model_changed(self.modelWidget.filePath())
         self._update_enabled()
+
+    # --- known models -------------------------------------------------------------
+    def refresh_models(self, *_args):
+        """List the demo model and the project's .onnx files (home folder and its models/ subfolder)."""
+        try:
+            combo = self.modelCombo
+        except RuntimeError:
+            return
+        current = self.modelWidget.filePath()
+        combo.blockSignals(True)
+        combo.clear()
+        combo.addItem("Choose a model…", "")
+        for label, path in known_models(QgsProject.instance().homePath()):
+            combo.addItem(label, path)
+            combo.setItemData(combo.count() - 1, path, Qt.ItemDataRole.ToolTipRole)
+        index = combo.findData(current) if current else -1
+        combo.setCurrentIndex(max(index, 0))
+        combo.blockSignals(False)
+
+    def _on_model_picked(self, index):
+        path = self.modelCombo.itemData(index)
+        if path:
+            self.modelWidget.setFilePath(path)  # -> _on_model_changed: its metadata in the panel
 
     # --- settings ---------------------------------------------------------------
     def _restore_settings(self):
@@ -242,6 +293,9 @@ class InferenceTab(QWidget, FORM_CLASS):
     def _on_model_changed(self, path):
         """Describe the model in a background task (loading and probing a big model takes time)."""
         self.model_info = None
+        if hasattr(self, "modelCombo"):
+            index = self.modelCombo.findData(path) if path else -1
+            self.modelCombo.setCurrentIndex(max(index, 0))
         if not path:
             self.modelInfoLabel.setText(
                 "Choose an ONNX model. The demo model (resources/models/gullyseg_demo_unet.onnx) is not "
@@ -536,6 +590,10 @@ class InferenceTab(QWidget, FORM_CLASS):
 
     def shutdown(self):
         self._closing = True
+        try:
+            QgsProject.instance().homePathChanged.disconnect(self.refresh_models)
+        except (TypeError, RuntimeError):
+            pass
         self._describe_tasks = []
         if self.task is not None:
             self.cancel()
