@@ -227,3 +227,41 @@ def test_a_second_writer_is_waited_for_and_errors_do_not_pile_up(dock, index_pat
         other.close()
     key(tab, Qt.Key.Key_R)
     assert statuses(index_path)[ids[1]] == "reject"
+
+
+def test_screening_report_and_band_choice(dock, index_path, tmp_path):
+    import csv
+    import json
+
+    import numpy as np
+    from osgeo import gdal
+
+    tab = dock.screening
+    dock.show_tab(tab)
+    assert tab.open_index(str(index_path))
+    ids = sorted(statuses(index_path))
+    tab.tileView.setFocus()
+    for k in (Qt.Key.Key_K, Qt.Key.Key_R, Qt.Key.Key_K, Qt.Key.Key_U):
+        key(tab, k)
+    summary = tab.save_report(str(tmp_path / "report" / "screening.csv"))
+    rows = list(csv.DictReader(open(tmp_path / "report" / "screening.csv", encoding="utf-8")))
+    assert [(r["tile_id"], r["new_status"], r["action"]) for r in rows] == [
+        (ids[0], "keep", "decide"), (ids[1], "reject", "decide"), (ids[2], "keep", "decide"),
+        (ids[2], "unscreened", "undo")]
+    assert all(r["time_utc"].endswith("+00:00") for r in rows)
+    on_disk = json.loads((tmp_path / "report" / "screening.json").read_text())
+    assert on_disk == summary
+    assert (summary["kept"], summary["rejected"], summary["decisions_this_session"]) == (1, 1, 2)
+    assert summary["remaining"] == len(ids) - 2 == summary["total"] - 2
+
+    # band choice: the picture comes from the GeoTIFF's bands, in the chosen order
+    choices = [tab.bandCombo.itemData(i) for i in range(tab.bandCombo.count())]
+    assert [3, 2, 1] in choices and [1, 2, 3] in choices
+    tab.set_picture_bands([1, 2, 3])
+    image_123 = tab._pixmap.toImage()
+    tab.set_picture_bands([3, 2, 1])
+    image_321 = tab._pixmap.toImage()
+    pixel_123, pixel_321 = image_123.pixelColor(10, 10), image_321.pixelColor(10, 10)
+    assert (pixel_123.red(), pixel_123.blue()) == (pixel_321.blue(), pixel_321.red())
+    tif = [p for p in (index_path.parent / "images").iterdir() if p.suffix == ".tif"][0]
+    assert gdal.Open(str(tif)).RasterCount == 3 and np.isfinite(pixel_123.red())

@@ -15,6 +15,7 @@ The logic lives in ``screening_session.ScreeningSession``; this module is the vi
 
 import os
 
+from osgeo import gdal
 from qgis.core import (
     QgsApplication,
     QgsCoordinateTransform,
@@ -30,7 +31,17 @@ from qgis.gui import QgsFileWidget, QgsRubberBand
 from qgis.PyQt import uic
 from qgis.PyQt.QtCore import QEvent, QObject, Qt, QTimer, pyqtSignal
 from qgis.PyQt.QtGui import QColor, QKeySequence, QPixmap
-from qgis.PyQt.QtWidgets import QAction, QApplication, QFileDialog, QLabel, QLineEdit, QPushButton, QWidget
+from qgis.PyQt.QtWidgets import (
+    QAction,
+    QApplication,
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QWidget,
+)
 
 from .. import compat
 from ..metadata import NAME, resource_path
@@ -50,6 +61,7 @@ from .screening_session import (
     ScreeningSession,
     Tile,
     normalise_status,
+    write_report,
     write_with_retry,
 )
 from .tasks import EngineTask
@@ -236,6 +248,25 @@ class ScreeningTab(QWidget, FORM_CLASS):
         self.emptyButton.hide()
         self.emptyButton.clicked.connect(lambda: self.set_filter(FILTER_ALL))
         layout.insertWidget(layout.indexOf(self.keysLabel) + 1, self.emptyButton)
+        picture_row = QHBoxLayout()
+        picture_row.addWidget(QLabel("Picture", self))
+        self.bandCombo = QComboBox(self)
+        self.bandCombo.setObjectName("bandCombo")
+        self.bandCombo.setFocusPolicy(Qt.FocusPolicy.ClickFocus)
+        self.bandCombo.setToolTip("Band combination of the tile picture (from the tiles' GeoTIFFs); "
+                                  "'Dataset pictures' shows the JPEGs gridtiles wrote")
+        self.bandCombo.addItem("Dataset pictures", None)
+        picture_row.addWidget(self.bandCombo, 1)
+        self.reportButton = QPushButton("Report…", self)
+        self.reportButton.setObjectName("reportButton")
+        self.reportButton.setFocusPolicy(Qt.FocusPolicy.ClickFocus)
+        self.reportButton.setToolTip("Save the screening report: counts, rate and a CSV of this session's "
+                                     "decisions with time stamps")
+        self.reportButton.clicked.connect(self._save_report_dialog)
+        picture_row.addWidget(self.reportButton)
+        layout.insertLayout(layout.indexOf(self.tileView), picture_row)
+        self.bandCombo.currentIndexChanged.connect(self._on_bands_changed)
+        self.picture_bands = None
         self.actions = []
         self._create_actions()
         QApplication.instance().focusChanged.connect(self._update_keys_indicator)
@@ -444,6 +475,7 @@ class ScreeningTab(QWidget, FORM_CLASS):
         self.session = ScreeningSession(
             tiles, self._write_status, filter_name=self.filterCombo.currentData(), order=self.orderCombo.currentData()
         )
+        self._fill_band_choices(tiles)
         stretch, bands = self._picture_settings(tiles)
         self.prefetcher = TilePrefetcher(stretch=stretch, bands=bands)
         if path:
@@ -454,6 +486,78 @@ class ScreeningTab(QWidget, FORM_CLASS):
         self.show_current()
         self.tileView.setFocus()
         return True
+
+    def _fill_band_choices(self, tiles):
+        """Band combinations for the GeoTIFF tiles' band count (1,2,3; 3,2,1; 4,3,2 with four bands …)."""
+        self.bandCombo.blockSignals(True)
+        self.bandCombo.clear()
+        self.bandCombo.addItem("Dataset pictures", None)
+        self.picture_bands = None
+        count = 0
+        for tile in tiles[:1]:
+            path = image_path(self.root, tile, prefer_jpeg=False)
+            if path and not path.lower().endswith(PICTURE_SUFFIXES):
+                ds = gdal.Open(path)
+                count = ds.RasterCount if ds is not None else 0
+        choices = []
+        if count >= 3:
+            choices += [[1, 2, 3], [3, 2, 1]]
+        if count >= 4:
+            choices += [[4, 3, 2], [4, 2, 1]]
+        choices += [[b] for b in range(1, count + 1)]
+        for bands in choices:
+            label = "Bands " + ",".join(str(b) for b in bands) if len(bands) > 1 else f"Band {bands[0]} (grey)"
+            self.bandCombo.addItem(label, bands)
+        self.bandCombo.blockSignals(False)
+
+    def set_picture_bands(self, bands):
+        """Show the tiles' GeoTIFF bands ``bands`` (list; None = the dataset's pictures)."""
+        index = self.bandCombo.findData(bands)
+        if index < 0:
+            raise ValueError(f"no band combination {bands} for these tiles")
+        self.bandCombo.setCurrentIndex(index)
+
+    def _on_bands_changed(self, _index=None):
+        bands = self.bandCombo.currentData()
+        self.picture_bands = list(bands) if bands else None
+        if self.session is None:
+            return
+        if self.prefetcher is not None:
+            self.prefetcher.shutdown()
+        if self.picture_bands:
+            sample = [image_path(self.root, t, prefer_jpeg=False) for t in self.session.tiles[:: max(1, len(
+                self.session.tiles) // 12)][:12]]
+            sample = [p for p in sample if p and not p.lower().endswith(PICTURE_SUFFIXES)]
+            try:
+                stretch = estimate_stretch(sample, self.picture_bands) if sample else None
+            except RuntimeError:
+                stretch = None
+            self.prefetcher = TilePrefetcher(stretch=stretch, bands=self.picture_bands)
+        else:
+            stretch, bands = self._picture_settings(self.session.tiles)
+            self.prefetcher = TilePrefetcher(stretch=stretch, bands=bands)
+        self.show_current()
+        self.tileView.setFocus()
+
+    # --- report -----------------------------------------------------------------------
+    def _save_report_dialog(self):
+        if self.session is None:
+            return None
+        start = os.path.join(self.root or "", "screening_report.csv")
+        path, _ = QFileDialog.getSaveFileName(self, "Save the screening report", start, "CSV (*.csv)")
+        return self.save_report(path) if path else None
+
+    def save_report(self, csv_path):
+        """Write the decisions CSV and the summary JSON beside it; returns the summary (also shown)."""
+        try:
+            summary = write_report(self.session, csv_path, index_path=layer_file_path(self.layer) or "")
+        except OSError as exc:
+            self._message(f"Cannot write the report '{csv_path}': {exc}", compat.MSG_WARNING, bar=True)
+            return None
+        self._message(f"Report saved: {os.path.basename(csv_path)} ({summary['decisions_this_session']} decisions "
+                      f"this session, {summary['kept']} kept, {summary['rejected']} rejected, "
+                      f"{summary['remaining']} remaining).")
+        return summary
 
     def _picture_settings(self, tiles):
         """(stretch, bands) for GeoTIFF-only tiles: the dataset card's JPEG bands and scene-wide
@@ -665,7 +769,9 @@ class ScreeningTab(QWidget, FORM_CLASS):
         )
 
     def _picture_path(self, tile):
-        return image_path(self.root, tile) if self.root else None
+        if not self.root:
+            return None
+        return image_path(self.root, tile, prefer_jpeg=not self.picture_bands)
 
     def _show_picture(self, tile):
         path = self._picture_path(tile)
