@@ -22,7 +22,7 @@ from qgis.core import (
 from qgis.gui import QgsFileWidget
 from qgis.PyQt import uic
 from qgis.PyQt.QtCore import Qt, pyqtSignal
-from qgis.PyQt.QtWidgets import QComboBox, QPushButton, QWidget
+from qgis.PyQt.QtWidgets import QComboBox, QFormLayout, QPushButton, QSizePolicy, QWidget
 
 from .. import compat
 from ..metadata import NAME, resource_path
@@ -186,6 +186,17 @@ class InferenceTab(QWidget, FORM_CLASS):
         self.modelWidget.setStorageMode(QgsFileWidget.StorageMode.GetFile)
         self.folderWidget.setStorageMode(QgsFileWidget.StorageMode.GetDirectory)
         self.progressBar.setValue(0)
+        # the model panel wraps to the dock's width instead of widening the tab (no clipping at the
+        # default dock width); the status line keeps room for two lines (no jump when it wraps)
+        self.modelInfoLabel.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.modelInfoLabel.setMinimumWidth(0)
+        self.messageLabel.setFixedHeight(3 * self.messageLabel.fontMetrics().lineSpacing() + 4)
+        self.messageLabel.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
+        for form in (self.inputLayout, self.optionsLayout):  # a narrow dock puts fields under their labels
+            form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
+        for combo in (self.areaCombo, self.ttaCombo):
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(10)
         self.modelCombo = QComboBox(self)
         self.modelCombo.setObjectName("modelCombo")
         self.modelCombo.setToolTip("The demo model and the .onnx models in the project's folder and its models/ "
@@ -326,6 +337,11 @@ class InferenceTab(QWidget, FORM_CLASS):
         self.installDepsButton.hide()
         self.model_info = task.result
         self.modelInfoLabel.setText(model_summary_html(self.model_info))
+        # "Default" on the spin boxes says what the model's default is (never a bare -1)
+        overlap, threshold = self.model_info.get("overlap"), self.model_info.get("threshold")
+        self.overlapSpin.setSpecialValueText(f"Model ({overlap} px)" if overlap is not None else "Default")
+        self.thresholdSpin.setSpecialValueText(f"Model ({threshold:g})" if isinstance(threshold, (int, float))
+                                               else "Model default")
         settings.set_value("inference/model", path)
         self.modelDescribed.emit(path)
 
@@ -360,6 +376,7 @@ class InferenceTab(QWidget, FORM_CLASS):
         colour = {compat.MSG_CRITICAL: "#c83232", compat.MSG_WARNING: "#b06000", compat.MSG_SUCCESS: "#1a8c2e"}
         self.messageLabel.setStyleSheet(f"color: {colour[level]};" if level in colour else "")
         self.messageLabel.setText(text)
+        self.messageLabel.setToolTip(text)  # the whole text when it is longer than the three lines kept for it
         if bar and self.iface is not None:
             self.iface.messageBar().pushMessage(NAME, text, level, 0 if level == compat.MSG_CRITICAL else 8)
 
