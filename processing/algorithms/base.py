@@ -69,6 +69,22 @@ def features_in_crs(source, crs, context, what, with_attribute=None):
         yield geom.asWkt(), value
 
 
+def running_in_qgis_gui():
+    """True inside QGIS desktop (its file dialogs ask before replacing a file); False under
+    qgis_process and in stand-alone scripts."""
+    from qgis.core import QgsApplication
+
+    if QgsApplication.instance() is None or QgsApplication.platform() == "qgis_process":
+        return False
+    if QgsApplication.platform() == "desktop":
+        return True
+    try:
+        from qgis.utils import iface
+    except ImportError:
+        return False
+    return iface is not None
+
+
 class QgisFeedback(Feedback):
     """Adapts a QgsProcessingFeedback (may be None) to the engine's Feedback."""
 
@@ -184,6 +200,14 @@ class GullySegAlgorithm(QgsProcessingAlgorithm):
                 "GullySeg reads rasters with GDAL (files, VRTs, /vsi paths). Save it to a GeoTIFF first."
             )
         return layer.source()
+
+    def overwrite_files(self, parameters, context, key="OVERWRITE"):
+        """Whether existing output FILES may be replaced: OVERWRITE, or QGIS desktop, where the
+        output's file dialog has already asked "replace?". qgis_process (and any other platform)
+        still needs OVERWRITE. Never used for folders that hold a dataset: those keep their refusal."""
+        if self.parameterDefinition(key) is not None and self.parameterAsBool(parameters, key, context):
+            return True
+        return running_in_qgis_gui()
 
     @staticmethod
     def output_folder(path):
