@@ -183,7 +183,7 @@ class SegmentAlgorithm(GullySegAlgorithm):
             tta=self.parameterAsEnum(parameters, self.TTA, context),
             min_area=self.parameterAsDouble(parameters, self.MIN_AREA, context),
             simplify=self.parameterAsDouble(parameters, self.SIMPLIFY, context),
-            overwrite=self.parameterAsBool(parameters, self.OVERWRITE, context),
+            overwrite=self.overwrite_files(parameters, context),
             feedback=fb,
             compression=self.COMPRESSION_OPTIONS[self.parameterAsEnum(parameters, self.COMPRESSION, context)][0],
         )

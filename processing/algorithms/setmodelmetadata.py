@@ -129,7 +129,7 @@ class SetModelMetadataAlgorithm(GullySegAlgorithm):
             gully_class=gully if gully >= 0 else None,
             bands=self.parameterAsString(parameters, self.BANDS, context) or None,
             clear=self.parameterAsBool(parameters, self.CLEAR, context),
-            overwrite=self.parameterAsBool(parameters, self.OVERWRITE, context),
+            overwrite=self.overwrite_files(parameters, context),
             feedback=self.engine_feedback(feedback),
         )
         return {self.OUTPUT_MODEL: output or model, self.METADATA: json.dumps(meta, sort_keys=True)}
