@@ -157,7 +157,11 @@ class GullySegAlgorithm(QgsProcessingAlgorithm):
         except Cancelled as exc:
             raise QgsProcessingException(str(exc)) from None
         except GullySegError as exc:
-            raise QgsProcessingException(str(exc)) from None
+            message = str(exc)
+            if "onnxruntime is not installed" in message:
+                message += (" In QGIS: Plugins > GullySeg > Install dependencies… installs it into the plugin's own "
+                            "folder (no terminal, no administrator rights); qgis_process then finds it too.")
+            raise QgsProcessingException(message) from None
 
     def postProcessAlgorithm(self, context, feedback):  # noqa: N802
         """Style and name the layers QGIS will load (Toolbox, batch, models): processing/styling.py."""
