@@ -94,3 +94,17 @@ def test_help_urls_and_placeholders(provider):
     gridtiles = [a for a in provider.algorithms() if a.name() == "gridtiles"][0]
     assert "&lt;dataset folder&gt;" in gridtiles.parameterDefinition("OUTPUT_INDEX").description() or \
         "&lt;" in gridtiles.shortHelpString()
+
+
+def test_help_speaks_of_on_screen_labels(provider):
+    import re
+
+    for alg in provider.algorithms():
+        if not hasattr(alg, "ALG_ID"):
+            continue
+        text = alg.shortHelpString()
+        for key in re.findall(r"<b>([A-Z][A-Z0-9_]*)</b>", text):
+            assert alg.parameterDefinition(key) is None and alg.outputDefinition(key) is None, (alg.id(), key)
+    gridtiles = [a for a in provider.algorithms() if a.name() == "gridtiles"][0]
+    label = gridtiles.parameterDefinition("OVERWRITE").description()
+    assert f"<b>{label}</b> (OVERWRITE)" in gridtiles.shortHelpString()

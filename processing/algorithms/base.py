@@ -39,6 +39,9 @@ _TAG_ALTERNATIVES = "|".join(_HTML_TAGS)
 _PLACEHOLDER = re.compile(rf"<(?!/?(?:{_TAG_ALTERNATIVES})\b[^<>]*>)([^<>]+)>")
 
 
+_PARAMETER_KEY = re.compile(r"<b>([A-Z][A-Z0-9_]*)</b>")
+
+
 def escape_placeholders(text):
     """'<dataset folder>/index.gpkg' renders as typed in QGIS's (HTML) help panel; real tags stay."""
     return _PLACEHOLDER.sub(lambda m: f"&lt;{m.group(1)}&gt;", text or "")
@@ -133,7 +136,22 @@ class GullySegAlgorithm(QgsProcessingAlgorithm):
         return self.GROUP[0]
 
     def shortHelpString(self):  # noqa: N802
-        return escape_placeholders(self.tr(self.HELP))
+        return self.help_with_labels(escape_placeholders(self.tr(self.HELP)))
+
+    def help_with_labels(self, text):
+        """Help speaks of parameters by their on-screen labels: <b>TILE_SIZE</b> becomes
+        <b>Tile size</b> (TILE_SIZE), the key kept for qgis_process and scripts."""
+        def label(match):
+            key = match.group(1)
+            definition = self.parameterDefinition(key) if self.parameterDefinitions() else None
+            if definition is None:
+                output = self.outputDefinition(key)
+                if output is None:
+                    return match.group(0)
+                return f"<b>{escape_placeholders(output.description())}</b> ({key})"
+            return f"<b>{escape_placeholders(definition.description())}</b> ({key})"
+
+        return _PARAMETER_KEY.sub(label, text or "")
 
     def helpUrl(self):  # noqa: N802
         """The algorithm's section of the docs (HELP_DOC on a class overrides the table above)."""
