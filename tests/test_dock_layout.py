@@ -41,6 +41,7 @@ def test_inference_tab_fits_the_docks_narrowest_width_with_a_model_loaded(dock):
     assert tab.wait_for_model_info()
     assert "Runs on" in tab.modelInfoLabel.text()
     narrowest = dock.screening.minimumSizeHint().width()  # the dock is never narrower than the screening tab
+    assert narrowest <= 340  # what the screening tab needed before the keys line, band choice and report
     assert tab.minimumSizeHint().width() <= narrowest
     main = dock.parentWidget()
     main.resizeDocks([dock], [narrowest + 24], Qt.Orientation.Horizontal)

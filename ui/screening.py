@@ -240,7 +240,7 @@ class ScreeningTab(QWidget, FORM_CLASS):
 
         self.keysLabel = QLabel(self)
         self.keysLabel.setObjectName("keysLabel")
-        self.keysLabel.setWordWrap(False)
+        self.keysLabel.setWordWrap(True)
         layout = self.layout()
         layout.insertWidget(layout.indexOf(self.tileView) + 1, self.keysLabel)
         self.emptyButton = QPushButton("Show all tiles", self)
@@ -256,6 +256,8 @@ class ScreeningTab(QWidget, FORM_CLASS):
         self.bandCombo.setToolTip("Band combination of the tile picture (from the tiles' GeoTIFFs); "
                                   "'Dataset pictures' shows the JPEGs gridtiles wrote")
         self.bandCombo.addItem("Dataset pictures", None)
+        self.bandCombo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.bandCombo.setMinimumContentsLength(8)
         picture_row.addWidget(self.bandCombo, 1)
         self.reportButton = QPushButton("Report…", self)
         self.reportButton.setObjectName("reportButton")
@@ -352,9 +354,9 @@ class ScreeningTab(QWidget, FORM_CLASS):
         if self.session is None:
             text, colour = "Keys: open a tile index first.", "#808080"
         elif self.keys_active():
-            text, colour = "⌨ Keys active: K keep · R reject · S skip · U undo · ←/→", "#1a8c2e"
+            text, colour = "⌨ Keys active: K R S U ← →", "#1a8c2e"
         else:
-            text, colour = "⌨ Keys paused: a text field has the focus (Esc or click the picture).", "#b06000"
+            text, colour = "⌨ Keys paused: a text field has the focus (Esc)", "#b06000"
         self.keysLabel.setText(text)
         self.keysLabel.setStyleSheet(f"color: {colour};")
 
