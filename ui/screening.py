@@ -80,21 +80,6 @@ FILTER_ITEMS = [
 ORDER_ITEMS = [("Grid order", ORDER_ID), ("Score (likely gully first)", ORDER_SCORE)]
 STATUS_COLOURS = {"unscreened": "#808080", STATUS_KEEP: "#1a8c2e", STATUS_REJECT: "#c83232"}
 
-K = Qt.Key
-KEY_ACTIONS = {
-    K.Key_K: "keep",
-    K.Key_R: "reject",
-    K.Key_S: "skip",
-    K.Key_U: "undo",
-    K.Key_Backspace: "undo",
-    K.Key_N: "next",
-    K.Key_Right: "next",
-    K.Key_Down: "next",
-    K.Key_P: "previous",
-    K.Key_Left: "previous",
-    K.Key_Up: "previous",
-    K.Key_G: "goto",
-}
 
 
 DECISIONS = ("keep", "reject", "skip", "undo")
