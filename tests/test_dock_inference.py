@@ -187,13 +187,10 @@ def test_cancel_leaves_nothing_half_written(make_tab, segment, scene_factory, tm
         assert wait_until_done(tab, timeout=60) is False
     finally:
         QgsApplication.messageLog().messageReceived.disconnect(log_slot)
-    # a person's cancel is information: GullySeg logs it once, as INFO, and never as CRITICAL. QGIS's own
-    # Processing runner still logs the algorithm's cancel exception once under 'Processing' (QGIS's code)
-    ours = [m for m in logged if m[1] == "GullySeg"]
-    assert [m for m in ours if m[2] == compat.MSG_CRITICAL] == [], logged
-    assert [m for m in ours if "cancel" in m[0].lower()] == [
+    # a person's cancel is information: logged once, as INFO, and nowhere as CRITICAL
+    assert [m for m in logged if m[2] == compat.MSG_CRITICAL] == [], logged
+    assert [m for m in logged if "cancel" in m[0].lower()] == [
         ("Inference cancelled by the user; no output was written.", "GullySeg", compat.MSG_INFO)], logged
-    assert len([m for m in logged if m[2] == compat.MSG_CRITICAL]) <= 1, logged
     latency = time.monotonic() - started
     assert latency < 3, "cancel took too long (the algorithm should stop within about a second)"
     assert "Cancelled" in tab.messageLabel.text()

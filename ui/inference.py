@@ -1,7 +1,8 @@
 """The inference tab: run ``gullyseg:segment`` on a raster layer from a panel.
 
-The tab only gathers parameters and runs the Processing algorithm in a
-``QgsProcessingAlgRunnerTask``, exactly as the Toolbox would: QGIS stays responsive, the
+The tab only gathers parameters and runs the Processing algorithm in a background task
+(``tasks.AlgorithmTask``: prepare, runPrepared, postProcess, as ``QgsProcessingAlgRunnerTask``
+and the Toolbox do, without logging a person's cancel as an error): QGIS stays responsive, the
 progress bar follows the algorithm, Cancel stops it (the algorithm's outputs are atomic, so
 nothing half-written is left) and errors are shown in the tab and the message bar. Results
 are added to the project in a group, styled from resources/styles/*.qml.
@@ -12,7 +13,6 @@ import os
 from qgis.core import (
     QgsApplication,
     QgsMessageLog,
-    QgsProcessingAlgRunnerTask,
     QgsProcessingContext,
     QgsProcessingFeedback,
     QgsProject,
@@ -27,7 +27,7 @@ from qgis.PyQt.QtWidgets import QComboBox, QFormLayout, QPushButton, QSizePolicy
 from .. import compat
 from ..metadata import NAME, resource_path
 from . import settings
-from .tasks import EngineTask
+from .tasks import AlgorithmTask, EngineTask
 
 FORM_CLASS, _ = uic.loadUiType(os.path.join(os.path.dirname(__file__), "inference.ui"))
 
@@ -499,8 +499,8 @@ class InferenceTab(QWidget, FORM_CLASS):
         self.logView.clear()
         self.progressBar.setValue(0)
         layer = self.rasterCombo.currentLayer()
-        task = QgsProcessingAlgRunnerTask(algorithm, params, context, feedback)
-        task.setDescription(f"{NAME}: segmenting {layer.name()}")
+        # like QgsProcessingAlgRunnerTask, but a cancel is not logged as a CRITICAL error
+        task = AlgorithmTask(algorithm, params, context, feedback, f"{NAME}: segmenting {layer.name()}")
         self.context, self.feedback, self.task = context, feedback, task
         self.last_outputs = {k: v for k, v in params.items() if k.startswith("OUTPUT_")}
         self._run_label = (layer.name(), os.path.splitext(os.path.basename(params["MODEL"]))[0])
