@@ -93,10 +93,16 @@ class GullySegPlugin:
         if self.deps_dialog is None:
             parent = self.iface.mainWindow() if self.iface is not None else None
             self.deps_dialog = DependenciesDialog(parent)
+            self.deps_dialog.finishedInstall.connect(self._on_dependencies_installed)
         self.deps_dialog.show()
         self.deps_dialog.raise_()
         self.deps_dialog.activateWindow()
         return self.deps_dialog
+
+    def _on_dependencies_installed(self, ok, _text):
+        """After a successful install the inference tab reads its model again (now it can)."""
+        if ok and self.dock is not None:
+            self.dock.inference.refresh_model()
 
     def unload(self):
         if self.action is not None:

@@ -61,6 +61,11 @@ def test_load_and_unload_with_stub_iface(qgis_iface, qgis_processing):
             ("&GullySeg", "GullySeg"), ("&GullySeg", "Install dependencies…")]
         dialog = plugin.show_dependencies_dialog()
         assert dialog.isVisible() and plugin.show_dependencies_dialog() is dialog
+        # a successful install makes the inference tab read its model again
+        plugin.dock.inference.installDepsButton.show()
+        dialog.finishedInstall.emit(True, "Installed.")
+        assert plugin.dock.inference.installDepsButton.isHidden()
+        assert plugin.dock.inference.wait_for_model_info()
         dock = iface.docks[0]
         assert dock.windowTitle() == "GullySeg"
         action = iface.toolbar[0]

@@ -242,6 +242,11 @@ class InferenceTab(QWidget, FORM_CLASS):
         combo.setCurrentIndex(max(index, 0))
         combo.blockSignals(False)
 
+    def refresh_model(self):
+        """Read the chosen model again (after Install dependencies… made onnxruntime available)."""
+        self.installDepsButton.hide()
+        self._on_model_changed(self.modelWidget.filePath())
+
     def _on_model_picked(self, index):
         path = self.modelCombo.itemData(index)
         if path:
