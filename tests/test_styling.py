@@ -108,3 +108,19 @@ def test_help_speaks_of_on_screen_labels(provider):
     gridtiles = [a for a in provider.algorithms() if a.name() == "gridtiles"][0]
     label = gridtiles.parameterDefinition("OVERWRITE").description()
     assert f"<b>{label}</b> (OVERWRITE)" in gridtiles.shortHelpString()
+
+
+@pytest.mark.slow
+def test_graphical_model_outputs_are_styled_too(provider, project, scene_factory, tmp_path):
+    """The model's tile index (a child's output) gets the status style when the model's results load."""
+    from qgis import processing
+
+    scene = scene_factory("styled_model", width=512, height=256, seed=21)
+    gullies = str(scene).replace(".tif", "_gullies.gpkg")
+    processing.runAndLoadResults("gullyseg:builddataset", {
+        "scene": str(scene), "label_polygons": gullies, "ratios": "2:1:1", "seed": 5, "copies": 1,
+        "grid:DATASET": str(tmp_path / "model_ds"), "grid:INDEX": str(tmp_path / "model_ds" / "index.gpkg")})
+    index = [lyr for lyr in project.mapLayers().values() if lyr.source().split("|")[0].endswith("index.gpkg")]
+    assert len(index) == 1
+    assert index[0].renderer().type() == "categorizedSymbol" and index[0].renderer().classAttribute() == "status"
+    assert "model_ds" in index[0].name()
