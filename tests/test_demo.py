@@ -44,6 +44,7 @@ def test_demo_quick_end_to_end(demo_run):
                      for c in range(0, 768, 256))
     assert summary["kept"] == with_gully > 0
     assert summary["masks"] == summary["kept"] and summary["label_problems"] == 0
+    assert summary["labelme_files"] == summary["kept"]  # one Labelme file per kept tile (not null)
     assert sum(summary["split"].values()) == summary["kept"]
     assert summary["augmented"] == 4 * summary["split"]["train"]
     # every step ran and was timed; the commands a user can re-run were saved

@@ -140,7 +140,7 @@ def run_demo(out, size, seed, quick=False, overwrite=False, project=True, model=
         def export():
             res, _ = qp.run("gullyseg:exportlabelme", {"TILES": str(index), "ONLY_KEPT": True,
                                                       "PREFILL": str(truth_gullies), "LABEL": "gully"})
-            summary["labelme_files"] = res.get("FILE_COUNT", res.get("EXPORTED_COUNT"))
+            summary["labelme_files"] = res.get("JSON_COUNT")  # exportlabelme's output key
         steps.run("4 exportlabelme: Labelme files (prefilled with the truth = the annotators' work)", export)
 
         def rasterize():

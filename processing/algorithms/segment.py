@@ -202,7 +202,7 @@ class SegmentAlgorithm(GullySegAlgorithm):
             min_area=self._optional(parameters, self.MIN_AREA, context, float),
             context_margin=self._optional(parameters, self.CONTEXT_MARGIN, context, int),
             simplify=self.parameterAsDouble(parameters, self.SIMPLIFY, context),
-            overwrite=self.parameterAsBool(parameters, self.OVERWRITE, context),
+            overwrite=self.overwrite_files(parameters, context),
             feedback=fb,
             compression=self.COMPRESSION_OPTIONS[self.parameterAsEnum(parameters, self.COMPRESSION, context)][0],
         )

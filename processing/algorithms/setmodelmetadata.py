@@ -147,7 +147,7 @@ class SetModelMetadataAlgorithm(GullySegAlgorithm):
             context_margin=margin if margin >= 0 else None,
             gully_output=(int(head) if head.isdigit() else head) if head else None,
             clear=self.parameterAsBool(parameters, self.CLEAR, context),
-            overwrite=self.parameterAsBool(parameters, self.OVERWRITE, context),
+            overwrite=self.overwrite_files(parameters, context),
             feedback=self.engine_feedback(feedback),
         )
         return {self.OUTPUT_MODEL: output or model, self.METADATA: json.dumps(meta, sort_keys=True)}
