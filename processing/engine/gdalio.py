@@ -146,7 +146,8 @@ def read_window(ds, x_off, y_off, width, height, bands=None):
     except RuntimeError as exc:  # IReadBlock failed: a truncated or damaged file
         raise GullySegError(
             f"INPUT: cannot read the pixels of '{ds.GetDescription()}' at ({x_off}, {y_off}, {width}x{height}): "
-            f"{str(exc).rstrip('.')}. The file may be truncated or damaged; check it with gdalinfo -checksum."
+            f"{' '.join(str(exc).split()).rstrip('.')}. The file may be truncated or damaged; "
+            "check it with gdalinfo -checksum."
         ) from None
     return arr.reshape(len(bands), height, width)
 
