@@ -155,7 +155,7 @@ class PythonChecker(ast.NodeVisitor):
         return None
 
     # imports
-    def visit_ImportFrom(self, node):  # noqa: N802
+    def visit_ImportFrom(self, node):
         module = node.module or ""
         names = {a.name for a in node.names}
         if module.split(".")[0] in ("PyQt5", "PyQt6"):
@@ -177,7 +177,7 @@ class PythonChecker(ast.NodeVisitor):
                 self.report(node, "QT612", "compiled resources (resources_rc) are unsupported in Qt6: load by path")
         self.generic_visit(node)
 
-    def visit_Import(self, node):  # noqa: N802
+    def visit_Import(self, node):
         for alias in node.names:
             if alias.name.split(".")[0] in ("PyQt5", "PyQt6"):
                 self.report(node, "QT607", f"'import {alias.name}': import from qgis.PyQt instead")
@@ -186,7 +186,7 @@ class PythonChecker(ast.NodeVisitor):
         self.generic_visit(node)
 
     # scopes
-    def visit_ClassDef(self, node):  # noqa: N802
+    def visit_ClassDef(self, node):
         outer = self.function_depth
         self.class_depth += 1
         self.function_depth = 0
@@ -194,23 +194,23 @@ class PythonChecker(ast.NodeVisitor):
         self.class_depth -= 1
         self.function_depth = outer
 
-    def visit_FunctionDef(self, node):  # noqa: N802
+    def visit_FunctionDef(self, node):
         if node.name == "exec_":
             self.report(node, "QT602", "a method named exec_: Qt6 calls exec()")
         self.function_depth += 1
         self.generic_visit(node)
         self.function_depth -= 1
 
-    visit_AsyncFunctionDef = visit_FunctionDef  # noqa: N815
+    visit_AsyncFunctionDef = visit_FunctionDef
 
     # names and attributes
-    def visit_Name(self, node):  # noqa: N802
+    def visit_Name(self, node):
         if node.id == "qApp" and self._qt_name("qApp"):
             self.report(node, "QT608", "qApp is removed in Qt6: use QApplication.instance()")
         elif node.id == "QRegExp" and isinstance(node.ctx, ast.Load) and self._qt_name("QRegExp"):
             self.report(node, "QT603", "QRegExp is removed in Qt6: use QRegularExpression")
 
-    def visit_Attribute(self, node):  # noqa: N802
+    def visit_Attribute(self, node):
         if isinstance(node.value, ast.Name):
             owner = node.value.id
             origin = self._qt_name(owner)
@@ -231,14 +231,14 @@ class PythonChecker(ast.NodeVisitor):
                                                    f"{owner}.{enum_name}.{node.attr}")
         self.generic_visit(node)
 
-    def visit_Subscript(self, node):  # noqa: N802
+    def visit_Subscript(self, node):
         target = node.value
         index = node.slice
         if isinstance(target, ast.Attribute) and isinstance(index, ast.Name) and index.id == "str":
             self.report(node, "QT610", f"{target.attr}[str]: signal overloads by type are gone in Qt6")
         self.generic_visit(node)
 
-    def visit_Call(self, node):  # noqa: N802
+    def visit_Call(self, node):
         func = node.func
         if isinstance(func, ast.Attribute):
             if func.attr == "exec_":
