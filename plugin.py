@@ -3,7 +3,6 @@
 from qgis.core import QgsApplication, QgsMessageLog
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QIcon
-from qgis.PyQt.QtWidgets import QAction
 
 from . import compat
 from .metadata import NAME, resource_path
@@ -51,7 +50,7 @@ class GullySegPlugin:
         self.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.dock)
         self.dock.hide()
 
-        self.action = QAction(QIcon(resource_path("icons", "gullyseg.svg")), NAME, self.iface.mainWindow())
+        self.action = compat.QAction(QIcon(resource_path("icons", "gullyseg.svg")), NAME, self.iface.mainWindow())
         self.action.setObjectName("GullySegToggleDock")
         self.action.setCheckable(True)
         self.action.setToolTip(f"{NAME}: show or hide the screening and inference dock")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from gullyseg_cli import QGIS_PROCESS
 from osgeo import gdal
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,8 +19,8 @@ MODEL = ROOT / "resources" / "models" / "gullyseg_demo_unet.onnx"
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
-    if not os.path.exists("/usr/bin/qgis_process.bin"):
-        pytest.skip("qgis_process.bin is not installed")
+    if not os.path.exists(QGIS_PROCESS):
+        pytest.skip(f"{QGIS_PROCESS} is not installed")
     if not MODEL.exists():
         pytest.fail("the demo model is missing")
     out = tmp_path_factory.mktemp("demo") / "demo_output"

@@ -23,7 +23,7 @@ from gullyseg.ui.inference import ALG_ID, AREA_CANVAS, AREA_POLYGONS, InferenceT
 @pytest.fixture
 def segment(provider):
     if QgsApplication.processingRegistry().algorithmById(ALG_ID) is None:
-        pytest.skip(f"{ALG_ID} is not in the provider yet (issue 7)")
+        pytest.skip(f"{ALG_ID} is not registered in the GullySeg provider of this build")
     return ALG_ID
 
 
@@ -181,7 +181,14 @@ def test_cancel_leaves_nothing_half_written(make_tab, segment, scene_factory, tm
     tab.cancelButton.click()
     assert wait_until_done(tab, timeout=60) is False
     latency = time.monotonic() - started
-    assert latency < 3, "cancel took too long (the algorithm should stop within about a second)"
+    # the peer, on this machine under its load now: one batch of the model, run to its end
+    import onnxruntime
+
+    sess = onnxruntime.InferenceSession(slow, providers=["CPUExecutionProvider"])
+    t0 = time.monotonic()
+    sess.run(None, {sess.get_inputs()[0].name: np.zeros((8, 3, 256, 256), np.float32)})
+    one_batch = time.monotonic() - t0
+    assert latency < 1.0 + one_batch, f"cancel took {latency:.2f} s, one batch {one_batch:.2f} s: it ran on"
     assert "Cancelled" in tab.messageLabel.text()
     assert list(out.iterdir()) == [], "cancel left files behind"
     assert set(QgsProject.instance().mapLayers()) == layers_before

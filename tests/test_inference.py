@@ -375,30 +375,49 @@ def test_resampled_to_the_model_resolution(scene_factory, tmp_path, gdal_tool):
 
 # --- cancel --------------------------------------------------------------------------------------
 
-class _CancelAt(Feedback):
-    def __init__(self, delay):
-        self.at = time.monotonic() + delay
+class _CancelAtFirstProgress(Feedback):
+    """Asks to stop as soon as the first batches are blended (progress > 0) and keeps the times."""
+
+    def __init__(self):
+        self.started = time.monotonic()
+        self.first_progress = None  # (time, percent) when the first batches were done
         self.cancelled_at = None
+        self.after_cancel = []  # progress reported after the cancel request
+
+    def progress(self, percent):
+        if self.cancelled_at is not None:
+            self.after_cancel.append(percent)
+        elif percent > 0 and self.first_progress is None:
+            self.first_progress = (time.monotonic(), percent)
 
     def is_cancelled(self):
-        if time.monotonic() >= self.at:
-            self.cancelled_at = self.cancelled_at or time.monotonic()
-            return True
-        return False
+        if self.first_progress is None:
+            return False
+        self.cancelled_at = self.cancelled_at or time.monotonic()
+        return True
 
 
-def test_cancel_stops_within_a_second_and_removes_outputs(scene_factory, tmp_path):
-    scene = scene_factory("blend", width=900, height=700, seed=2)
+def test_cancel_stops_long_before_the_end_and_removes_outputs(scene_factory, tmp_path):
+    """What cancel guarantees, on any load: asked to stop once the first batches are done (under half
+    of the run), it stops in less time than those first batches took, measured in the same run (so long
+    before the run would have ended), reports no further progress to 100, and leaves no file and no
+    thread behind. The bound is a ratio to work done in the same run, not a number of seconds (a busy
+    machine slows both alike); latency figures: benchmarks/bench_cancel.py."""
+    scene = scene_factory("blend", width=900, height=700, seed=2)  # 20 windows: 10 batches of 2
     slow = om.make_slow_model(tmp_path / "slow.onnx")  # one batch of 8 windows takes seconds on 2 cores
     out = tmp_path / "out"
-    fb = _CancelAt(1.5)
-    t0 = time.monotonic()
+    fb = _CancelAtFirstProgress()
     with pytest.raises(Cancelled):
         inference.segment_raster(str(scene), slow, output_probability=str(out / "p.tif"),
-                                 output_mask=str(out / "m.tif"), output_polygons=str(out / "g.gpkg"), feedback=fb)
+                                 output_mask=str(out / "m.tif"), output_polygons=str(out / "g.gpkg"),
+                                 batch_size=2, feedback=fb)
     stopped = time.monotonic()
-    assert fb.cancelled_at is not None and stopped - fb.cancelled_at < 1.0, stopped - fb.cancelled_at
-    assert stopped - t0 < 10
+    assert fb.first_progress is not None and fb.cancelled_at is not None
+    first_time, first_percent = fb.first_progress
+    assert first_percent < 50, fb.first_progress  # most of the run was still to come
+    latency = stopped - fb.cancelled_at
+    assert latency < first_time - fb.started, (latency, first_time - fb.started)
+    assert not [p for p in fb.after_cancel if p >= 100], fb.after_cancel
     assert not out.exists() or not list(out.iterdir())
     assert not [t for t in threading.enumerate() if t.name.startswith("gullyseg-")]
 

@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gullyseg_cli import ROOT, QgisProcess, QgisProcessError, register_package  # noqa: E402
+from gullyseg_cli import ROOT, QgisProcess, QgisProcessError, register_package
 
 MARKER = ".gullyseg_demo"  # marks a folder this script made (so a re-run may replace it)
 MODEL = ROOT / "resources" / "models" / "gullyseg_demo_unet.onnx"

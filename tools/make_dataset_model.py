@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gullyseg_cli import ROOT, register_package  # noqa: E402
+from gullyseg_cli import ROOT, register_package
 
 MODEL_PATH = ROOT / "resources" / "models" / "gullyseg_dataset.model3"
 MODEL_NAME = "builddataset"  # stable: the algorithm id is gullyseg:builddataset

@@ -22,9 +22,9 @@ def _engine():
         spec = importlib.util.spec_from_file_location(
             "gullyseg", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
         sys.modules["gullyseg"] = importlib.util.module_from_spec(spec)  # not executed: no qgis needed
-    from gullyseg.processing.engine import onnx_model  # noqa: E402
-    from gullyseg.processing.engine.errors import GullySegError  # noqa: E402
-    from gullyseg.processing.engine.feedback import PrintFeedback  # noqa: E402
+    from gullyseg.processing.engine import onnx_model
+    from gullyseg.processing.engine.errors import GullySegError
+    from gullyseg.processing.engine.feedback import PrintFeedback
 
     return onnx_model, GullySegError, PrintFeedback
 

@@ -7,6 +7,7 @@ from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
 from ...metadata import resource_path
+from ..engine import signals
 from ..engine.errors import Cancelled, GullySegError
 from ..engine.feedback import Feedback
 
@@ -102,10 +103,12 @@ class GullySegAlgorithm(QgsProcessingAlgorithm):
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         try:
-            return self.execute(parameters, context, feedback)
-        except Cancelled as exc:
-            raise QgsProcessingException(str(exc)) from None
-        except GullySegError as exc:
+            with signals.terminate_as_interrupt():  # SIGTERM/SIGHUP clean up as Ctrl+C does
+                return self.execute(parameters, context, feedback)
+        except signals.Terminated as exc:
+            signals.reraise(exc)  # outputs are cleaned up: now stop as the signal asked
+            raise
+        except (Cancelled, GullySegError) as exc:
             raise QgsProcessingException(str(exc)) from None
 
     def execute(self, parameters, context, feedback):
@@ -117,13 +120,6 @@ class GullySegAlgorithm(QgsProcessingAlgorithm):
     @staticmethod
     def engine_feedback(feedback):
         return QgisFeedback(feedback)
-
-    @staticmethod
-    def layer_source_path(layer):
-        """The GDAL/OGR path of a layer's source (drops '|layername=' style suffixes for rasters)."""
-        if layer is None:
-            return None
-        return layer.source()
 
     @staticmethod
     def raster_path(layer, what):

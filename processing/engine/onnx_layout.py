@@ -84,7 +84,7 @@ def _probe_layout(session, inp, out, channels, window, fixed_batch, fixed, path)
     batch = fixed_batch or 2  # a dynamic batch: does the output follow it?
     try:
         rshape = list(_run_probe(session, inp, out, channels, window, batch))
-    except Exception as exc:  # onnxruntime raises its own exception types
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
         rshape, text = None, (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     if rshape is None and fixed_batch is None:
         try:  # e.g. a Reshape to [1, ...] inside the graph: one window at a time
@@ -115,7 +115,7 @@ def _probe_layout(session, inp, out, channels, window, fixed_batch, fixed, path)
         try:
             grown = _run_probe(session, inp, out, channels, bigger, run_batch or 1)
             bad = (grown[-1] - ow, grown[-2] - oh) != (32, 32)
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - not a fixed margin
             bad = True
     if bad:
         raise GullySegError(

@@ -94,7 +94,7 @@ def _names_of(value, path, key):
     raise _bad(path, key, value, "is not a list of class names or an {id: name} object")
 
 
-def class_names_per_head(value, path="model", key="class_names"):
+def class_names_per_head(value, path="model", key="class_names") -> list:
     """Deepness' class names: one {id: name} (one head) or a list of them (one per head) -> [[names]]."""
     value = _decode(value)
     if isinstance(value, (list, tuple)) and value and all(isinstance(v, dict) for v in value):
@@ -157,7 +157,7 @@ def _own(meta, path):
     return own
 
 
-def parse_metadata(meta, path="model"):
+def parse_metadata(meta, path="model") -> dict:
     """Interpret a metadata_props dict; returns a dict with validated values (None when absent)."""
     own = _own(meta, path)
     out = {
@@ -198,7 +198,7 @@ def parse_metadata(meta, path="model"):
     return out
 
 
-def parse_bands(value, what="BANDS"):
+def parse_bands(value, what="BANDS") -> "list | None":
     """'3,2,1' / [3, 2, 1] -> [3, 2, 1] (1-based band numbers); '' / None -> None."""
     if value is None:
         return None
@@ -237,7 +237,7 @@ def _onnx():
     return onnx
 
 
-def read_metadata(path):
+def read_metadata(path) -> dict:
     """metadata_props of an ONNX file as a dict (read from the protobuf, no session)."""
     onnx = _onnx()
     if onnx is not None:
@@ -278,7 +278,7 @@ def _serialise(path, buf, meta):
     return body + b"".join(_proto_entry(k, v) for k, v in meta.items())
 
 
-def write_metadata(path, updates, output=None, remove=(), overwrite=False, feedback=None):
+def write_metadata(path, updates, output=None, remove=(), overwrite=False, feedback=None) -> dict:
     """Set (and remove) metadata_props keys of an ONNX model; returns the resulting metadata dict.
 
     updates: {key: value}; non-string values are JSON-encoded (Deepness reads JSON); a value of
@@ -332,7 +332,7 @@ def write_metadata(path, updates, output=None, remove=(), overwrite=False, feedb
 # --- setmodelmetadata -----------------------------------------------------------------------------
 
 def gullyseg_metadata(input_max=None, activation=None, gully_class=None, bands=None, existing=None,
-                      context_margin=None, gully_output=None):
+                      context_margin=None, gully_output=None) -> str:
     """The JSON string of GullySeg's own key, merged over an existing one."""
     own = dict(_decode(existing) or {}) if existing else {}
     if input_max is not None:
@@ -389,7 +389,7 @@ def _class_name_update(class_names):
 def set_model_metadata(path, output=None, model_type="Segmentor", class_names=None, resolution=None, tile_size=None,
                        tiles_overlap=None, mean=None, std=None, threshold=None, input_max=None, activation=None,
                        gully_class=None, bands=None, clear=False, overwrite=False, feedback=None,
-                       context_margin=None, gully_output=None):
+                       context_margin=None, gully_output=None) -> dict:
     """Write Deepness + GullySeg metadata into an ONNX model (None = keep what is there).
 
     class_names: 'background,gully' or a list ('a,b | c,d': one set per output head); mean/std:

@@ -40,7 +40,7 @@ COMPRESSION_LABELS = [
 ]
 
 
-def output_options(compression="DEFLATE"):
+def output_options(compression="DEFLATE") -> list:
     """GDAL creation options of the output GeoTIFFs for a COMPRESSION name."""
     key = str(compression or "DEFLATE").upper()
     if key not in COMPRESSIONS:
@@ -152,7 +152,7 @@ class SegmentOptions:
     creation_options: list = field(default_factory=list)
 
     @property
-    def paths(self):
+    def paths(self) -> list:
         return [p for p in (self.prob_path, self.mask_path, self.poly_path) if p]
 
     @classmethod

@@ -7,35 +7,15 @@ import threading
 import numpy as np
 from osgeo import gdal, gdal_array, ogr, osr
 
+from .. import gdalio
 from ..errors import GullySegError
 from .options import INPUT_MAX_FACTOR
 
 
 def _validity(ds, bands, raw, x, y, w, h):
-    """True where every used band has data: nodata values, NaN, mask/alpha bands."""
-    valid = np.ones((h, w), dtype=bool)
-    dataset_mask_read = False
-    for i, b in enumerate(bands):
-        band = ds.GetRasterBand(b)
-        data = raw[i]
-        nodata = band.GetNoDataValue()
-        floating = np.issubdtype(data.dtype, np.floating)
-        if nodata is not None and not math.isnan(nodata) and (floating or (
-                np.iinfo(data.dtype).min <= nodata <= np.iinfo(data.dtype).max and float(nodata).is_integer())):
-            # a scalar of the data's type (10x faster than a Python float for integers); a nodata value
-            # no integer pixel can take marks nothing
-            valid &= data != data.dtype.type(nodata)
-        if floating:
-            valid &= np.isfinite(data)  # NaN (a NaN nodata value too) and infinities
-        flags = band.GetMaskFlags()
-        if flags & gdal.GMF_ALL_VALID or flags == gdal.GMF_NODATA:
-            continue
-        if flags & gdal.GMF_PER_DATASET:
-            if dataset_mask_read:
-                continue
-            dataset_mask_read = True
-        valid &= band.GetMaskBand().ReadAsArray(x, y, w, h) > 0
-    return valid
+    """True where every used band has data: the one rule of ``gdalio.Validity`` (nodata values,
+    NaN and infinities in float bands, mask/alpha bands, a per-dataset mask read once)."""
+    return gdalio.validity(ds, bands, raw, x, y, w, h)
 
 
 class _PolygonMask:
@@ -59,7 +39,7 @@ class _PolygonMask:
         return mem.GetRasterBand(1).ReadAsArray() > 0
 
 
-def parse_mask_wkts(mask_wkts):
+def parse_mask_wkts(mask_wkts) -> tuple:
     """Check WKT polygons; returns (wkts, (xmin, ymin, xmax, ymax)) or a clear error."""
     geoms = []
     for i, wkt in enumerate(mask_wkts):
@@ -106,6 +86,7 @@ class _GdalReader:
         bh = max(1, band.GetBlockSize()[1])
         self.chunk = bh * max(1, math.ceil(256 / bh))
         self.dtype = np.dtype(gdal_array.GDALTypeCodeToNumericTypeCode(band.DataType))
+        self.validity = gdalio.Validity(self.ds, self.bands)
         if self.mask_wkts:
             self.polys = _PolygonMask(self.mask_wkts, self.crs_wkt)
         # one strip buffer, reused: rows [b0, b1) of the read region are raw[:, :b1 - b0]
@@ -126,6 +107,7 @@ class _GdalReader:
 
     def close(self):
         self.ds = None
+        self.validity = None
         self.polys = None
         self.raw = self.valid = None
 
@@ -155,7 +137,7 @@ class _GdalReader:
             self._alloc(k + n)
         raw = self.raw[:, k:k + n]
         self.ds.ReadAsArray(self.c0, start, w, n, band_list=self.bands, buf_obj=raw)
-        valid = _validity(self.ds, self.bands, raw, self.c0, start, w, n)
+        valid = self.validity.mask(raw, self.c0, start, w, n)
         ox, oy, ow, oh = self.out
         valid[:, :max(0, ox - self.c0)] = False
         valid[:, max(0, ox + ow - self.c0):] = False

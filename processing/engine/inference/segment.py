@@ -36,7 +36,7 @@ from .weights import _model_tta
 from .writer import _OutputSink
 
 
-def resolve_bands(model, band_count, bands=None):
+def resolve_bands(model, band_count, bands=None) -> tuple:
     """Bands feeding the model: BANDS, else the model's metadata, else 1..C; checked."""
     chosen = parse_bands(bands) if bands is not None else None
     source = "BANDS"
@@ -90,13 +90,13 @@ class SegmentResult:
     def __contains__(self, key):
         return (key in self.__dataclass_fields__ and key != "extra") or key in self.extra
 
-    def get(self, key, default=None):
+    def get(self, key, default=None) -> object:
         return self[key] if key in self else default
 
-    def keys(self):
+    def keys(self) -> list:
         return [k for k in self.__dataclass_fields__ if k != "extra"] + list(self.extra)
 
-    def to_dict(self):
+    def to_dict(self) -> dict:
         d = asdict(self)
         d.update(d.pop("extra"))
         return d
@@ -196,7 +196,7 @@ def _log_run(model, src, opts, feedback):
 def segment_raster(input_path, model, output_probability=None, output_mask=None, output_polygons=None, bands=None,
                    extent=None, mask_wkts=None, overlap=None, batch_size=8, threshold=None, tta=0, min_area=None,
                    simplify=0, overwrite=False, feedback=None, threads=None, compression="DEFLATE", block=None,
-                   context_margin=None):
+                   context_margin=None) -> "SegmentResult":
     """Run ``model`` (a ModelInfo or an .onnx path) over ``input_path``; returns a ``SegmentResult``.
 
     extent: (xmin, ymin, xmax, ymax) in the raster's CRS; mask_wkts: polygons (WKT) in the

@@ -18,7 +18,7 @@ from .segment import resolve_bands
 
 
 def predict_array(model, raw, valid=None, overlap=None, batch_size=8, tta=0, scale=None, feedback=None,
-                  context_margin=None):
+                  context_margin=None) -> np.ndarray:
     """Blended probability (H, W) float32 of one in-memory (C, H, W) array of raw pixel values.
 
     The same windows, weights and preprocessing as ``segment_raster``; NaN where ``valid`` is False.
@@ -50,7 +50,7 @@ def predict_array(model, raw, valid=None, overlap=None, batch_size=8, tta=0, sca
     return result
 
 
-def predict_tiles(model, arrays, valid=None, batch_size=8, tta=0, overlap=None, scale=None, feedback=None):
+def predict_tiles(model, arrays, valid=None, batch_size=8, tta=0, overlap=None, scale=None, feedback=None) -> list:
     """Gully probability of small in-memory tiles (the dock's screening scores).
 
     arrays: (N, C, H, W) array or a list of (C, H, W) raw pixel arrays (any dtype the model can
@@ -100,7 +100,7 @@ def predict_tiles(model, arrays, valid=None, batch_size=8, tta=0, overlap=None, 
     return out
 
 
-def score_tiles(model, paths, bands=None, threshold=None, batch_size=8, feedback=None):
+def score_tiles(model, paths, bands=None, threshold=None, batch_size=8, feedback=None) -> list:
     """Predicted gully share of tile files (GeoTIFF/JPEG): [{path, gully_share, mean_prob, valid_fraction}].
 
     Reads each tile with GDAL (bands: BANDS, model metadata, else 1..C), scores with predict_tiles.

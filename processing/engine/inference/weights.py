@@ -10,7 +10,7 @@ from .options import TTA_DIHEDRAL, TTA_FLIPS, TTA_NONE
 WEIGHT_FLOOR = 1e-6
 
 
-def hann(n, floor=WEIGHT_FLOOR):
+def hann(n, floor=WEIGHT_FLOOR) -> np.ndarray:
     """Squared Hann taper of n samples (sin^4 at pixel centres), strictly positive (floored).
 
     Squaring makes the few pixels next to a window's edge (where zero padding makes a window's
@@ -43,12 +43,12 @@ def _taper(n, low_open, high_open, margin=0):
     return w
 
 
-def window_weight(width, height, left=True, top=True, right=True, bottom=True, margin=0):
+def window_weight(width, height, left=True, top=True, right=True, bottom=True, margin=0) -> np.ndarray:
     """2-D blending weight of a window; a side is tapered when another window overlaps it."""
     return np.outer(_taper(height, top, bottom, margin), _taper(width, left, right, margin)).astype(np.float32)
 
 
-def tta_transforms(mode, square=True):
+def tta_transforms(mode, square=True) -> list:
     """[(forward, inverse)] acting on the last two axes. 0: identity; 1: 4 flips; 2: 8 dihedral."""
     ident = (lambda a: a, lambda a: a)
     if mode == TTA_NONE:
