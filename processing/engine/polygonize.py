@@ -10,7 +10,8 @@
    included) and sums the probabilities (mean_prob, nodata left out). No per-polygon raster,
    no per-feature Python for these.
 3. The attributes go in with one SQL transaction (SQLite's own ``executemany``); polygons smaller
-   than MIN_AREA are deleted with one statement.
+   than MIN_AREA are deleted with one statement (when they are most of the layer, the per-row
+   delete triggers are set aside and the R-tree is rebuilt from the kept polygons' envelopes).
 4. SIMPLIFY (metres) simplifies the kept outlines preserving topology (a per-feature pass, only
    then), and area_m2 and perimeter_m become those of the written geometry.
 
