@@ -261,49 +261,72 @@ class _Grid:
         self.read_region = self.region
         self.grid = self
 
+    def counts(self, win):
+        return True
+
     def edges(self, win):
         gx, gy, gw, gh = self.grid.region
         return (win.x_off > gx, win.y_off > gy, win.x_end < gx + gw, win.y_end < gy + gh)
 
-    def panels(self, width=None):
-        """Column panels of the region: [self] when it fits in ``width`` output columns.
+    def panels(self, width=None, block=None):
+        """Column panels of the region (or of ``block`` within it): [self] when it fits in ``width`` columns.
 
         Panel boundaries fall on multiples of ``width`` (a multiple of 256) from the output's left
         column, so every output block is written by one panel. Each panel keeps every window that
         touches its columns, in the same order, with the same weights: a pixel gets the same sums
         in the same order as from one full-width pass (windows across a boundary run in both).
+        ``block`` (x, y, w, h), inside the region, restricts the panels to its rows and columns the
+        same way (the windows that touch it, the same sums in the same order): only that part of
+        the outputs is produced.
         """
         width = int(width or PANEL_WIDTH)
         gx, gy, gw, gh = self.region
-        if gw <= width or self.edge != windows.EDGE_SHIFT:
-            return [self]
-        ox = self.out[0]
-        cuts = [gx]
-        c = ox + width
-        while c < gx + gw:
+        if block is None:
+            if gw <= width or self.edge != windows.EDGE_SHIFT:
+                return [self]
+            x0, x1, rows = gx, gx + gw, None
+            c = self.out[0] + width
+        else:
+            bx, by, bw, bh = block
+            x0, x1, rows = bx, bx + bw, (by, by + bh)
+            c = bx + width
+        cuts = [x0]
+        while c < x1:
             if c > cuts[-1]:
                 cuts.append(c)
             c += width
-        cuts.append(gx + gw)
-        return [_Panel(self, a, b) for a, b in zip(cuts[:-1], cuts[1:])]
+        cuts.append(x1)
+        return [_Panel(self, a, b, rows, first=(i == 0)) for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:]))]
 
 
 class _Panel:
-    """The windows of a ``_Grid`` that touch columns [c0, c1); the accumulator spans only those columns."""
+    """The windows of a ``_Grid`` that touch columns [c0, c1) (and rows ``rows`` = (r0, r1) when
+    given); the accumulator spans only those columns (and rows). Rows of windows that do not touch
+    the rows stay in ``rows`` as empty lists, so a window's ``row`` still indexes them."""
 
-    def __init__(self, grid, c0, c1):
+    def __init__(self, grid, c0, c1, rows=None, first=False):
         gx, gy, gw, gh = grid.region
+        r0, r1 = rows if rows is not None else (gy, gy + gh)
         self.grid = grid
         self.out = grid.out
         self.window = grid.window
         self.edge = grid.edge
-        self.region = (c0, gy, c1 - c0, gh)
-        self.rows = [[w for w in row if w.x_off < c1 and w.x_end > c0] for row in grid.rows]
+        self.first = first  # windows starting left of c0 are counted in the first panel only
+        self.region = (c0, r0, c1 - c0, r1 - r0)
+        self.rows = [[w for w in row if w.x_off < c1 and w.x_end > c0] if row[0].y_off < r1 and row[0].y_end > r0
+                     else [] for row in grid.rows]
         self.row_y = grid.row_y
         self.count = sum(len(r) for r in self.rows)
-        r0 = min(row[0].x_off for row in self.rows)
-        r1 = max(row[-1].x_end for row in self.rows)
-        self.read_region = (r0, gy, r1 - r0, gh)
+        used = [row for row in self.rows if row]
+        x0, y0 = min(row[0].x_off for row in used), used[0][0].y_off
+        x1, y1 = max(row[-1].x_end for row in used), used[-1][0].y_end
+        # windows of a padded grid (a region smaller than a window) reach past the raster: read within it
+        x0, y0, x1, y1 = max(x0, gx), max(y0, gy), min(x1, gx + gw), min(y1, gy + gh)
+        self.read_region = (x0, y0, x1 - x0, y1 - y0)
+
+    def counts(self, win):
+        """Whether this panel counts ``win`` in windows run/skipped (each window once over the panels)."""
+        return self.first or win.x_off >= self.region[0]
 
     def edges(self, win):
         return self.grid.edges(win)
@@ -538,10 +561,12 @@ def _inverse_weight_sums(grid):
 
     rows = []
     for row in grid.rows:
+        if not row:  # a row of windows outside a block's rows
+            continue
         _, top, _, bottom = grid.edges(row[0])
         rows.append((row[0].y_off, _taper(wh, top, bottom)))
     cols = []
-    for win in grid.rows[0]:
+    for win in next(row for row in grid.rows if row):  # every row has the same columns
         left, _, right, _ = grid.edges(win)
         cols.append((win.x_off, _taper(ww, left, right)))
     return axis(gy, gh, rows), axis(gx, gw, cols)
@@ -609,11 +634,11 @@ class _Accumulator:
         self.acc_v[r0:r1, cols] |= valid[sy, sx]
         self.used = max(self.used, r1)
         self.remaining[win.row] -= 1
-        self.ran += win.x_off >= gx
+        self.ran += self.grid.counts(win)
 
     def skip(self, win):
         self.remaining[win.row] -= 1
-        self.skipped += win.x_off >= self.gx
+        self.skipped += self.grid.counts(win)
 
     def flush(self):
         grid = self.grid
@@ -692,6 +717,8 @@ def _blend(model, panels, make_reader, scale, runner, sink, feedback, stop, prog
                 try:
                     buf, wins, valids = None, [], []
                     for r, row in enumerate(panel.rows):
+                        if not row:  # a row of windows outside the panel's rows (a block)
+                            continue
                         reader.need(panel.row_y[r], panel.row_y[r] + panel.window[1])
                         for win in row:
                             if stop.is_set() or halt.is_set():
@@ -750,7 +777,7 @@ def _blend(model, panels, make_reader, scale, runner, sink, feedback, stop, prog
             deliver(seq, (wins, probs, valids, x))
 
     start, end = progress
-    total = max(1, sum(1 for p in panels for row in p.rows for w in row if w.x_off >= p.region[0]))
+    total = max(1, sum(1 for p in panels for row in p.rows for w in row if p.counts(w)))
     counted = [0, 0]  # windows run / skipped in finished panels
     index = 0
     if on_panel:
@@ -819,13 +846,14 @@ def _blend(model, panels, make_reader, scale, runner, sink, feedback, stop, prog
     return counted[0], counted[1]
 
 
-def _blend_panels(model, grid, make_reader, scale, runner, sink, feedback, stop, progress=(0.0, 100.0)):
+def _blend_panels(model, grid, make_reader, scale, runner, sink, feedback, stop, progress=(0.0, 100.0), panels=None):
     """``_blend`` over the column panels of ``grid`` (one panel unless the region is wide).
 
-    ``make_reader(panel, scratch)`` returns a reader for a panel; ``sink`` is an ``_OutputSink``.
+    ``make_reader(panel, scratch)`` returns a reader for a panel; ``sink`` is an ``_OutputSink``;
+    ``panels``: the panels to run (those of a block), else ``grid.panels()``.
     Returns (windows run, windows skipped).
     """
-    panels = grid.panels()
+    panels = panels or grid.panels()
 
     def on_panel(panel):
         gx, _, gw, _ = panel.region
@@ -1016,6 +1044,24 @@ def _intersect(a, b):
     return x0, y0, x1 - x0, y1 - y0
 
 
+def _check_block(block, info, out, input_path):
+    """A block (x, y, w, h) of input pixels, checked and clipped to the output region ``out``."""
+    try:
+        values = [float(v) for v in block]
+    except (TypeError, ValueError):
+        values = None
+    if values is None or len(values) != 4 or not all(math.isfinite(v) and v.is_integer() for v in values):
+        raise GullySegError(f"block: {block!r} must be four whole pixel numbers (x, y, width, height).")
+    x, y, w, h = (int(v) for v in values)
+    if w <= 0 or h <= 0:
+        raise GullySegError(f"block: {block!r} is empty (width and height must be positive).")
+    clipped = _intersect((x, y, w, h), out)
+    if clipped is None:
+        raise GullySegError(f"block: ({x}, {y}, {w}, {h}) does not overlap the output region {tuple(out)} "
+                            f"(x, y, width, height in pixels of INPUT '{input_path}').")
+    return clipped
+
+
 def _check_output(path, what):
     if path is None:
         return None
@@ -1051,15 +1097,20 @@ def resolve_bands(model, band_count, bands=None):
 
 def segment_raster(input_path, model, output_probability=None, output_mask=None, output_polygons=None, bands=None,
                    extent=None, mask_wkts=None, overlap=None, batch_size=8, threshold=None, tta=0, min_area=0,
-                   simplify=0, overwrite=False, feedback=None, threads=None, compression="DEFLATE"):
+                   simplify=0, overwrite=False, feedback=None, threads=None, compression="DEFLATE", block=None):
     """Run ``model`` (a ModelInfo or an .onnx path) over ``input_path``; returns a result dict.
 
     extent: (xmin, ymin, xmax, ymax) in the raster's CRS; mask_wkts: polygons (WKT) in the
     raster's CRS; overlap: pixels (None = the model's default: metadata tiles_overlap or a quarter
     of the window); threshold: None = the model's seg_thresh, else 0.5; tta: 0, 1 or 2;
     compression: of the two GeoTIFFs, a key of ``COMPRESSIONS`` (DEFLATE, ZSTD, LZW, NONE).
+    block: (x, y, w, h) in pixels of the input raster: only that part of the outputs (clipped to the
+    output region) is produced; the windows are those of the whole run that touch it, and its
+    pixels are bit-identical to the same pixels of a whole run (``distributed`` runs blocks on
+    several workers and mosaics them). Not with OUTPUT_POLYGONS or a resampled model.
     Result: pixels_processed (valid output pixels), gully_area_m2, gully_pixels, provider, windows,
-    windows_skipped, resampled, polygons (count or None), outputs {probability, mask, polygons}.
+    windows_skipped, resampled, polygons (count or None), outputs {probability, mask, polygons},
+    block ((x, y, w, h) written, in input pixels; None for a whole run).
     """
     from . import polygonize as polygonize_mod
 
@@ -1135,6 +1186,16 @@ def segment_raster(input_path, model, output_probability=None, output_mask=None,
         if max(abs(px - res_m), abs(py - res_m)) / res_m > RESOLUTION_TOLERANCE:
             resample = res_m
     pixel_area = px * py
+    if block is not None:
+        block = _check_block(block, info, out, input_path)
+        if poly_path:
+            raise GullySegError("block: OUTPUT_POLYGONS cannot be made for a block (polygons cross block edges); "
+                                "polygonize the mosaicked mask instead (gdal_polygonize or a whole run).")
+        if resample:
+            raise GullySegError(
+                f"block: the model runs at {model.resolution_cm:g} cm/px, not the raster's {px * 100:g} cm/px "
+                "(resampled through a warped VRT), which blocks do not support; resample INPUT to the model's "
+                "resolution first (gdalwarp -tr) and run blocks of that.")
 
     feedback.info(model.summary())
     feedback.info(
@@ -1161,6 +1222,7 @@ def segment_raster(input_path, model, output_probability=None, output_mask=None,
         "bands": band_list,
         "resampled": bool(resample),
         "outputs": {"probability": prob_path, "mask": mask_path, "polygons": poly_path},
+        "block": block,
     }
     with contextlib.ExitStack() as stack:
         tmp_prob = stack.enter_context(gdalio.atomic_output(prob_path, overwrite, "OUTPUT_PROBABILITY")) \
@@ -1187,15 +1249,19 @@ def segment_raster(input_path, model, output_probability=None, output_mask=None,
         if not resample:
             grid = _Grid(info.width, info.height, out, model.window, overlap)
             feedback.info(f"{grid.count} windows in {len(grid.rows)} rows (last row/column snapped to the edge)")
-            sink = _OutputSink(tmp_prob, tmp_mask, out, grid.region, gt, info.crs_wkt, threshold, pixel_area, feedback,
-                               options)
+            panels = grid.panels(block=block) if block else None
+            if block:
+                feedback.info(f"Block {block[2]}x{block[3]} px at ({block[0]}, {block[1]}): "
+                              f"{sum(p.count for p in panels)} window(s) touch it")
+            sink = _OutputSink(tmp_prob, tmp_mask, block or out, panels[0].region if block else grid.region, gt,
+                               info.crs_wkt, threshold, pixel_area, feedback, options)
             try:
                 def make_reader(panel, scratch):
                     return _GdalReader(str(input_path), band_list, gt, info.crs_wkt, panel, out, wkts,
                                        (info.width, info.height), scratch)
 
                 ran, skipped = _blend_panels(model, grid, make_reader, scale, runner, sink, feedback, stop,
-                                             infer_span)
+                                             infer_span, panels)
                 sink.finish()
             except BaseException:
                 sink.abort()
