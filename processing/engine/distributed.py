@@ -161,6 +161,8 @@ def read_complete(sidecar, signature, size):
         return None
     if data.get("version") != FORMAT_VERSION or data.get("signature") != signature:
         return None
+    if size is None:  # outputs on a MASK_LAYER's bounding box: the size recorded when they were written
+        size = data.get("size") or ()
     folder = os.path.dirname(sidecar)
     outputs = data.get("outputs") or {}
     if not outputs:
@@ -344,7 +346,10 @@ def _run_scene(spec, fb):
     out = {"pixels_processed": int(r["pixels_processed"]), "gully_pixels": int(r["gully_pixels"]),
            "gully_area_m2": float(r["gully_area_m2"]), "polygons": r["polygons"], "provider": r["provider"]}
     names = [PROBABILITY, MASK] + ([POLYGONS] if poly else [])
-    _write_sidecar(sidecar, spec, names, out, (spec["width"], spec["height"]))
+    ds = gdal.Open(os.path.join(folder, MASK))
+    size = (ds.RasterXSize, ds.RasterYSize)
+    ds = None
+    _write_sidecar(sidecar, spec, names, out, size)
     return out
 
 
@@ -627,7 +632,7 @@ def segment_many(inputs, model, output_dir, bands=None, overlap=None, batch_size
         row.update(width=info.width, height=info.height)
         folder = os.path.join(output_dir, name)
         sig = _scene_signature(model_sig, params, path)
-        done = read_complete(os.path.join(folder, SIDECAR), sig, (info.width, info.height))
+        done = read_complete(os.path.join(folder, SIDECAR), sig, None if params["mask"] else (info.width, info.height))
         if done is not None:
             r = done.get("result", {})
             row.update(status="skipped", pixels_processed=r.get("pixels_processed"),
