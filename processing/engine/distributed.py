@@ -868,19 +868,21 @@ def _merge_polygons(path, output_dir, by_crs, single):
                 continue
             src_layer = src.GetLayer(0)
             sdefn = src_layer.GetLayerDefn()
-            if fields is None:
-                fields = [sdefn.GetFieldDefn(i) for i in range(sdefn.GetFieldCount())]
+            if fields is None:  # names and types (a FieldDefn dies with its source)
+                fields = [(sdefn.GetFieldDefn(i).GetName(), sdefn.GetFieldDefn(i).GetType())
+                          for i in range(sdefn.GetFieldCount())]
                 layer.CommitTransaction()
-                for fd in fields:
-                    layer.CreateField(fd)
+                for name, kind in fields:
+                    layer.CreateField(ogr.FieldDefn(name, kind))
                 layer.StartTransaction()
             defn = layer.GetLayerDefn()
             for feat in src_layer:
                 o = ogr.Feature(defn)
                 o.SetGeometry(feat.GetGeometryRef())
                 o.SetField("scene", row["scene"])
-                for fd in fields:
-                    o.SetField(fd.GetName(), feat.GetField(fd.GetName()))
+                for name, _ in fields:
+                    if feat.IsFieldSetAndNotNull(name):
+                        o.SetField(name, feat.GetField(name))
                 layer.CreateFeature(o)
             src = None
         layer.CommitTransaction()
