@@ -377,3 +377,25 @@ def test_algorithm_with_a_folder_pattern_and_a_mask_layer(scenes, model, tmp_pat
         assert np.array_equal(a.ReadAsArray(), b.ReadAsArray()), s.stem
     with open(res["SUMMARY"], newline="") as f:
         assert [r["scene"] for r in csv.DictReader(f)] == ["small", "tiny"]
+
+
+def test_command_line_tool(scenes, model, references, tmp_path):
+    tool = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "segmentmany.py")
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(b"not a tiff")
+    cmd = [sys.executable, tool, "--model", model, "--output-dir", str(tmp_path / "job"), "--workers", "1",
+           "--threshold", str(THRESHOLD), "--block-size", str(BLOCK), str(scenes[2]), str(bad)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr  # one scene failed
+    assert proc.stdout.strip() == str(tmp_path / "job" / "summary.csv")
+    assert_identical(tmp_path / "job", references, ["tiny"])
+    proc = subprocess.run(cmd[:-1], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "1 skipped (complete)" in proc.stderr, proc.stderr
+
+
+def test_qgis_process(scenes, model, references, tmp_path, qgis_process):
+    """The batch runner spawns the local cluster's workers with a Python interpreter, not itself."""
+    res = qgis_process("gullyseg:segmentmany", {"INPUTS": str(scenes[2]), "MODEL": model, "WORKERS": 1,
+                                                "THRESHOLD": THRESHOLD, "OUTPUT_DIR": str(tmp_path / "job")})
+    assert res["results"]["SCENES_DONE"] == 1, res
+    assert_identical(tmp_path / "job", references, ["tiny"])

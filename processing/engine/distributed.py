@@ -513,21 +513,19 @@ def _client(scheduler, workers, threads_per_worker, feedback):
             if exe:
                 old_exe = mp_spawn.get_executable()
                 mp_spawn.set_executable(exe)
-            try:
-                import bokeh  # noqa: F401
-
-                dashboard = ":0"
-            except ImportError:
-                dashboard = None
             cluster = LocalCluster(n_workers=int(workers), threads_per_worker=int(threads_per_worker),
-                                   processes=True, dashboard_address=dashboard, silence_logs=logging.ERROR,
+                                   processes=True, dashboard_address=":0", silence_logs=logging.ERROR,
                                    host="127.0.0.1")
             client = Client(cluster)
-        try:
-            link = client.dashboard_link if (cluster is None or cluster.dashboard_link) else None
-        except Exception:  # noqa: BLE001
-            link = None
         info = client.scheduler_info()
+        link = None
+        if "dashboard" in (info.get("services") or {}):
+            try:  # the dashboard's pages need bokeh (on the scheduler's machine)
+                import bokeh  # noqa: F401
+
+                link = client.dashboard_link
+            except ImportError:
+                pass
         nw = len(info.get("workers", {}))
         feedback.info(f"Dask scheduler {client.scheduler.address}: {nw} worker(s), "
                       f"{sum(w.get('nthreads', 0) for w in info.get('workers', {}).values())} thread(s)"
