@@ -267,6 +267,23 @@ def _free_port():
         return s.getsockname()[1]
 
 
+class _CancelAfter(RecordingFeedback):
+    """Cancelled ``seconds`` after the job's tasks were submitted (the cluster's line is logged)."""
+
+    def __init__(self, seconds):
+        super().__init__()
+        self.seconds = seconds
+        self.start = None
+
+    def info(self, message):
+        super().info(message)
+        if message.startswith("Dask scheduler"):
+            self.start = time.monotonic()
+
+    def is_cancelled(self):
+        return self.start is not None and time.monotonic() - self.start > self.seconds
+
+
 def test_external_scheduler(scenes, model, references, tmp_path):
     """`dask scheduler` and two `dask worker` processes on 127.0.0.1; SCHEDULER=tcp://127.0.0.1:PORT."""
     from distributed import Client
@@ -297,7 +314,22 @@ def test_external_scheduler(scenes, model, references, tmp_path):
         assert [r["status"] for r in summary["scenes"]] == ["done"] * 3, summary["scenes"]
         assert_identical(tmp_path / "job", references, ["wide", "small", "tiny"])
         assert any(f"Dask scheduler {address}" in line for line in fb.infos)
-        assert set(summary["workers"]) <= {f"tcp://127.0.0.1:{w}" for w in range(65536)} and summary["workers"]
+        assert summary["workers"] and all(w.startswith("tcp://127.0.0.1:") for w in summary["workers"])
+
+        # cancel: the remote task sees the job's Dask Event and stops (a run of ~10 x 8 TTA passes of a slow
+        # model: more than a minute if it were not stopped); nothing is written afterwards
+        slow = onnx_models.make_slow_model(tmp_path / "slow.onnx")
+        with pytest.raises(Cancelled):
+            run([scenes[0]], slow, tmp_path / "cancelled", scheduler=address, block_size=1024, tta=2,
+                feedback=_CancelAfter(2.0))
+        deadline = time.monotonic() + 30
+        with Client(address, timeout="10s") as c:
+            while sum(c.run(lambda dask_worker: len(dask_worker.active_threads)).values()):
+                assert time.monotonic() < deadline, "the cancelled task is still running on its worker"
+                time.sleep(0.5)
+        assert not (tmp_path / "cancelled" / "wide" / "mask.tif").exists()
+        assert not (tmp_path / "cancelled" / "wide" / "probability.tif").exists()
+        no_partials(tmp_path / "cancelled")
     finally:
         for p in reversed(procs):
             p.terminate()

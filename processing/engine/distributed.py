@@ -221,26 +221,28 @@ class _TaskFeedback(Feedback):
     """Cancelled when the job's Dask Event is set (checked at most every ``interval`` seconds)."""
 
     def __init__(self, event_name, interval=1.0):
-        self._name = event_name
         self._interval = interval
         self._next = 0.0
         self._cancelled = False
         self._event = None
+        if event_name:
+            try:  # here, in the task's thread, where the worker's client is found; polled from other threads
+                from distributed import Event
+
+                self._event = Event(event_name)
+            except Exception:  # noqa: BLE001 - not on a Dask worker: never cancelled
+                self._event = None
 
     def is_cancelled(self):
-        if self._cancelled or not self._name:
+        if self._cancelled or self._event is None:
             return self._cancelled
         now = time.monotonic()
         if now >= self._next:
             self._next = now + self._interval
             try:
-                if self._event is None:
-                    from distributed import Event
-
-                    self._event = Event(self._name)
                 self._cancelled = bool(self._event.is_set())
-            except Exception:  # noqa: BLE001 - no scheduler reachable (e.g. run outside Dask): not cancelled
-                self._name = None
+            except Exception:  # noqa: BLE001 - scheduler unreachable: the task is lost anyway
+                pass
         return self._cancelled
 
 

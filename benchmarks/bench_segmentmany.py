@@ -1,0 +1,146 @@
+"""Benchmark: gullyseg:segmentmany's engine (engine.distributed) against sequential segment runs.
+
+    .venv/bin/python benchmarks/bench_segmentmany.py [--size 1024] [--scenes 4] [--rounds 1] [--model demo]
+
+In one run, on ``--scenes`` synthetic RGB scenes of ``--size`` px (0.75 m, EPSG:32606), with the demo
+model (resources/models/gullyseg_demo_unet.onnx; ``--model fcn`` for a tiny test model):
+
+1. peer: ``inference.segment_raster`` on each scene one after the other in this process (the model
+   loaded once, all cores);
+2. segmentmany on a local cluster of 1 worker process (model threads = all cores), then of 2
+   worker processes (1 core each); the clock includes starting and closing the cluster and
+   writing the mosaic and the summary, as a user sees it;
+3. blocks: one scene of 2 x ``--size`` px run whole and in 4 blocks (BLOCK_SIZE = ``--size``) by
+   segmentmany with 2 workers: the cost of cutting and assembling (VRT over the block files,
+   converted once to the final GeoTIFFs).
+
+Reported: seconds (best of ``--rounds``), the fixed cost of starting and closing a 2-process
+cluster (measured alone) and the 2-worker overhead without it, the ratio to the peer (overhead = ratio - 1; target
+<= 10 % for the best cluster), the 2-worker/1-worker speed-up, megapixels per second and the
+machine's load average before and after (the machine is shared: ratios, not absolute times, are
+the result). Outputs are checked equal to the peer's pixel for pixel. JSON on stdout.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _engine():
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from gullyseg_cli import register_package
+
+    register_package()
+    from gullyseg.processing.engine import distributed, inference, onnx_model, synthetic
+
+    return distributed, inference, onnx_model, synthetic
+
+
+def _same(a, b):
+    from osgeo import gdal
+
+    return np.array_equal(gdal.Open(a).ReadAsArray(), gdal.Open(b).ReadAsArray())
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--scenes", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--model", default="demo", choices=["demo", "fcn"])
+    ap.add_argument("--keep", action="store_true")
+    args = ap.parse_args(argv)
+    distributed, inference, onnx_model, synthetic = _engine()
+    work = tempfile.mkdtemp(prefix="bench_segmentmany_")
+    load_before = os.getloadavg()
+    try:
+        if args.model == "demo":
+            model = os.path.join(ROOT, "resources", "models", "gullyseg_demo_unet.onnx")
+        else:
+            import onnx_models
+
+            model = onnx_models.make_fcn_model(os.path.join(work, "fcn.onnx"), in_channels=3)
+        scenes = []
+        for i in range(args.scenes):
+            p = os.path.join(work, f"scene{i}.tif")
+            synthetic.make_scene(p, width=args.size, height=args.size, seed=100 + i)
+            scenes.append(p)
+        px = args.scenes * args.size * args.size
+        times = {"sequential": [], "workers1": [], "workers2": []}
+        for _ in range(args.rounds):
+            t0 = time.monotonic()
+            m = onnx_model.load_model(model)
+            for i, s in enumerate(scenes):
+                inference.segment_raster(s, m, output_probability=os.path.join(work, f"ref{i}_p.tif"),
+                                         output_mask=os.path.join(work, f"ref{i}_m.tif"), overwrite=True)
+            times["sequential"].append(time.monotonic() - t0)
+            del m
+            for n in (1, 2):
+                out = os.path.join(work, f"many{n}")
+                shutil.rmtree(out, ignore_errors=True)
+                t0 = time.monotonic()
+                summary = distributed.segment_many(scenes, model, out, workers=n, threads_per_worker=1,
+                                                   block_size=max(16384, args.size))
+                times[f"workers{n}"].append(time.monotonic() - t0)
+                assert all(row["status"] == "done" for row in summary["scenes"]), summary["scenes"]
+                for i in range(args.scenes):
+                    assert _same(os.path.join(work, f"ref{i}_m.tif"), os.path.join(out, f"scene{i}", "mask.tif"))
+                    assert _same(os.path.join(work, f"ref{i}_p.tif"),
+                                 os.path.join(out, f"scene{i}", "probability.tif"))
+        best = {k: min(v) for k, v in times.items()}
+        # the fixed cost: starting and closing a local cluster of 2 worker processes, nothing run
+        from gullyseg.processing.engine.feedback import Feedback
+
+        t0 = time.monotonic()
+        with distributed._client(None, 2, 1, Feedback()):
+            pass
+        cluster_s = time.monotonic() - t0
+
+        # blocks: one scene of 2 x size, whole vs 4 blocks, both through segmentmany with 2 workers
+        big = os.path.join(work, "big.tif")
+        synthetic.make_scene(big, width=2 * args.size, height=2 * args.size, seed=7)
+        block_times = {}
+        for label, bs in (("whole", 16384 if 2 * args.size <= 16384 else 4 * args.size), ("blocks", args.size)):
+            out = os.path.join(work, f"big_{label}")
+            t0 = time.monotonic()
+            summary = distributed.segment_many([big], model, out, workers=2, block_size=bs)
+            block_times[label] = time.monotonic() - t0
+            assert summary["scenes"][0]["status"] == "done"
+        assert _same(os.path.join(work, "big_whole", "big", "probability.tif"),
+                     os.path.join(work, "big_blocks", "big", "probability.tif"))
+        result = {
+            "machine": {"cpus": os.cpu_count(), "load_before": [round(x, 2) for x in load_before],
+                        "load_after": [round(x, 2) for x in os.getloadavg()]},
+            "model": os.path.basename(model), "scenes": args.scenes, "size": args.size, "rounds": args.rounds,
+            "seconds": {k: round(v, 2) for k, v in best.items()},
+            "mpx_per_s": {k: round(px / 1e6 / v, 3) for k, v in best.items()},
+            "ratio_to_sequential": {k: round(best[k] / best["sequential"], 3) for k in ("workers1", "workers2")},
+            "overhead_best_cluster": round(min(best["workers1"], best["workers2"]) / best["sequential"] - 1, 3),
+            "speedup_2_vs_1_workers": round(best["workers1"] / best["workers2"], 3),
+            "cluster_start_close_s": round(cluster_s, 2),
+            "overhead_2_workers_without_cluster_start":
+                round((best["workers2"] - cluster_s) / best["sequential"] - 1, 3),
+            "blocks": {"scene_px": 2 * args.size, "block_size": args.size,
+                       "seconds": {k: round(v, 2) for k, v in block_times.items()},
+                       "ratio_blocks_to_whole": round(block_times["blocks"] / block_times["whole"], 3)},
+        }
+        seq_rate = px / best["sequential"]
+        result["scenes_per_hour_31000px_sequential"] = round(distributed.scenes_per_hour(seq_rate), 3)
+        print(json.dumps(result, indent=1))
+        return result
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":  # required: the cluster's worker processes are spawned
+    main()
