@@ -306,7 +306,7 @@ def run_task(spec):
     Returns a result dict (status done/failed). GullySegError (the scene's own fault) becomes
     status 'failed' with the message; other exceptions propagate so that Dask retries the task.
     """
-    t0 = time.monotonic()
+    t0, c0 = time.monotonic(), time.process_time()
     res = {"scene": spec["scene"], "kind": spec["kind"], "worker": _worker_id(), "block": spec.get("block")}
     fb = _TaskFeedback(spec.get("event"))
     try:
@@ -322,6 +322,7 @@ def run_task(spec):
     except GullySegError as exc:
         res.update(status="failed", error=str(exc))
     res["seconds"] = time.monotonic() - t0
+    res["cpu_seconds"] = time.process_time() - c0  # the worker process's, all threads (its other tasks too)
     return res
 
 
@@ -783,6 +784,7 @@ def _record(row, kind, res, px, stats):
         stats["by_worker"][worker] = stats["by_worker"].get(worker, 0) + px
     if kind == "block":
         row["seconds"] = (row["seconds"] or 0.0) + res.get("seconds", 0.0)
+        row["cpu_seconds"] = row.get("cpu_seconds", 0.0) + res.get("cpu_seconds", 0.0)
         workers = set(filter(None, (row["worker"] or "").split(";"))) | {worker}
         row["worker"] = ";".join(sorted(w for w in workers if w))
         if res.get("status") != "done" and row["status"] != "failed":
@@ -795,6 +797,9 @@ def _record(row, kind, res, px, stats):
     elif row["status"] != "failed":
         row.update(status="failed", error=res.get("error") or res.get("status"))
     row["seconds"] = (row["seconds"] or 0.0) + res.get("seconds", 0.0)
+    row["cpu_seconds"] = row.get("cpu_seconds", 0.0) + res.get("cpu_seconds", 0.0)  # summary.json only
+    if kind == "assemble":
+        row["assembly_seconds"] = res.get("seconds", 0.0)  # summary.json only (benchmarks/bench_segmentmany.py)
     if kind == "scene":
         row["worker"] = worker
     elif worker and worker not in (row["worker"] or "").split(";"):
