@@ -445,7 +445,7 @@ def test_column_panels_give_the_same_outputs(scene_factory, models, tmp_path, mo
     extent = (gt[0] + 37 * gt[1], gt[3] + 590 * gt[5], gt[0] + 1090 * gt[1], gt[3] + 11 * gt[5])
     runs = {}
     for name, width in (("single", 10 ** 6), ("panels", panel_width)):
-        monkeypatch.setattr(inference, "PANEL_WIDTH", width)
+        monkeypatch.setattr(inference.grid, "PANEL_WIDTH", width)
         res = inference.segment_raster(str(scene), models["fcn"], output_probability=str(tmp_path / f"{name}_p.tif"),
                                        output_mask=str(tmp_path / f"{name}_m.tif"), extent=extent)
         runs[name] = res
@@ -573,7 +573,7 @@ def _mosaic_blocks(scene, model, tmp_path, blocks, name, **kwargs):
 def test_blocks_mosaic_equals_a_whole_run(scene_factory, models, tmp_path, monkeypatch, panel_width):
     """Four uneven blocks (cuts through windows, rows and columns, not on 256 px output blocks) give,
     mosaicked, the whole run's outputs bit for bit; the counts add up to the whole run's."""
-    monkeypatch.setattr(inference, "PANEL_WIDTH", panel_width)  # 256: panels inside the blocks too
+    monkeypatch.setattr(inference.grid, "PANEL_WIDTH", panel_width)  # 256: panels inside the blocks too
     scene = scene_factory("blocks", width=1100, height=700, seed=3)
     blocks = [(0, 0, 613, 301), (613, 0, 487, 301), (0, 301, 100, 399), (100, 301, 1000, 399)]
     whole, mosaic, totals = _mosaic_blocks(scene, models["fcn"], tmp_path, blocks, "w")
@@ -619,3 +619,46 @@ def test_block_refusals(scene_factory, models, tmp_path):
     with pytest.raises(GullySegError, match="block.*resolution"):
         inference.segment_raster(str(scene), res150, output_probability=str(tmp_path / "p.tif"), block=(0, 0, 99, 99))
     assert not list(tmp_path.glob("*.tif")) and not list(tmp_path.glob(".*"))
+
+
+# --- 16-bit data above the model's input_max (issue 14, item 12) ----------------------------------------
+
+def test_values_above_input_max_warn_and_far_above_are_refused(tmp_path):
+    rng = np.random.default_rng(2)
+    data = rng.integers(0, 1000, (3, 300, 400)).astype(np.uint16)
+    data[:, 100, 200] = 1400  # 1.4 x input_max 1000
+    rasters.write_raster(tmp_path / "ten.tif", data, options=["TILED=YES"])
+    model = om.make_pointwise_model(tmp_path / "pw.onnx", weights=(1.0, 1.0, 1.0),
+                                    metadata={"gullyseg": {"input_max": 1000}})
+    fb = RecordingFeedback()
+    res = inference.segment_raster(str(tmp_path / "ten.tif"), model, output_probability=str(tmp_path / "p.tif"),
+                                   feedback=fb)
+    assert res["input_maximum"] == 1400
+    assert any("largest valid pixel value is 1400" in w and "input_max 1000" in w for w in fb.warnings)
+    # within range: no warning
+    fb = RecordingFeedback()
+    ok = np.minimum(data, 1000)
+    ok[0, 0, 0] = 65535  # a nodata value is not data
+    rasters.write_raster(tmp_path / "ok.tif", ok, nodata=65535, options=["TILED=YES"])
+    res = inference.segment_raster(str(tmp_path / "ok.tif"), model, output_probability=str(tmp_path / "q.tif"),
+                                   feedback=fb)
+    assert res["input_maximum"] <= 1000 and not [w for w in fb.warnings if "input_max" in w]
+    # 12-bit data on a model that says 1000: far outside, refused before any output
+    far = (data.astype(np.uint32) * 4).astype(np.uint16)
+    rasters.write_raster(tmp_path / "far.tif", far, options=["TILED=YES"])
+    with pytest.raises(GullySegError, match=r"INPUT: pixel values reach about \d+ .*input_max 1000"):
+        inference.segment_raster(str(tmp_path / "far.tif"), model, output_probability=str(tmp_path / "r.tif"))
+    assert not (tmp_path / "r.tif").exists()
+
+
+def test_segment_result_is_typed_and_dict_compatible(scene_factory, models, tmp_path):
+    scene = scene_factory("grid", width=600, height=520, seed=5)
+    res = inference.segment_raster(str(scene), models["pointwise"], output_mask=str(tmp_path / "m.tif"))
+    assert isinstance(res, inference.SegmentResult)
+    assert res.windows == res["windows"] and res.pixels_processed == res["pixels_processed"] == 600 * 520
+    assert res.outputs["mask"] == str(tmp_path / "m.tif") and res.polygons is None and res.block is None
+    as_dict = dict(res)
+    assert as_dict["gully_area_m2"] == res.gully_area_m2 and "extra" not in as_dict
+    assert res.get("nope", 7) == 7 and "windows" in res
+    with pytest.raises(KeyError):
+        res["nope"]
