@@ -49,7 +49,8 @@ def main(argv=None):
     ap.add_argument("--mask", help="vector file: segment only inside its polygons (any CRS)")
     ap.add_argument("--compression", default="DEFLATE", choices=["DEFLATE", "ZSTD", "LZW", "NONE"])
     ap.add_argument("--polygons", action="store_true", help="write gully polygons")
-    ap.add_argument("--min-area", type=float, default=0.0)
+    ap.add_argument("--min-area", type=float, default=None, help="m2 (default: 4 pixels, as segment)")
+    ap.add_argument("--context-margin", type=int, default=None, help="pixels (default: from the model)")
     ap.add_argument("--simplify", type=float, default=0.0)
     ap.add_argument("--scheduler", default=None, help="tcp://host:port of a Dask scheduler (default: local cluster)")
     ap.add_argument("--workers", type=int, default=2, help="local cluster: worker processes")
@@ -70,7 +71,8 @@ def main(argv=None):
             threshold=args.threshold, tta=args.tta, mask=read_mask(args.mask) if args.mask else None,
             compression=args.compression, polygons=args.polygons, min_area=args.min_area, simplify=args.simplify,
             scheduler=args.scheduler, workers=args.workers, threads_per_worker=args.threads_per_worker,
-            block_size=args.block_size, retries=args.retries, feedback=PrintFeedback())
+            block_size=args.block_size, retries=args.retries, context_margin=args.context_margin,
+            feedback=PrintFeedback())
     except GullySegError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 1

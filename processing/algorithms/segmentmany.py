@@ -31,7 +31,7 @@ class SegmentManyAlgorithm(GullySegAlgorithm):
         "'segment' run of the scene gives.\n\n"
         "INPUTS: raster layers, and/or INPUT_FOLDER with PATTERN (e.g. *.tif; several separated by ';'). MODEL, "
         "BANDS, OVERLAP, BATCH_SIZE, THRESHOLD, TTA, MASK_LAYER (any CRS, reprojected to each scene), MIN_AREA, "
-        "SIMPLIFY and COMPRESSION as in 'segment'.\n"
+        "SIMPLIFY, CONTEXT_MARGIN and COMPRESSION as in 'segment'.\n"
         "SCHEDULER: empty = a local cluster of WORKERS processes with THREADS_PER_WORKER tasks each; "
         "tcp://host:port = an existing scheduler (start it with 'dask scheduler' and the workers with "
         "'dask worker tcp://host:port' from GullySeg's Python, see docs/scale.md). Each worker loads the model "
@@ -62,6 +62,7 @@ class SegmentManyAlgorithm(GullySegAlgorithm):
     THRESHOLD = "THRESHOLD"
     TTA = "TTA"
     MIN_AREA = "MIN_AREA"
+    CONTEXT_MARGIN = "CONTEXT_MARGIN"
     SIMPLIFY = "SIMPLIFY"
     COMPRESSION = "COMPRESSION"
     SCHEDULER = "SCHEDULER"
@@ -92,21 +93,21 @@ class SegmentManyAlgorithm(GullySegAlgorithm):
         self.addParameter(QgsProcessingParameterFeatureSource(
             self.MASK_LAYER, self.tr("Only inside these polygons"), [compat.TYPE_VECTOR_POLYGON], optional=True))
         self.addParameter(QgsProcessingParameterNumber(
-            self.OVERLAP, self.tr("Overlap between windows (pixels; -1 = from the model, else a quarter window)"),
-            compat.NUMBER_INTEGER, defaultValue=-1, minValue=-1))
+            self.OVERLAP, self.tr("Overlap between windows (pixels; empty: from model metadata, else a quarter "
+                                  "window)"), compat.NUMBER_INTEGER, defaultValue=None, optional=True, minValue=-1))
         self.addParameter(QgsProcessingParameterNumber(
             self.BATCH_SIZE, self.tr("Batch size (windows per model run)"), compat.NUMBER_INTEGER,
             defaultValue=8, minValue=1, maxValue=1024))
         self.addParameter(QgsProcessingParameterNumber(
-            self.THRESHOLD, self.tr("Threshold (-1 = from the model's metadata, else 0.5)"), compat.NUMBER_DOUBLE,
-            defaultValue=-1.0, minValue=-1.0, maxValue=1.0))
+            self.THRESHOLD, self.tr("Threshold (empty: from model metadata, else 0.5)"), compat.NUMBER_DOUBLE,
+            defaultValue=None, optional=True, minValue=-1.0, maxValue=1.0))
         self.addParameter(QgsProcessingParameterEnum(
             self.TTA, self.tr("Test-time augmentation"), options=SegmentAlgorithm.TTA_OPTIONS, defaultValue=0))
         self.addParameter(QgsProcessingParameterBoolean(
             self.OUTPUT_POLYGONS, self.tr("Write gully polygons (per scene and merged)"), defaultValue=False))
         self.addParameter(QgsProcessingParameterNumber(
-            self.MIN_AREA, self.tr("Polygons: minimum area (m²)"), compat.NUMBER_DOUBLE, defaultValue=0.0,
-            minValue=0.0))
+            self.MIN_AREA, self.tr("Polygons: minimum area (m²; empty: 4 pixels, 0: keep all)"), compat.NUMBER_DOUBLE,
+            defaultValue=None, optional=True, minValue=0.0))
         self.addParameter(QgsProcessingParameterNumber(
             self.SIMPLIFY, self.tr("Polygons: simplification tolerance (m, 0 = none)"), compat.NUMBER_DOUBLE,
             defaultValue=0.0, minValue=0.0))
@@ -119,7 +120,10 @@ class SegmentManyAlgorithm(GullySegAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(
             self.THREADS_PER_WORKER, self.tr("Local cluster: tasks at once per worker"), compat.NUMBER_INTEGER,
             defaultValue=1, minValue=1))
-        advanced = []
+        advanced = [QgsProcessingParameterNumber(
+            self.CONTEXT_MARGIN, self.tr("Context margin ignored at inner window edges (pixels; empty: from model "
+                                         "metadata, 0: none)"), compat.NUMBER_INTEGER, defaultValue=None,
+            optional=True, minValue=-1)]
         advanced.append(QgsProcessingParameterNumber(
             self.BLOCK_SIZE, self.tr("Block size (pixels, a multiple of 256): larger scenes run in blocks"),
             compat.NUMBER_INTEGER, defaultValue=distributed.DEFAULT_BLOCK_SIZE, minValue=256))
@@ -136,6 +140,14 @@ class SegmentManyAlgorithm(GullySegAlgorithm):
         self.addOutput(QgsProcessingOutputNumber(self.SCENES_FAILED, self.tr("Scenes failed")))
         self.addOutput(QgsProcessingOutputNumber(self.GULLY_AREA_M2, self.tr("Gully area of all scenes (m²)")))
         self.addOutput(QgsProcessingOutputFolder(self.OUTPUT_DIR, self.tr("Output folder")))
+
+    def _optional(self, parameters, name, context, kind):
+        """An optional number: None when empty or -1 (as in 'segment')."""
+        if parameters.get(name) in (None, ""):
+            return None
+        value = self.parameterAsInt(parameters, name, context) if kind is int else \
+            self.parameterAsDouble(parameters, name, context)
+        return None if value == -1 else value
 
     def execute(self, parameters, context, feedback):
         fb = self.engine_feedback(feedback)
@@ -155,15 +167,16 @@ class SegmentManyAlgorithm(GullySegAlgorithm):
         summary = distributed.segment_many(
             inputs, self.parameterAsFile(parameters, self.MODEL, context), out_dir,
             bands=self.parameterAsString(parameters, self.BANDS, context) or None,
-            overlap=self.parameterAsInt(parameters, self.OVERLAP, context),
+            overlap=self._optional(parameters, self.OVERLAP, context, int),
             batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
-            threshold=self.parameterAsDouble(parameters, self.THRESHOLD, context),
+            threshold=self._optional(parameters, self.THRESHOLD, context, float),
             tta=self.parameterAsEnum(parameters, self.TTA, context),
             mask=mask,
             compression=SegmentAlgorithm.COMPRESSION_OPTIONS[
                 self.parameterAsEnum(parameters, self.COMPRESSION, context)][0],
             polygons=self.parameterAsBool(parameters, self.OUTPUT_POLYGONS, context),
-            min_area=self.parameterAsDouble(parameters, self.MIN_AREA, context),
+            min_area=self._optional(parameters, self.MIN_AREA, context, float),
+            context_margin=self._optional(parameters, self.CONTEXT_MARGIN, context, int),
             simplify=self.parameterAsDouble(parameters, self.SIMPLIFY, context),
             scheduler=(self.parameterAsString(parameters, self.SCHEDULER, context) or "").strip() or None,
             workers=self.parameterAsInt(parameters, self.WORKERS, context),

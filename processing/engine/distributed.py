@@ -274,6 +274,8 @@ def _segment_kwargs(spec):
     p = spec["params"]
     kw = dict(bands=p["bands"], overlap=p["overlap"], batch_size=p["batch_size"], threshold=p["threshold"],
               tta=p["tta"], compression=p["compression"])
+    if p.get("context_margin") is not None:
+        kw["context_margin"] = p["context_margin"]
     if p.get("mask"):
         kw["mask_wkts"] = _mask_in_crs(p["mask"], spec["crs_wkt"])
     return kw
@@ -432,9 +434,13 @@ def _assemble(spec, fb):
     names = [PROBABILITY, MASK]
     if p["polygons"]:
         poly = os.path.join(folder, POLYGONS)
+        min_area = p["min_area"]
+        if min_area is None:  # segment's default: the area of MIN_AREA_PIXELS pixels
+            gt = gdal.Open(os.path.join(folder, MASK)).GetGeoTransform()
+            min_area = inference.MIN_AREA_PIXELS * abs(gt[1] * gt[5])
         with gdalio.atomic_output(poly, True, "OUTPUT_POLYGONS") as tmp:
             result["polygons"] = polygonize.polygonize_bounded(
-                os.path.join(folder, MASK), os.path.join(folder, PROBABILITY), tmp, min_area=p["min_area"],
+                os.path.join(folder, MASK), os.path.join(folder, PROBABILITY), tmp, min_area=min_area,
                 simplify=p["simplify"], layer_name="polygons", feedback=fb)
         names.append(POLYGONS)
     _write_sidecar(sidecar, spec, names, result, (spec["width"], spec["height"]))
@@ -548,7 +554,7 @@ def _client(scheduler, workers, threads_per_worker, feedback):
 
 def _scene_signature(model_sig, params, input_path):
     keep = {k: params[k] for k in ("bands", "overlap", "threshold", "tta", "compression", "polygons", "min_area",
-                                   "simplify")}
+                                   "simplify", "context_margin")}
     if params.get("mask"):
         keep["mask_sha256"] = hashlib.sha256(json.dumps(params["mask"]).encode()).hexdigest()
     return {"model": model_sig, "params": keep, "input": _input_signature(input_path)}
@@ -568,14 +574,15 @@ def _crs_tag(crs_wkt):
 
 
 def segment_many(inputs, model, output_dir, bands=None, overlap=None, batch_size=8, threshold=None, tta=0,
-                 mask=None, compression="DEFLATE", polygons=False, min_area=0.0, simplify=0.0, scheduler=None,
+                 mask=None, compression="DEFLATE", polygons=False, min_area=None, simplify=0.0, scheduler=None,
                  workers=2, threads_per_worker=1, block_size=DEFAULT_BLOCK_SIZE, retries=2, model_threads=0,
-                 block_compression="ZSTD", feedback=None):
+                 block_compression="ZSTD", context_margin=None, feedback=None):
     """Segment every raster of ``inputs`` (paths) with ``model`` (an .onnx path) on Dask; returns the summary.
 
     Options as ``inference.segment_raster`` (bands, overlap, batch_size, threshold, tta, compression,
-    min_area, simplify); mask: (wkts, crs_wkt) polygons to segment inside (any CRS: reprojected per
-    scene); polygons: write polygons. scheduler: None/'' = a LocalCluster of ``workers`` processes with
+    min_area (None: segment's default, 4 pixels), simplify, context_margin); mask: (wkts, crs_wkt)
+    polygons to segment inside (any CRS: reprojected per scene); polygons: write polygons.
+    scheduler: None/'' = a LocalCluster of ``workers`` processes with
     ``threads_per_worker`` threads each, else a scheduler address. block_size: scenes wider or taller
     are processed in blocks (a multiple of 256, >= 256). retries: re-runs of a task that raised an
     unexpected error. model_threads: onnxruntime threads per task (0 = the worker's cores shared by
@@ -611,7 +618,9 @@ def segment_many(inputs, model, output_dir, bands=None, overlap=None, batch_size
               "batch_size": int(batch_size),
               "threshold": None if threshold is None or threshold < 0 else float(threshold),
               "tta": int(tta), "compression": str(compression).upper(), "polygons": bool(polygons),
-              "min_area": float(min_area), "simplify": float(simplify),
+              "min_area": None if min_area is None or min_area < 0 else float(min_area),
+              "simplify": float(simplify),
+              "context_margin": None if context_margin is None or context_margin < 0 else int(context_margin),
               "mask": [list(mask[0]), mask[1]] if mask else None, "block_compression": block_compression}
     model_sig = _model_signature(model_path)
     names = scene_names(paths)
