@@ -435,3 +435,18 @@ def test_qgis_process(scenes, model, references, tmp_path, qgis_process):
                                                 "THRESHOLD": THRESHOLD, "OUTPUT_DIR": str(tmp_path / "job")})
     assert res["results"]["SCENES_DONE"] == 1, res
     assert_identical(tmp_path / "job", references, ["tiny"])
+
+
+def test_a_scene_the_model_resamples_runs_whole(scenes, tmp_path):
+    """A model at 1.5 m on 0.75 m scenes: no blocks (the warp needs the whole scene), pixels as segment's."""
+    coarse = onnx_models.make_fcn_model(tmp_path / "coarse.onnx", in_channels=3, metadata={"resolution": 150})
+    ref = inference.segment_raster(str(scenes[0]), coarse, output_mask=str(tmp_path / "ref_m.tif"),
+                                   output_probability=str(tmp_path / "ref_p.tif"), threshold=THRESHOLD)
+    assert ref["resampled"]
+    summary, _ = run([scenes[0]], coarse, tmp_path / "job", workers=1)
+    row = rows(summary)["wide"]
+    assert row["status"] == "done" and row["blocks"] == 0
+    for name, ref_path in (("mask.tif", ref["outputs"]["mask"]), ("probability.tif", ref["outputs"]["probability"])):
+        a, b = gdal.Open(ref_path), gdal.Open(str(tmp_path / "job" / "wide" / name))
+        assert a.GetGeoTransform() == b.GetGeoTransform()
+        assert np.array_equal(a.ReadAsArray(), b.ReadAsArray()), name
