@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import gullyseg_cli  # noqa: E402
+import gullyseg_cli
 
 
 def read_mask(path):

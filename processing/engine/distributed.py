@@ -80,7 +80,7 @@ INSTALL_HINT = ("segmentmany needs Dask: install it into the Python that runs Gu
 def require_dask():
     """Import dask.distributed or raise a GullySegError saying what to install."""
     try:
-        import distributed  # noqa: F401
+        import distributed
         from dask import config  # noqa: F401
     except ImportError as exc:
         raise GullySegError(f"{INSTALL_HINT} ({exc})") from None
