@@ -4,7 +4,6 @@ Skipped as a whole, with the reason, where PyTorch / segmentation-models-pytorch
 (e.g. Python 3.13 without wheels); test_training_deps.py checks the plugin still loads then.
 """
 
-import importlib.util
 import json
 import os
 import shutil
