@@ -77,7 +77,6 @@ def build(workdir, tile, train_target=584):
     shutil.rmtree(aug, ignore_errors=True)
     shutil.copytree(plain, aug)
     augment.augment_dataset(aug, splits=("train",), copies=4, seed=1)
-    split.split_dataset(aug, ratios="8:1:1", seed=1, overwrite=True)
     open(os.path.join(aug, "ready"), "w").close()
     return plain, aug
 

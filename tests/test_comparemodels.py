@@ -95,3 +95,14 @@ def test_bad_inputs_write_nothing(tmp_path, scene_factory):
                                       tile_size=64)
         compare.compare_models(models, dataset_root=str(root), output_table=str(table))
     assert not table.exists()
+
+
+def test_command_line_models_list(qgis_process, tmp_path, scene_factory):
+    """qgis_process with MODELS as one ';'-separated string, as the issue asks."""
+    scene = scene_factory("compare_scene", width=384, height=384, seed=5)
+    models = _models(tmp_path)
+    out = qgis_process("gullyseg:comparemodels", {
+        "MODELS": ";".join(models), "SCENE": str(scene), "REFERENCE": str(scene).replace(".tif", "_mask.tif"),
+        "OUTPUT_TABLE": str(tmp_path / "cli.csv")})
+    rows = _table(tmp_path / "cli.csv")
+    assert len(rows) == 2 and out["results"]["BEST_MODEL"] == rows[0]["path"]

@@ -49,10 +49,12 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(tiny, provider_module):
-    """One trainmodel run through processing.run (2 epochs), with checkpoint and report."""
+    """One trainmodel run through processing.run (2 epochs), with checkpoint and report; enum
+    parameters by name, as batch rows, scripts and qgis_process give them."""
     out = tiny["base"] / "trained"
     out.mkdir()
-    params = {"DATASET": str(tiny["root"]), "EPOCHS": 2, "BATCH_SIZE": 4, "LEARNING_RATE": "0.003", "SEED": 1,
+    params = {"DATASET": str(tiny["root"]), "ARCHITECTURE": "unet", "ENCODER": models.DEFAULT_ENCODER,
+              "LOSS": "ce+dice", "EPOCHS": 2, "BATCH_SIZE": 4, "LEARNING_RATE": "0.003", "SEED": 1,
               "THREADS": 1, "DEVICE": "cpu", "OUTPUT_MODEL": str(out / "model.onnx"),
               "OUTPUT_CHECKPOINT": str(out / "model.pt"), "OUTPUT_REPORT": str(out / "report.html")}
     results = provider_module("trainmodel", params)
@@ -155,6 +157,9 @@ def test_trainmodel_outputs_and_metadata_round_trip(tiny, trained):
     for key in ("TEST_OA", "TEST_MIOU", "TEST_IOU_GULLY", "TEST_F1"):
         assert 0.0 <= res[key] <= 1.0 or np.isnan(res[key])
     assert res["OUTPUT_MODEL"] == str(out / "model.onnx")
+    from gullyseg.processing.algorithms import trainmodel
+
+    assert trainmodel.trained_models()[0] == str(out / "model.onnx")  # offered to the dock's inference tab
     assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "model.pt", "report.csv", "report.html"]
     csv_rows = (out / "report.csv").read_text().strip().splitlines()
     assert csv_rows[0].startswith("epoch,train_loss,val_loss,val_miou") and len(csv_rows) == 3
@@ -280,6 +285,8 @@ def test_imagenet_offline_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", "/nonexistent-gullyseg-hf-home")
     monkeypatch.setenv("TORCH_HOME", "/nonexistent-gullyseg-torch-home")
+    hub_constants = pytest.importorskip("huggingface_hub.constants")
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)  # read at import: the env var alone is too late
     with pytest.raises(GullySegError, match="ENCODER_WEIGHTS.*imagenet.*ENCODER_WEIGHTS=none"):
         models.build("unet", "resnet18", 3, "imagenet")
 
@@ -370,3 +377,4 @@ def test_data_reads_what_the_contract_lists(tiny):
     # mean/std of the train split, independently with numpy over every train tile
     imgs = np.stack([gdal.Open(str(tiny["root"] / "images" / f"{s}.tif")).ReadAsArray() for s in spec.ids("train")])
     np.testing.assert_allclose(spec.mean, (imgs / 255.0).mean(axis=(0, 2, 3)), atol=1e-5)
+

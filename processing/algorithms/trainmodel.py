@@ -1,5 +1,7 @@
 """gullyseg:trainmodel - train a segmentation network on a split dataset and export it to ONNX."""
 
+import os
+
 from qgis.core import (
     QgsProcessingOutputNumber,
     QgsProcessingParameterBoolean,
@@ -8,6 +10,7 @@ from qgis.core import (
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
     QgsProcessingParameterString,
+    QgsSettings,
 )
 
 from ... import compat
@@ -22,6 +25,23 @@ ENCODERS = ["resnet18", "resnet34", "resnet50", "efficientnet-b0", "efficientnet
             "efficientnet-b3", "mobilenet_v2", "mit_b0", "mit_b1", "mit_b2"]
 LOSSES = ["ce+dice", "ce", "dice", "focal"]
 DEVICES = ["auto", "cpu", "cuda"]
+
+# The models trainmodel wrote, newest first (the dock's inference tab can offer them).
+SETTINGS_TRAINED_MODELS = "gullyseg/trained_models"
+MAX_REMEMBERED = 20
+
+
+def trained_models():
+    """Paths of the models trainmodel wrote on this profile that still exist, newest first."""
+    value = QgsSettings().value(SETTINGS_TRAINED_MODELS, []) or []
+    if isinstance(value, str):
+        value = [value]
+    return [p for p in value if p and os.path.isfile(p)]
+
+
+def remember_trained_model(path):
+    paths = [p for p in trained_models() if os.path.abspath(p) != os.path.abspath(path)]
+    QgsSettings().setValue(SETTINGS_TRAINED_MODELS, [os.path.abspath(path)] + paths[:MAX_REMEMBERED - 1])
 
 
 class TrainModelAlgorithm(GullySegAlgorithm):
@@ -180,6 +200,7 @@ class TrainModelAlgorithm(GullySegAlgorithm):
             output_report=self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context) or None,
             feedback=self.engine_feedback(feedback),
         )
+        remember_trained_model(res["model"])
         test = res["test"] or {}
         nan = float("nan")
         outputs = {

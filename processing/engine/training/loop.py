@@ -180,7 +180,7 @@ def array_batches(x, y, batch_size, shuffle=True, seed=0):
 
 def epoch_order(n, seed, epoch):
     """The sample order of an epoch: a permutation that depends on (seed, epoch) only."""
-    g = torch.Generator().manual_seed(int(seed) * 100003 + int(epoch))
+    g = torch.Generator().manual_seed((int(seed) * 100003 + int(epoch)) % (2 ** 62))
     return torch.randperm(n, generator=g).tolist()
 
 
@@ -290,7 +290,7 @@ def lr_range_test(model, batches, loss_fn, device, steps=30, lo=1e-6, hi=1.0, fe
     if not smooth:
         return 1e-3
     k = int(np.nanargmin(smooth))
-    lr = float(min(max(rates[k] / 10.0, 1e-5), 1e-1))
+    lr = float(min(max(rates[k] / 10.0, 1e-5), 1e-2))  # AdamW: 1e-2 at most
     feedback.info(f"Learning-rate range test: {len(rates)} steps from {lo:g} to {rates[-1]:.3g}; lowest smoothed "
                   f"loss {smooth[k]:.4f} at {rates[k]:.3g}; learning rate {lr:.3g}.")
     return lr
@@ -298,11 +298,12 @@ def lr_range_test(model, batches, loss_fn, device, steps=30, lo=1e-6, hi=1.0, fe
 
 def fit(model, train_batches, val_batches, epochs, lr=1e-3, loss="ce+dice", class_weights=None,
         early_stopping=0, augment=True, seed=0, device="cpu", weight_decay=1e-4, freeze_encoder=False,
-        feedback=None, state=None, on_epoch=None, steps_per_epoch=None):
+        feedback=None, state=None, on_epoch=None, steps_per_epoch=None, max_seconds=None):
     """Train ``model`` for ``epochs`` epochs (continuing from ``state`` when given); keep the best val mIoU.
 
     train_batches(epoch) / val_batches(): iterables of (x, y) CPU tensors. ``on_epoch(result_state)``
-    is called after each finished epoch (the engine writes the checkpoint there).
+    is called after each finished epoch (the engine writes the checkpoint there). ``max_seconds``:
+    a time budget; no new epoch starts once it is spent (the finished epochs count).
     Returns FitResult. Cancellation (feedback.is_cancelled) is checked before every batch.
     """
     feedback = feedback or _Quiet()
@@ -328,11 +329,12 @@ def fit(model, train_batches, val_batches, epochs, lr=1e-3, loss="ce+dice", clas
                       f"val mIoU {best['miou']:.4f}).")
     n_batches = getattr(train_batches, "count", lambda: None)() or steps_per_epoch or 1
     stopped_early = False
+    fit_started = time.monotonic()
     for epoch in range(start_epoch, int(epochs) + 1):
         model.train()
         if freeze_encoder and hasattr(model, "encoder"):
             model.encoder.eval()  # frozen batch-norm statistics too
-        gen = torch.Generator().manual_seed(int(seed) * 7919 + epoch)
+        gen = torch.Generator().manual_seed((int(seed) * 7919 + epoch) % (2 ** 62))
         t0 = time.monotonic()
         losses, samples = [], 0
         for b, (x, y) in enumerate(train_batches(epoch)):
@@ -376,6 +378,10 @@ def fit(model, train_batches, val_batches, epochs, lr=1e-3, loss="ce+dice", clas
             on_epoch(state)
         if early_stopping and epoch - best["epoch"] >= int(early_stopping):
             feedback.info(f"Early stopping: no val mIoU gain for {early_stopping} epochs.")
+            stopped_early = True
+            break
+        if max_seconds and time.monotonic() - fit_started >= max_seconds and epoch < int(epochs):
+            feedback.info(f"Time budget of {max_seconds / 60:.1f} min spent after epoch {epoch}.")
             stopped_early = True
             break
     return FitResult(history, best["epoch"], best["state"], best["miou"], best["matrix"], stopped_early, state)

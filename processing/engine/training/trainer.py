@@ -96,8 +96,13 @@ def _parse_lr(value):
 def train_model(dataset_root, output_model, architecture=None, encoder=None, encoder_weights="none",
                 fine_tune_from=None, freeze_encoder=False, epochs=30, batch_size=8, learning_rate="auto",
                 loss="ce+dice", class_weights=False, early_stopping=0, augment=True, seed=42, device="auto",
-                threads=0, output_checkpoint=None, resume=None, output_report=None, feedback=None):
-    """Train, select on val, score on test, export. Returns a dict of results (see the algorithm)."""
+                threads=0, output_checkpoint=None, resume=None, output_report=None, max_minutes=None,
+                feedback=None):
+    """Train, select on val, score on test, export. Returns a dict of results (see the algorithm).
+
+    max_minutes: an optional time budget for the epochs (tools/train_demo_model.py); no new epoch
+    starts once it is spent.
+    """
     feedback = feedback or Feedback()
     started = time.monotonic()
     torch, smp = require_torch()
@@ -187,7 +192,8 @@ def train_model(dataset_root, output_model, architecture=None, encoder=None, enc
     result = loop.fit(net, train_batches, (lambda: val_batches(0)) if val_batches else None, int(epochs), lr=lr,
                       loss=loss, class_weights=cw, early_stopping=int(early_stopping), augment=bool(augment),
                       seed=int(seed), device=dev, freeze_encoder=bool(freeze_encoder), feedback=fb_train,
-                      state=ckpt["state"] if ckpt else None, on_epoch=on_epoch)
+                      state=ckpt["state"] if ckpt else None, on_epoch=on_epoch,
+                      max_seconds=60.0 * float(max_minutes) if max_minutes else None)
     net.load_state_dict(result.best_state)
     net.to("cpu").eval()
 
