@@ -64,20 +64,27 @@ def trained(tiny, provider_module):
 _KEEP = []
 
 
-@pytest.fixture(scope="module")
-def provider_module(qgis_app, qgis_processing):
-    """processing.run for module-scoped fixtures (the provider is checked on every call, as conftest does)."""
-    from qgis import processing
-    from qgis.core import QgsApplication, QgsProcessingContext, QgsProcessingFeedback, QgsProject
+def _ensure_provider():
+    """The provider, registered when absent (checked on every use, as conftest.ensure_provider does)."""
+    from qgis.core import QgsApplication
 
     from gullyseg.processing.provider import GullySegProvider
 
+    registry = QgsApplication.processingRegistry()
+    if registry.providerById("gullyseg") is None:
+        prov = GullySegProvider()
+        assert registry.addProvider(prov)
+        _KEEP[:] = [prov]
+
+
+@pytest.fixture(scope="module")
+def provider_module(qgis_app, qgis_processing):
+    """processing.run for module-scoped fixtures."""
+    from qgis import processing
+    from qgis.core import QgsProcessingContext, QgsProcessingFeedback, QgsProject
+
     def _run(alg_id, params, feedback=None):
-        registry = QgsApplication.processingRegistry()
-        if registry.providerById("gullyseg") is None:
-            prov = GullySegProvider()
-            assert registry.addProvider(prov)
-            _KEEP[:] = [prov]
+        _ensure_provider()
         context = QgsProcessingContext()
         context.setProject(QgsProject.instance())
         return processing.run(f"gullyseg:{alg_id}", params, feedback=feedback or QgsProcessingFeedback(),
@@ -378,3 +385,71 @@ def test_data_reads_what_the_contract_lists(tiny):
     imgs = np.stack([gdal.Open(str(tiny["root"] / "images" / f"{s}.tif")).ReadAsArray() for s in spec.ids("train")])
     np.testing.assert_allclose(spec.mean, (imgs / 255.0).mean(axis=(0, 2, 3)), atol=1e-5)
 
+
+
+def test_in_a_graphical_model(tiny, tmp_path, qgis_processing):
+    """splitdataset -> trainmodel -> comparemodels chained through their outputs, as the Modeler builds it."""
+    from qgis import processing
+    from qgis.core import (
+        QgsApplication,
+        QgsProcessingContext,
+        QgsProcessingFeedback,
+        QgsProcessingModelAlgorithm,
+        QgsProcessingModelChildAlgorithm,
+        QgsProcessingModelChildParameterSource,
+        QgsProcessingModelOutput,
+        QgsProcessingModelParameter,
+        QgsProcessingParameterFile,
+        QgsProject,
+    )
+
+    from gullyseg import compat
+
+    _ensure_provider()
+    root = tmp_path / "ds"
+    dataset_builder.build_dataset(root, tiny["scene"], tile_size=64)
+    src = QgsProcessingModelChildParameterSource
+    graph = QgsProcessingModelAlgorithm("train_in_a_model", "tests")
+    graph.addModelParameter(QgsProcessingParameterFile("dataset", "Dataset", behavior=compat.FILE_FOLDER),
+                            QgsProcessingModelParameter("dataset"))
+    steps = {
+        "split": ("gullyseg:splitdataset", {"DATASET": src.fromModelParameter("dataset"),
+                                            "RATIOS": src.fromStaticValue("6:2:2"), "SEED": src.fromStaticValue(1)}),
+        "train": ("gullyseg:trainmodel", {"DATASET": src.fromChildOutput("split", "OUTPUT_DIR"),
+                                          "EPOCHS": src.fromStaticValue(1), "BATCH_SIZE": src.fromStaticValue(4),
+                                          "LEARNING_RATE": src.fromStaticValue("0.001"),
+                                          "THREADS": src.fromStaticValue(1), "DEVICE": src.fromStaticValue("cpu")}),
+        "compare": ("gullyseg:comparemodels", {"MODELS": src.fromChildOutput("train", "OUTPUT_MODEL"),
+                                               "DATASET": src.fromChildOutput("split", "OUTPUT_DIR")}),
+    }
+    for child_id, (alg_id, sources) in steps.items():
+        child = QgsProcessingModelChildAlgorithm(alg_id)
+        child.setChildId(child_id)
+        for name, source in sources.items():
+            child.addParameterSources(name, [source])
+        alg = QgsApplication.processingRegistry().algorithmById(alg_id)
+        for definition in alg.parameterDefinitions():  # the rest at their defaults, as the Modeler sets them
+            if not definition.isDestination() and definition.name() not in child.parameterSources() \
+                    and definition.defaultValue() is not None:
+                child.addParameterSources(definition.name(), [src.fromStaticValue(definition.defaultValue())])
+        outputs = {}
+        for name, child_output in {"train": [("model", "OUTPUT_MODEL")],
+                                   "compare": [("table", "OUTPUT_TABLE")]}.get(child_id, []):
+            out = QgsProcessingModelOutput(name, name)
+            out.setChildId(child_id)
+            out.setChildOutputName(child_output)
+            outputs[name] = out
+        child.setModelOutputs(outputs)
+        graph.addChildAlgorithm(child)
+    graph.updateDestinationParameters()
+    ok, problems = graph.validate()
+    assert ok, problems
+    context = QgsProcessingContext()
+    context.setProject(QgsProject.instance())
+    res = processing.run(graph, {"dataset": str(root), "train:model": str(tmp_path / "m.onnx"),
+                                 "compare:table": str(tmp_path / "t.csv")},
+                         feedback=QgsProcessingFeedback(), context=context)
+    assert res["train:model"] == str(tmp_path / "m.onnx")
+    rows = (tmp_path / "t.csv").read_text().strip().splitlines()
+    assert len(rows) == 2 and rows[1].split(",")[1] == "m.onnx"
+    assert export.read_training_record(str(tmp_path / "m.onnx"))["dataset"]["folder"] == str(root)
