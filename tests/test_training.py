@@ -244,6 +244,24 @@ def test_resume_continues_from_the_saved_epoch(tiny, trained, tmp_path):
     assert export.read_training_record(str(tmp_path / "resumed.onnx"))["epochs_run"] == 3
 
 
+def test_fine_tune_with_a_frozen_encoder(tiny, trained, tmp_path):
+    base_path = trained["out"] / "model.pt"
+    base = trainer.load_checkpoint(str(base_path))["best_model"]
+    res = trainer.train_model(str(tiny["root"]), str(tmp_path / "ft.onnx"), fine_tune_from=str(base_path),
+                              freeze_encoder=True, output_checkpoint=str(tmp_path / "ft.pt"),
+                              **{**FAST, "epochs": 1})
+    tuned = trainer.load_checkpoint(str(tmp_path / "ft.pt"))["best_model"]
+    encoder = [k for k in base if k.startswith("encoder.")]
+    decoder = [k for k in base if not k.startswith("encoder.") and base[k].is_floating_point()]
+    assert encoder and all(torch.equal(base[k], tuned[k]) for k in encoder)  # weights and BN statistics
+    assert any(not torch.equal(base[k], tuned[k]) for k in decoder)
+    assert res["record"]["fine_tune_from"] == str(base_path) and res["record"]["freeze_encoder"] is True
+    with pytest.raises(GullySegError, match="FINE_TUNE_FROM: .* is a unet / resnet18"):
+        trainer.train_model(str(tiny["root"]), str(tmp_path / "fpn.onnx"), architecture="fpn",
+                            fine_tune_from=str(base_path), **FAST)
+    assert not (tmp_path / "fpn.onnx").exists()
+
+
 # --- architectures ----------------------------------------------------------------------------
 
 def _encoder_for(arch):
