@@ -20,6 +20,8 @@ EXPECTED_IDS = {
     "segment",
     "setmodelmetadata",
     "evaluate",
+    "trainmodel",
+    "comparemodels",
 }
 
 ALGORITHMS = [cls() for cls in algorithm_classes()]
