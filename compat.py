@@ -40,6 +40,7 @@ TYPE_VECTOR_POLYGON = _pick(Qgis, "ProcessingSourceType.VectorPolygon", QgsProce
 TYPE_VECTOR_ANY = _pick(Qgis, "ProcessingSourceType.VectorAnyGeometry", QgsProcessing, "TypeVectorAnyGeometry")
 TYPE_VECTOR_LINE = _pick(Qgis, "ProcessingSourceType.VectorLine", QgsProcessing, "TypeVectorLine")
 TYPE_RASTER = _pick(Qgis, "ProcessingSourceType.Raster", QgsProcessing, "TypeRaster")
+TYPE_FILE = _pick(Qgis, "ProcessingSourceType.File", QgsProcessing, "TypeFile")
 
 # Parameter details
 NUMBER_INTEGER = _pick(Qgis, "ProcessingNumberParameterType.Integer", QgsProcessingParameterNumber, "Integer")
