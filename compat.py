@@ -18,6 +18,11 @@ from qgis.PyQt.QtCore import QT_VERSION_STR
 
 QT6 = QT_VERSION_STR.startswith("6")
 
+try:  # QAction is in QtGui in Qt6 (QGIS 4), in QtWidgets in Qt5
+    from qgis.PyQt.QtGui import QAction
+except ImportError:
+    from qgis.PyQt.QtWidgets import QAction  # noqa: F401, QT605 (Qt5 fallback)
+
 
 def _pick(new_owner, new_path, old_owner, old_name):
     """``new_owner.<new_path>`` if it exists (dotted), else ``old_owner.<old_name>``."""
@@ -35,6 +40,7 @@ TYPE_VECTOR_POLYGON = _pick(Qgis, "ProcessingSourceType.VectorPolygon", QgsProce
 TYPE_VECTOR_ANY = _pick(Qgis, "ProcessingSourceType.VectorAnyGeometry", QgsProcessing, "TypeVectorAnyGeometry")
 TYPE_VECTOR_LINE = _pick(Qgis, "ProcessingSourceType.VectorLine", QgsProcessing, "TypeVectorLine")
 TYPE_RASTER = _pick(Qgis, "ProcessingSourceType.Raster", QgsProcessing, "TypeRaster")
+TYPE_FILE = _pick(Qgis, "ProcessingSourceType.File", QgsProcessing, "TypeFile")
 
 # Parameter details
 NUMBER_INTEGER = _pick(Qgis, "ProcessingNumberParameterType.Integer", QgsProcessingParameterNumber, "Integer")
@@ -79,7 +85,7 @@ def make_field(name, kind, length=0, precision=0):
 
 def exec_dialog(dialog):
     """``exec_()`` on Qt5, ``exec()`` on Qt6."""
-    return dialog.exec() if hasattr(dialog, "exec") else dialog.exec_()  # noqa: QGS107 (Qt5 fallback)
+    return dialog.exec() if hasattr(dialog, "exec") else dialog.exec_()  # noqa: QGS107, QT602 (Qt5 fallback)
 
 
 # Layer filters for QgsMapLayerComboBox (Qgis.LayerFilter from 3.34; QgsMapLayerProxyModel before)

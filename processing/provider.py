@@ -28,6 +28,32 @@ def algorithm_classes():
     return [found[k] for k in sorted(found)]
 
 
+# graphical models: stable id (model_name in the .model3) -> the name the Toolbox shows
+MODEL_DISPLAY_NAMES = {"builddataset": "Build a training dataset"}
+
+
+class GullySegModel(QgsProcessingModelAlgorithm):
+    """A shipped graphical model under a readable name ("Build a training dataset"); its id stays
+    the model_name of the file (gullyseg:builddataset), which scripts and qgis_process use."""
+
+    def displayName(self):  # noqa: N802
+        return MODEL_DISPLAY_NAMES.get(self.name(), super().displayName())
+
+    def createInstance(self):  # noqa: N802
+        instance = GullySegModel()
+        instance.loadVariant(self.toVariant())
+        instance.setSourceFilePath(self.sourceFilePath())
+        instance.show_outputs_plainly()
+        return instance
+
+    def show_outputs_plainly(self):
+        """Model outputs copy their child's flags: gridtiles' advanced tile-index path would open an
+        Advanced box in the dialog that shows nothing (outputs are listed with the outputs)."""
+        for definition in self.destinationParameterDefinitions():
+            if definition.flags() & compat.FLAG_ADVANCED:
+                definition.setFlags(definition.flags() & ~compat.FLAG_ADVANCED)
+
+
 def model_files():
     """Graphical models shipped in resources/models/ (offered in the Toolbox)."""
     return sorted(glob.glob(resource_path("models", "*.model3")))
@@ -56,9 +82,10 @@ class GullySegProvider(QgsProcessingProvider):
         for cls in algorithm_classes():
             self.addAlgorithm(cls())
         for path in model_files():
-            model = QgsProcessingModelAlgorithm()
+            model = GullySegModel()
             if model.fromFile(path):
                 model.setSourceFilePath(path)
+                model.show_outputs_plainly()
                 self.addAlgorithm(model)
             else:
                 QgsMessageLog.logMessage(

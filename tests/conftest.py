@@ -30,6 +30,7 @@ def _load_cli_helpers():
 
 
 cli = _load_cli_helpers()
+sys.modules.setdefault("gullyseg_cli", cli)  # tests import it by name (from gullyseg_cli import QGIS_PROCESS)
 cli.register_package()
 
 

@@ -188,6 +188,114 @@ def make_slow_model(path, in_channels=3, hidden=64, layers=12, seed=0):
     return make_fcn_model(path, in_channels=in_channels, hidden=hidden, layers=layers, seed=seed)
 
 
+# --- other output layouts (Deepness accepts them; so does GullySeg) -------------------------------
+
+def _conv_stack(prefix, prev, weights, pads, dilations=None):
+    """Conv (+ ReLU between) nodes and initialisers for a list of (W, b)."""
+    nodes, inits = [], []
+    for i, (w, b) in enumerate(weights):
+        inits += [numpy_helper.from_array(w, f"{prefix}w{i}"), numpy_helper.from_array(b, f"{prefix}b{i}")]
+        d = dilations[i] if dilations else 1
+        attrs = {"kernel_shape": list(w.shape[2:]), "pads": [pads[i]] * 4}
+        if d != 1:
+            attrs["dilations"] = [d, d]
+        nodes.append(helper.make_node("Conv", [prev, f"{prefix}w{i}", f"{prefix}b{i}"], [f"{prefix}c{i}"], **attrs))
+        prev = f"{prefix}c{i}"
+        if i < len(weights) - 1:
+            nodes.append(helper.make_node("Relu", [prev], [f"{prefix}r{i}"]))
+            prev = f"{prefix}r{i}"
+    return nodes, inits, prev
+
+
+def make_dilated_model(path, dilations=(1, 2, 4, 8, 16, 32), hidden=4, in_channels=3, seed=11, metadata=None):
+    """'same' dilated 3x3 convs (ReLU between), sigmoid: receptive-field radius ``sum(dilations)`` (63)."""
+    weights = fcn_weights(in_channels, hidden, len(dilations), 1, 3, seed)
+    nodes, inits, prev = _conv_stack("", "input", weights, list(dilations), list(dilations))
+    nodes.append(helper.make_node("Sigmoid", [prev], ["output"]))
+    graph = helper.make_graph(
+        nodes, "dilated",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, _dims(None, in_channels, None))],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, _dims(None, 1, None))], inits)
+    return _save(graph, path, metadata)
+
+
+def make_nhw_model(path, seed=4, layers=3, hidden=8, size=None, pin_batch=False, metadata=None):
+    """``make_fcn_model``'s net with its output squeezed to [N, H, W] (one score per pixel).
+
+    pin_batch: a Reshape to [1, H, W] inside the graph (``size`` must be fixed), the input's batch
+    dynamic, as in Deepness' ``one_output_sigmoid_bsx512x512.onnx``.
+    """
+    weights = fcn_weights(3, hidden, layers, 1, 3, seed)
+    nodes, inits, prev = _conv_stack("", "input", weights, [1] * layers)
+    nodes.append(helper.make_node("Sigmoid", [prev], ["prob"]))
+    if pin_batch:
+        h, w = (size, size) if isinstance(size, int) else size
+        inits.append(numpy_helper.from_array(np.array([1, h, w], dtype=np.int64), "shape"))
+        nodes.append(helper.make_node("Reshape", ["prob", "shape"], ["output"]))
+        out_dims = [1, h, w]
+    else:
+        inits.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "axes"))
+        nodes.append(helper.make_node("Squeeze", ["prob", "axes"], ["output"]))
+        out_dims = [d for i, d in enumerate(_dims(None, 1, size)) if i != 1]
+    graph = helper.make_graph(
+        nodes, "nhw",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, _dims(None, 3, size))],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, out_dims)], inits)
+    return _save(graph, path, metadata)
+
+
+def make_core_model(path, kernel=9, size=None, in_channels=3, seed=6, classes=2, metadata=None):
+    """One valid (unpadded) kernel x kernel conv, softmax over ``classes``: the output is the window
+    less ``kernel // 2`` pixels on every side (Deepness' ``different_output_size_512_to_484.onnx``)."""
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((classes, in_channels, kernel, kernel)) / kernel).astype(np.float32)
+    b = (rng.standard_normal(classes) * 0.1).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["input", "w", "b"], ["logits"], kernel_shape=[kernel, kernel]),
+             helper.make_node("Softmax", ["logits"], ["output"], axis=1)]
+    out_dims = ["N", classes, "Ho", "Wo"] if size is None else ["N", classes, size - kernel + 1, size - kernel + 1]
+    graph = helper.make_graph(
+        nodes, "core",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, _dims(None, in_channels, size))],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, out_dims)],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    return _save(graph, path, metadata)
+
+
+def make_two_head_model(path, seed=4, metadata=None):
+    """Two outputs: 'edges' [N, 1, H, W] (another task) and 'seg' [N, 2, H, W] (softmax background/gully)."""
+    heads = fcn_weights(3, 8, 2, 1, 3, seed + 1), fcn_weights(3, 8, 2, 2, 3, seed)
+    nodes, inits = [], []
+    for name, weights, act in (("edges", heads[0], "Sigmoid"), ("seg", heads[1], "Softmax")):
+        n, i, prev = _conv_stack(name, "input", weights, [1, 1])
+        nodes += n + [helper.make_node(act, [prev], [name], **({"axis": 1} if act == "Softmax" else {}))]
+        inits += i
+    graph = helper.make_graph(
+        nodes, "two_heads",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, _dims(None, 3, None))],
+        [helper.make_tensor_value_info("edges", TensorProto.FLOAT, _dims(None, 1, None)),
+         helper.make_tensor_value_info("seg", TensorProto.FLOAT, _dims(None, 2, None))], inits)
+    return _save(graph, path, metadata)
+
+
+def make_nan_model(path, activation="sigmoid", metadata=None):
+    """Sigmoid(Log(x0 - 0.5)) (or Sqrt(x0 - 0.5) with activation 'none'): NaN wherever channel 0 < 0.5."""
+    c = numpy_helper.from_array(np.array(0.5, dtype=np.float32), "half")
+    starts, ends, axes = (numpy_helper.from_array(np.array([v], dtype=np.int64), n)
+                          for v, n in ((0, "s"), (1, "e"), (1, "a")))
+    nodes = [helper.make_node("Slice", ["input", "s", "e", "a"], ["x0"]),
+             helper.make_node("Sub", ["x0", "half"], ["d"])]
+    if activation == "sigmoid":
+        nodes += [helper.make_node("Log", ["d"], ["l"]), helper.make_node("Sigmoid", ["l"], ["output"])]
+    else:
+        nodes += [helper.make_node("Sqrt", ["d"], ["output"])]
+    graph = helper.make_graph(
+        nodes, "nan",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, _dims(None, 3, None))],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, _dims(None, 1, None))],
+        [c, starts, ends, axes])
+    return _save(graph, path, metadata)
+
+
 # --- models GullySeg must refuse --------------------------------------------------------------
 
 def make_vector_input_model(path, features=16):

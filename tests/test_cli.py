@@ -7,6 +7,7 @@ profile and run `qgis_process.bin plugins enable gullyseg` first.
 
 import subprocess
 
+from gullyseg_cli import QGIS_PROCESS
 from osgeo import gdal, ogr
 
 from gullyseg.processing.provider import algorithm_classes
@@ -60,6 +61,6 @@ def test_bad_input_fails_with_a_clear_message(qgis_process, tmp_path):
 
 
 def _run(env, *args):
-    done = subprocess.run(["/usr/bin/qgis_process.bin", *args], env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([QGIS_PROCESS, *args], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout

@@ -22,6 +22,7 @@ EXPECTED_IDS = {
     "evaluate",
     "trainmodel",
     "comparemodels",
+    "segmentmany",
 }
 
 ALGORITHMS = [cls() for cls in algorithm_classes()]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from gullyseg_cli import QGIS_PROCESS
 from osgeo import gdal
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,8 +19,8 @@ MODEL = ROOT / "resources" / "models" / "gullyseg_demo_unet.onnx"
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
-    if not os.path.exists("/usr/bin/qgis_process.bin"):
-        pytest.skip("qgis_process.bin is not installed")
+    if not os.path.exists(QGIS_PROCESS):
+        pytest.skip(f"{QGIS_PROCESS} is not installed")
     if not MODEL.exists():
         pytest.fail("the demo model is missing")
     out = tmp_path_factory.mktemp("demo") / "demo_output"
@@ -43,6 +44,7 @@ def test_demo_quick_end_to_end(demo_run):
                      for c in range(0, 768, 256))
     assert summary["kept"] == with_gully > 0
     assert summary["masks"] == summary["kept"] and summary["label_problems"] == 0
+    assert summary["labelme_files"] == summary["kept"]  # one Labelme file per kept tile (not null)
     assert sum(summary["split"].values()) == summary["kept"]
     assert summary["augmented"] == 4 * summary["split"]["train"]
     # every step ran and was timed; the commands a user can re-run were saved

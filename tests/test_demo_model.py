@@ -31,6 +31,8 @@ def test_model_file_metadata_and_size(record):
         assert key in meta, f"metadata key {key} is missing"
     own = json.loads(meta["gullyseg"])
     assert own["input_max"] == 255 and own["bands"] == [1, 2, 3]
+    # class names are in output-channel order: the one channel (gully_class 0) is the gully class
+    assert json.loads(meta["class_names"])[str(own["gully_class"])] == "gully"
     assert float(json.loads(meta["resolution"])) == 75.0  # cm per pixel: 0.75 m imagery
     inp = model.graph.input[0].type.tensor_type
     assert inp.elem_type == onnx.TensorProto.FLOAT and len(inp.shape.dim) == 4 and inp.shape.dim[1].dim_value == 3

@@ -211,7 +211,9 @@ def test_unscreened_queue_wraps_to_skipped_tiles_and_ends(make_tab, index_path):
     assert tab.session.current.tile_id == ids[-2]
     press(tab, Qt.Key.Key_R)
     assert tab.session.current is None
-    assert "No tiles left" in tab.tileView.text()
+    # the empty queue says why, and offers the way out
+    assert tab.tileView.text() == "All 16 tiles screened (15 kept, 1 rejected): show all tiles?"
+    assert tab.emptyButton.isVisible()
     assert "Remaining <b>0</b>" in tab.countersLabel.text()
     press(tab, Qt.Key.Key_U)
     assert tab.session.current.tile_id == ids[-2] and statuses(index_path)[ids[-2]] == "unscreened"
@@ -272,7 +274,7 @@ def test_tile_view_shows_the_jpeg_pixels(make_tab, index_path):
     assert (colour.red(), colour.green(), colour.blue()) == tuple(int(v) for v in expected[7, 5])
     # the next tiles were decoded ahead
     for upcoming in tab.session.upcoming(2):
-        tab.prefetcher._futures[upcoming.tile_id].result(timeout=5)
+        tab.prefetcher._futures[upcoming.tile_id].result(timeout=60)  # a wait, not a speed check
 
 
 def test_four_band_tiles_show_red_green_blue_with_one_stretch(tmp_path, scene_factory):
@@ -334,7 +336,7 @@ def test_model_scores_order_the_queue(make_tab, index_path, tmp_path):
     task = tab.start_scoring(model)
     assert task is not None, tab.messageLabel.text()
     assert wait_for(task, timeout=60)
-    end = __import__("time").monotonic() + 5
+    end = __import__("time").monotonic() + 60  # a wait (ends as soon as the task is cleared), not a speed check
     while tab.score_task is not None and __import__("time").monotonic() < end:
         QgsApplication.processEvents()
     assert tab.score_task is None and "Scored 16 tiles" in tab.messageLabel.text(), tab.messageLabel.text()

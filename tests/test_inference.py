@@ -375,30 +375,49 @@ def test_resampled_to_the_model_resolution(scene_factory, tmp_path, gdal_tool):
 
 # --- cancel --------------------------------------------------------------------------------------
 
-class _CancelAt(Feedback):
-    def __init__(self, delay):
-        self.at = time.monotonic() + delay
+class _CancelAtFirstProgress(Feedback):
+    """Asks to stop as soon as the first batches are blended (progress > 0) and keeps the times."""
+
+    def __init__(self):
+        self.started = time.monotonic()
+        self.first_progress = None  # (time, percent) when the first batches were done
         self.cancelled_at = None
+        self.after_cancel = []  # progress reported after the cancel request
+
+    def progress(self, percent):
+        if self.cancelled_at is not None:
+            self.after_cancel.append(percent)
+        elif percent > 0 and self.first_progress is None:
+            self.first_progress = (time.monotonic(), percent)
 
     def is_cancelled(self):
-        if time.monotonic() >= self.at:
-            self.cancelled_at = self.cancelled_at or time.monotonic()
-            return True
-        return False
+        if self.first_progress is None:
+            return False
+        self.cancelled_at = self.cancelled_at or time.monotonic()
+        return True
 
 
-def test_cancel_stops_within_a_second_and_removes_outputs(scene_factory, tmp_path):
-    scene = scene_factory("blend", width=900, height=700, seed=2)
+def test_cancel_stops_long_before_the_end_and_removes_outputs(scene_factory, tmp_path):
+    """What cancel guarantees, on any load: asked to stop once the first batches are done (under half
+    of the run), it stops in less time than those first batches took, measured in the same run (so long
+    before the run would have ended), reports no further progress to 100, and leaves no file and no
+    thread behind. The bound is a ratio to work done in the same run, not a number of seconds (a busy
+    machine slows both alike); latency figures: benchmarks/bench_cancel.py."""
+    scene = scene_factory("blend", width=900, height=700, seed=2)  # 20 windows: 10 batches of 2
     slow = om.make_slow_model(tmp_path / "slow.onnx")  # one batch of 8 windows takes seconds on 2 cores
     out = tmp_path / "out"
-    fb = _CancelAt(1.5)
-    t0 = time.monotonic()
+    fb = _CancelAtFirstProgress()
     with pytest.raises(Cancelled):
         inference.segment_raster(str(scene), slow, output_probability=str(out / "p.tif"),
-                                 output_mask=str(out / "m.tif"), output_polygons=str(out / "g.gpkg"), feedback=fb)
+                                 output_mask=str(out / "m.tif"), output_polygons=str(out / "g.gpkg"),
+                                 batch_size=2, feedback=fb)
     stopped = time.monotonic()
-    assert fb.cancelled_at is not None and stopped - fb.cancelled_at < 1.0, stopped - fb.cancelled_at
-    assert stopped - t0 < 10
+    assert fb.first_progress is not None and fb.cancelled_at is not None
+    first_time, first_percent = fb.first_progress
+    assert first_percent < 50, fb.first_progress  # most of the run was still to come
+    latency = stopped - fb.cancelled_at
+    assert latency < first_time - fb.started, (latency, first_time - fb.started)
+    assert not [p for p in fb.after_cancel if p >= 100], fb.after_cancel
     assert not out.exists() or not list(out.iterdir())
     assert not [t for t in threading.enumerate() if t.name.startswith("gullyseg-")]
 
@@ -445,7 +464,7 @@ def test_column_panels_give_the_same_outputs(scene_factory, models, tmp_path, mo
     extent = (gt[0] + 37 * gt[1], gt[3] + 590 * gt[5], gt[0] + 1090 * gt[1], gt[3] + 11 * gt[5])
     runs = {}
     for name, width in (("single", 10 ** 6), ("panels", panel_width)):
-        monkeypatch.setattr(inference, "PANEL_WIDTH", width)
+        monkeypatch.setattr(inference.grid, "PANEL_WIDTH", width)
         res = inference.segment_raster(str(scene), models["fcn"], output_probability=str(tmp_path / f"{name}_p.tif"),
                                        output_mask=str(tmp_path / f"{name}_m.tif"), extent=extent)
         runs[name] = res
@@ -537,3 +556,128 @@ def test_nan_pixels_never_reach_the_model(tmp_path, models):
     inner[:8] = inner[-8:] = False
     inner[:, :8] = inner[:, -8:] = False
     assert np.abs(a[inner] / 254.0 - reference[inner]).max() <= STEP
+
+
+# --- blocks (distributed inference runs blocks of one scene on several workers) --------------------
+
+def _mosaic_blocks(scene, model, tmp_path, blocks, name, **kwargs):
+    """Run every block, check each output's grid, and mosaic them on the whole run's output grid."""
+    whole = inference.segment_raster(str(scene), model, output_probability=str(tmp_path / f"{name}_p.tif"),
+                                     output_mask=str(tmp_path / f"{name}_m.tif"), **kwargs)
+    ref = gdal.Open(str(tmp_path / f"{name}_p.tif"))
+    rgt = ref.GetGeoTransform()
+    src_gt = gdal.Open(str(scene)).GetGeoTransform()
+    ox, oy = int(round((rgt[0] - src_gt[0]) / src_gt[1])), int(round((rgt[3] - src_gt[3]) / src_gt[5]))
+    mosaic = {k: np.full((ref.RasterYSize, ref.RasterXSize), 77, np.uint8) for k in "pm"}
+    totals = {"pixels_processed": 0, "gully_pixels": 0, "windows": 0}
+    for i, block in enumerate(blocks):
+        res = inference.segment_raster(str(scene), model, output_probability=str(tmp_path / f"{name}_b{i}_p.tif"),
+                                       output_mask=str(tmp_path / f"{name}_b{i}_m.tif"), block=block, **kwargs)
+        bx, by, bw, bh = res["block"]
+        for k in "pm":
+            ds = gdal.Open(str(tmp_path / f"{name}_b{i}_{k}.tif"))
+            assert (ds.RasterXSize, ds.RasterYSize) == (bw, bh)
+            assert ds.GetGeoTransform() == pytest.approx(
+                (src_gt[0] + bx * src_gt[1], src_gt[1], 0, src_gt[3] + by * src_gt[5], 0, src_gt[5]))
+            assert osr.SpatialReference(ds.GetProjection()).IsSame(osr.SpatialReference(ref.GetProjection()))
+            window = mosaic[k][by - oy:by - oy + bh, bx - ox:bx - ox + bw]
+            assert (window == 77).all(), "blocks overlap"
+            window[...] = ds.ReadAsArray()
+        for key in totals:
+            totals[key] += res[key]
+    return whole, mosaic, totals
+
+
+@pytest.mark.parametrize("panel_width", [10 ** 6, 256])
+def test_blocks_mosaic_equals_a_whole_run(scene_factory, models, tmp_path, monkeypatch, panel_width):
+    """Four uneven blocks (cuts through windows, rows and columns, not on 256 px output blocks) give,
+    mosaicked, the whole run's outputs bit for bit; the counts add up to the whole run's."""
+    monkeypatch.setattr(inference.grid, "PANEL_WIDTH", panel_width)  # 256: panels inside the blocks too
+    scene = scene_factory("blocks", width=1100, height=700, seed=3)
+    blocks = [(0, 0, 613, 301), (613, 0, 487, 301), (0, 301, 100, 399), (100, 301, 1000, 399)]
+    whole, mosaic, totals = _mosaic_blocks(scene, models["fcn"], tmp_path, blocks, "w")
+    for k in "pm":
+        np.testing.assert_array_equal(mosaic[k], _read(tmp_path / f"w_{k}.tif"))
+    assert totals["pixels_processed"] == whole["pixels_processed"] == 1100 * 700
+    assert totals["gully_pixels"] == whole["gully_pixels"]
+    assert totals["windows"] >= whole["windows"]  # windows across a block edge run for both blocks
+
+
+def test_blocks_with_nodata_mask_layer_and_extent(scene_factory, models, tmp_path):
+    """Blocks of a scene with nodata edges, a mask layer and an EXTENT: blocks are clipped to the output
+    region, and the mosaic equals the whole run bit for bit."""
+    scene = scene_factory("nodata", width=700, height=600, seed=7, nodata_edge=True)
+    gt = gdal.Open(str(scene)).GetGeoTransform()
+    x0, y0 = gt[0], gt[3]
+    wkts = [f"POLYGON(({x0 + 20.3} {y0 - 30.1},{x0 + 400.7} {y0 - 45.5},{x0 + 380.2} {y0 - 410.9},"
+            f"{x0 + 35.5} {y0 - 350.4},{x0 + 20.3} {y0 - 30.1}))"]
+    extent = (x0 + 10 * gt[1], y0 + 590 * gt[5], x0 + 690 * gt[1], y0 + 5 * gt[5])
+    blocks = [(0, 0, 300, 200), (300, 0, 400, 200), (0, 200, 431, 400), (431, 200, 269, 400)]
+    whole, mosaic, totals = _mosaic_blocks(scene, models["fcn"], tmp_path, blocks, "n", mask_wkts=wkts,
+                                           extent=extent)
+    for k in "pm":
+        ref = _read(tmp_path / f"n_{k}.tif")
+        assert (ref == 255).any() and (ref != 255).any()
+        np.testing.assert_array_equal(mosaic[k], ref)
+    assert totals["pixels_processed"] == whole["pixels_processed"]
+    assert totals["gully_pixels"] == whole["gully_pixels"]
+
+
+def test_block_refusals(scene_factory, models, tmp_path):
+    scene = scene_factory("grid", width=600, height=520, seed=5)
+    cases = [((700, 0, 10, 10), "does not overlap"), ((0, 0, 0, 10), "empty"), ((0, 0, 10.5, 10), "whole pixel"),
+             ((0, 0, 10), "whole pixel")]
+    for block, match in cases:
+        with pytest.raises(GullySegError, match=match):
+            inference.segment_raster(str(scene), models["pointwise"], output_probability=str(tmp_path / "p.tif"),
+                                     block=block)
+    with pytest.raises(GullySegError, match="OUTPUT_POLYGONS"):
+        inference.segment_raster(str(scene), models["pointwise"], output_polygons=str(tmp_path / "g.gpkg"),
+                                 block=(0, 0, 100, 100))
+    res150 = om.make_pointwise_model(tmp_path / "pw150.onnx", weights=(1.0, 1.0, 1.0), metadata={"resolution": 150})
+    with pytest.raises(GullySegError, match="block.*resolution"):
+        inference.segment_raster(str(scene), res150, output_probability=str(tmp_path / "p.tif"), block=(0, 0, 99, 99))
+    assert not list(tmp_path.glob("*.tif")) and not list(tmp_path.glob(".*"))
+
+
+# --- 16-bit data above the model's input_max (issue 14, item 12) ----------------------------------------
+
+def test_values_above_input_max_warn_and_far_above_are_refused(tmp_path):
+    rng = np.random.default_rng(2)
+    data = rng.integers(0, 1000, (3, 300, 400)).astype(np.uint16)
+    data[:, 100, 200] = 1400  # 1.4 x input_max 1000
+    rasters.write_raster(tmp_path / "ten.tif", data, options=["TILED=YES"])
+    model = om.make_pointwise_model(tmp_path / "pw.onnx", weights=(1.0, 1.0, 1.0),
+                                    metadata={"gullyseg": {"input_max": 1000}})
+    fb = RecordingFeedback()
+    res = inference.segment_raster(str(tmp_path / "ten.tif"), model, output_probability=str(tmp_path / "p.tif"),
+                                   feedback=fb)
+    assert res["input_maximum"] == 1400
+    assert any("largest valid pixel value is 1400" in w and "input_max 1000" in w for w in fb.warnings)
+    # within range: no warning
+    fb = RecordingFeedback()
+    ok = np.minimum(data, 1000)
+    ok[0, 0, 0] = 65535  # a nodata value is not data
+    rasters.write_raster(tmp_path / "ok.tif", ok, nodata=65535, options=["TILED=YES"])
+    res = inference.segment_raster(str(tmp_path / "ok.tif"), model, output_probability=str(tmp_path / "q.tif"),
+                                   feedback=fb)
+    assert res["input_maximum"] <= 1000 and not [w for w in fb.warnings if "input_max" in w]
+    # 12-bit data on a model that says 1000: far outside, refused before any output
+    far = (data.astype(np.uint32) * 4).astype(np.uint16)
+    rasters.write_raster(tmp_path / "far.tif", far, options=["TILED=YES"])
+    with pytest.raises(GullySegError, match=r"INPUT: pixel values reach about \d+ .*input_max 1000"):
+        inference.segment_raster(str(tmp_path / "far.tif"), model, output_probability=str(tmp_path / "r.tif"))
+    assert not (tmp_path / "r.tif").exists()
+
+
+def test_segment_result_is_typed_and_dict_compatible(scene_factory, models, tmp_path):
+    scene = scene_factory("grid", width=600, height=520, seed=5)
+    res = inference.segment_raster(str(scene), models["pointwise"], output_mask=str(tmp_path / "m.tif"))
+    assert isinstance(res, inference.SegmentResult)
+    assert res.windows == res["windows"] and res.pixels_processed == res["pixels_processed"] == 600 * 520
+    assert res.outputs["mask"] == str(tmp_path / "m.tif") and res.polygons is None and res.block is None
+    as_dict = dict(res)
+    assert as_dict["gully_area_m2"] == res.gully_area_m2 and "extra" not in as_dict
+    assert res.get("nope", 7) == 7 and "windows" in res
+    with pytest.raises(KeyError):
+        res["nope"]

@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 import pytest
+from osgeo import gdal, ogr
 
 from gullyseg.processing.engine import labelme, rasterize
 from gullyseg.processing.engine.errors import GullySegError
@@ -320,3 +321,31 @@ def test_bad_mask_png_and_point_counts_are_errors(tmp_path):
     assert not ok and items == []
     assert [(p.shape_index, p.severity) for p in problems] == [(i, "error") for i in range(4)]
     assert "PNG" in problems[0].message
+
+
+def _burn(polygons, all_touched):
+    ds = gdal.GetDriverByName("MEM").Create("", 64, 64, 1, gdal.GDT_Byte)
+    ds.SetGeoTransform((0, 1, 0, 0, 0, 1))
+    mem = ogr.GetDriverByName("Memory").CreateDataSource("")
+    layer = mem.CreateLayer("p")
+    for poly in polygons:
+        feat = ogr.Feature(layer.GetLayerDefn())
+        feat.SetGeometry(poly)
+        layer.CreateFeature(feat)
+    gdal.RasterizeLayer(ds, [1], layer, burn_values=[1],
+                        options=["ALL_TOUCHED=TRUE"] if all_touched else [])
+    return ds.ReadAsArray()
+
+
+def test_split_holes_pieces_burn_the_polygon_pixels():
+    """The synthetic annotator's hole strategy: hole-free pieces, same pixels as GDAL burns for the
+    polygon with its holes (both burn rules), also for a hole narrower than a pixel."""
+    donut = ogr.CreateGeometryFromWkt(
+        "POLYGON((3.3 2.2,60.7 4.1,58.2 61.6,2.4 59.9,3.3 2.2),(20.2 20.2,40.6 21.3,39.4 40.1,20.9 38.8,20.2 20.2),"
+        "(45.2 10.1,45.8 10.1,45.8 30.7,45.2 30.7,45.2 10.1))")
+    pieces = labelme.split_holes(donut.Clone())
+    assert len(pieces) > 1 and all(p.GetGeometryCount() == 1 for p in pieces)
+    for all_touched in (False, True):
+        np.testing.assert_array_equal(_burn(pieces, all_touched), _burn([donut], all_touched))
+    shapes = labelme.polygon_shapes(donut, "gully", holes=labelme.HOLES_SPLIT)
+    assert {s["label"] for s in shapes} == {"gully"} and len(shapes) == len(pieces)

@@ -201,3 +201,103 @@ except GullySegError as exc:
     assert done.returncode == 0, done.stderr
     assert "'segment'" in done.stdout and "'gridtiles'" in done.stdout and "'evaluate'" in done.stdout
     assert "ERROR: onnxruntime is not installed in QGIS's Python" in done.stdout
+
+
+# --- out-of-range metadata is refused with the key and the value (issue 14, item 11) ----------------
+
+@pytest.mark.parametrize("meta, match", [
+    ({"tiles_overlap": 100}, "tiles_overlap=100"),
+    ({"tiles_overlap": 250}, "tiles_overlap=250"),
+    ({"resolution": 1e300}, "resolution=1e\\+300"),
+    ({"resolution": 1e-300}, "resolution=1e-300"),
+    ({"standardization_std": "[0.2, Infinity, 0.2]"}, "standardization_std=.*not finite"),
+    ({"standardization_std": [0.2, 0, 0.2]}, "standardization_std=.*positive"),
+    ({"standardization_std": [-0.2, 0.2, 0.2]}, "standardization_std=.*positive"),
+    ({"standardization_mean": "[NaN, 0, 0]"}, "standardization_mean=.*not finite"),
+    ({"tile_size": "1e400"}, "tile_size=1e400.*finite"),
+    ({"tile_size": 100000}, "tile_size=100000.*outside"),
+    ({"tile_size": 128.5}, "tile_size=128.5.*whole"),
+    ({"seg_thresh": 1.5}, "seg_thresh=1.5"),
+    ({"gullyseg": {"gully_class": 0.7}}, "gully_class=0.7.*whole"),
+    ({"gullyseg": {"gully_class": True}}, "gully_class=True.*not a number"),
+    ({"gullyseg": {"input_max": "1e400"}}, "input_max"),
+    ({"gullyseg": {"context_margin": -3}}, "context_margin=-3"),
+    ({"gullyseg": {"gully_output": [1]}}, "gully_output"),
+    ({"class_names": {"0": "background", "2": "gully"}}, "class_names=.*ids 0..K-1"),
+    ({"class_names": {"0": "background", "x": "gully"}}, "class_names=.*ids"),
+    ({"class_names": {"0": "", "1": "gully"}}, "class_names=.*non-empty"),
+    ({"class_names": {"0": 5, "1": "gully"}}, "class_names=.*non-empty"),
+    ({"class_names": [{"0": "a"}, {"1": "b"}]}, "class_names=.*ids 0..K-1"),
+    ({"class_names": {"0": "background", "1": "gully"}, "gullyseg": {"gully_class": 0}},
+     "gully_class=0 points at the class named 'background'"),
+    ({"class_names": {"0": "background", "1": "gully"}, "gullyseg": {"gully_class": 2}},
+     "gully class 2 \\(gullyseg.gully_class\\) is not one of the 2 output channel"),
+    ({"gullyseg": {"context_margin": 128}}, "context_margin=128 leaves no core"),
+])
+def test_out_of_range_metadata_is_refused(tmp_path, meta, match):
+    path = om.make_fcn_model(tmp_path / "m.onnx", out_channels=2, activation="softmax", metadata=meta)
+    with pytest.raises(GullySegError, match=match) as err:
+        onnx_model.load_model(path)
+    assert "MODEL" in str(err.value) and "m.onnx" in str(err.value)
+
+
+def test_one_sigmoid_channel_named_background_gully_is_deepness_convention(tmp_path):
+    """Deepness names one sigmoid channel [background, gully]: gully_class 0 is then the gully score."""
+    path = om.make_fcn_model(tmp_path / "m.onnx", metadata={"class_names": {"0": "background", "1": "gully"},
+                                                            "gullyseg": {"gully_class": 0}})
+    m = onnx_model.load_model(path)
+    assert m.gully_class == 0 and m.output_channels == 1
+
+
+def test_set_model_metadata_writes_new_keys_and_refuses_contradictions(tmp_path):
+    src = om.make_fcn_model(tmp_path / "m.onnx", out_channels=2, activation="none")
+    onnx_model.set_model_metadata(src, context_margin=20, gully_output=0, class_names="background,gully")
+    assert json.loads(om.read_metadata(src)["gullyseg"]) == {"context_margin": 20, "gully_output": 0}
+    m = onnx_model.load_model(src)
+    assert m.context_margin == 20 and m.gully_class == 1
+    before = om.read_metadata(src)
+    for kwargs, match in (({"gully_class": 0}, "class named 'background'"), ({"gully_class": 0.7}, "GULLY_CLASS"),
+                          ({"context_margin": 200}, "no core"), ({"context_margin": 1e400}, "CONTEXT_MARGIN"),
+                          ({"class_names": "background,"}, "empty class name"), ({"resolution": 1e300}, "RESOLUTION"),
+                          ({"tile_size": 1e400}, "TILE_SIZE"), ({"std": "0.2,inf,0.2"}, "STD"),
+                          ({"gully_output": "nope"}, "gully_output='nope'")):
+        with pytest.raises(GullySegError, match=match):
+            onnx_model.set_model_metadata(src, **kwargs)
+        assert om.read_metadata(src) == before, kwargs
+    # class names per head ('|' between heads), as Deepness writes them
+    heads = om.make_two_head_model(tmp_path / "heads.onnx")
+    onnx_model.set_model_metadata(heads, class_names="edge | background,gully")
+    assert json.loads(om.read_metadata(heads)["class_names"]) == [{"0": "edge"}, {"0": "background", "1": "gully"}]
+    assert onnx_model.load_model(heads).output_name == "seg"
+
+
+# --- the protobuf fallback against the onnx package itself ----------------------------------------
+
+def test_metadata_fallback_agrees_with_onnx(tmp_path, monkeypatch):
+    import onnx
+
+    from gullyseg.processing.engine import onnx_metadata
+
+    src = om.make_fcn_model(tmp_path / "m.onnx", out_channels=2, activation="none",
+                            metadata={"note": "é ünïcode", "class_names": {"0": "background", "1": "gully"}})
+    buf = Path(src).read_bytes()
+    assert onnx_metadata._proto_split(buf)[1] == om.read_metadata(src)
+    with_onnx = onnx_metadata._serialise(src, buf, {"a": "1", "gullyseg": '{"context_margin": 3}'})
+    monkeypatch.setattr(onnx_metadata, "_onnx", lambda: None)  # as without the onnx package
+    assert onnx_metadata.read_metadata(src) == om.read_metadata(src)
+    fallback = onnx_metadata._serialise(src, buf, {"a": "1", "gullyseg": '{"context_margin": 3}'})
+    a, b = onnx.load_from_string(with_onnx), onnx.load_from_string(fallback)
+    assert {p.key: p.value for p in a.metadata_props} == {p.key: p.value for p in b.metadata_props} == \
+        {"a": "1", "gullyseg": '{"context_margin": 3}'}
+    a_rest, b_rest = onnx.ModelProto(), onnx.ModelProto()
+    a_rest.CopyFrom(a)
+    b_rest.CopyFrom(b)
+    del a_rest.metadata_props[:]
+    del b_rest.metadata_props[:]
+    assert a_rest.SerializeToString(deterministic=True) == b_rest.SerializeToString(deterministic=True)
+    # the fallback writes a model that loads and runs (GullySeg's own check) with the new keys
+    out = tmp_path / "fallback.onnx"
+    onnx_model.set_model_metadata(src, output=str(out), context_margin=5)
+    assert json.loads(om.read_metadata(out)["gullyseg"]) == {"context_margin": 5}
+    with pytest.raises(GullySegError, match="not an ONNX"):
+        onnx_metadata.read_metadata(om.make_not_onnx(tmp_path / "n.onnx"))

@@ -20,10 +20,13 @@ def test_package_zip(tmp_path):
         names = zf.namelist()
         assert zf.testzip() is None
         metadata = zf.read("gullyseg/metadata.txt").decode()
+        licence = zf.read("gullyseg/LICENSE").decode()
+    assert "GPL-2.0-or-later" in licence and "GNU GENERAL PUBLIC LICENSE" in licence and "Version 2" in licence
     assert all(n.startswith("gullyseg/") for n in names), "one folder gullyseg/ inside"
     for required in ("gullyseg/metadata.txt", "gullyseg/__init__.py", "gullyseg/plugin.py",
                      "gullyseg/resources/icons/gullyseg.svg", "gullyseg/processing/provider.py",
-                     "gullyseg/processing/engine/windows.py"):
+                     "gullyseg/processing/engine/windows.py", "gullyseg/LICENSE", "gullyseg/ui/deps.py",
+                     "gullyseg/ui/deps_dialog.py", "gullyseg/processing/styling.py"):
         assert required in names, f"{required} missing from the zip"
     for name in names:
         parts = name.split("/")

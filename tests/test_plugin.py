@@ -16,16 +16,16 @@ class RecordingIface:
     def __getattr__(self, name):
         return getattr(self._iface, name)
 
-    def addPluginToRasterMenu(self, menu, action):  # noqa: N802
+    def addPluginToMenu(self, menu, action):  # noqa: N802 (Plugins > <menu> > action: one level deep)
         self.menus.append((menu, action))
 
-    def removePluginRasterMenu(self, menu, action):  # noqa: N802
+    def removePluginMenu(self, menu, action):  # noqa: N802
         self.menus.remove((menu, action))
 
-    def addRasterToolBarIcon(self, action):  # noqa: N802
+    def addToolBarIcon(self, action):  # noqa: N802 (the Plugins toolbar, visible in a default profile)
         self.toolbar.append(action)
 
-    def removeRasterToolBarIcon(self, action):  # noqa: N802
+    def removeToolBarIcon(self, action):  # noqa: N802
         self.toolbar.remove(action)
 
     def addDockWidget(self, area, dock):  # noqa: N802
@@ -56,7 +56,16 @@ def test_load_and_unload_with_stub_iface(qgis_iface, qgis_processing):
     plugin.initGui()
     try:
         assert _provider_registered()
-        assert len(iface.menus) == 1 and len(iface.toolbar) == 1 and len(iface.docks) == 1
+        assert len(iface.toolbar) == 1 and len(iface.docks) == 1
+        assert [(menu, action.text()) for menu, action in iface.menus] == [
+            ("&GullySeg", "GullySeg"), ("&GullySeg", "Install dependencies…")]
+        dialog = plugin.show_dependencies_dialog()
+        assert dialog.isVisible() and plugin.show_dependencies_dialog() is dialog
+        # a successful install makes the inference tab read its model again
+        plugin.dock.inference.installDepsButton.show()
+        dialog.finishedInstall.emit(True, "Installed.")
+        assert plugin.dock.inference.installDepsButton.isHidden()
+        assert plugin.dock.inference.wait_for_model_info()
         dock = iface.docks[0]
         assert dock.windowTitle() == "GullySeg"
         action = iface.toolbar[0]

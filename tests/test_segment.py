@@ -77,7 +77,7 @@ def test_polygons_match_the_mask(scene_factory, model, tmp_path, gdal_tool):
     thr = float(np.percentile(p0[p0 != 255], 85)) / 254 + 0.5 / 254  # ~15 % gully pixels, many polygons
     res = inference.segment_raster(str(scene), model, output_probability=str(tmp_path / "p.tif"),
                                    output_mask=str(tmp_path / "m.tif"), output_polygons=str(tmp_path / "g.gpkg"),
-                                   threshold=thr)
+                                   threshold=thr, min_area=0)
     mask, prob = _read(tmp_path / "m.tif"), _read(tmp_path / "p.tif")
     assert res["polygons"] > 3
     ds = ogr.Open(str(tmp_path / "g.gpkg"))
@@ -258,13 +258,143 @@ def test_in_a_graphical_model(provider, scene_factory, model, tmp_path):
     ok, problems = graph.validate()
     assert ok, problems
 
+    # the model's own parameter names for its outputs: "segment:mask" on QGIS 3.22, "mask" (the output's
+    # name) from 3.2x on; a value under the other name is no value ("Incorrect parameter value for mask")
+    names = {d.description(): d.name() for d in graph.destinationParameterDefinitions()}
+    assert sorted(names) == ["mask", "probability"], names
+
     context = QgsProcessingContext()
     context.setProject(QgsProject.instance())
-    res = processing.run(graph, {"scene": str(scene), "onnx": model, "segment:probability": str(tmp_path / "p.tif"),
-                                 "segment:mask": str(tmp_path / "m.tif")},
+    res = processing.run(graph, {"scene": str(scene), "onnx": model, names["probability"]: str(tmp_path / "p.tif"),
+                                 names["mask"]: str(tmp_path / "m.tif")},
                          feedback=QgsProcessingFeedback(), context=context)
-    assert res["segment:probability"] == str(tmp_path / "p.tif")
+    assert res[names["probability"]] == str(tmp_path / "p.tif")
     inference.segment_raster(str(scene), model, output_probability=str(tmp_path / "direct_p.tif"),
                              output_mask=str(tmp_path / "direct_m.tif"))
     for kind in ("p", "m"):
         np.testing.assert_array_equal(_read(tmp_path / f"{kind}.tif"), _read(tmp_path / f"direct_{kind}.tif"))
+
+
+def test_optional_parameters_default_to_the_model_and_accept_minus_one(run_alg, scene_factory, tmp_path):
+    """OVERLAP, THRESHOLD, CONTEXT_MARGIN and MIN_AREA show no -1 sentinel (empty = from model metadata);
+    -1 from older scripts still means that. The default MIN_AREA drops 1-3 pixel specks."""
+    from gullyseg.processing.algorithms.segment import SegmentAlgorithm
+
+    alg = SegmentAlgorithm()
+    alg.initAlgorithm()
+    for name in ("OVERLAP", "THRESHOLD", "CONTEXT_MARGIN", "MIN_AREA"):
+        param = alg.parameterDefinition(name)
+        assert param.defaultValue() is None and "-1" not in param.description(), name
+        assert "empty" in param.description(), name
+    assert "empty = from model metadata" in alg.shortHelpString() and "4 pixels" in alg.shortHelpString()
+    scene = scene_factory("segalg", width=640, height=512, seed=13, nodata_edge=True)
+    path = om.make_fcn_model(tmp_path / "m.onnx", layers=3, seed=4,
+                             metadata={"seg_thresh": 0.3, "tiles_overlap": 25, "gullyseg": {"context_margin": 8}})
+    runs = {}
+    for name, extra in (("empty", {}), ("minus1", {"OVERLAP": -1, "THRESHOLD": -1, "CONTEXT_MARGIN": -1}),
+                        ("explicit", {"OVERLAP": 64, "THRESHOLD": 0.3, "CONTEXT_MARGIN": 8})):
+        runs[name] = run_alg("segment", {"INPUT": str(scene), "MODEL": path, **extra,
+                                         "OUTPUT_PROBABILITY": str(tmp_path / f"{name}_p.tif"),
+                                         "OUTPUT_MASK": str(tmp_path / f"{name}_m.tif")})
+    for name in ("minus1", "explicit"):
+        for kind in "pm":
+            np.testing.assert_array_equal(_read(tmp_path / f"{name}_{kind}.tif"), _read(tmp_path / f"empty_{kind}.tif"))
+    direct = inference.segment_raster(str(scene), path, output_probability=str(tmp_path / "d.tif"), context_margin=8)
+    np.testing.assert_array_equal(_read(tmp_path / "d.tif"), _read(tmp_path / "empty_p.tif"))
+    assert direct["overlap"] == 64 and direct["threshold"] == pytest.approx(0.3) and direct["context_margin"] == 8
+    zero = inference.segment_raster(str(scene), path, output_probability=str(tmp_path / "z.tif"), context_margin=0)
+    assert zero["context_margin"] == 0
+    assert (_read(tmp_path / "z.tif") != _read(tmp_path / "d.tif")).any()  # the margin changed something
+
+
+def test_default_min_area_drops_specks(scene_factory, model, tmp_path):
+    scene = scene_factory("segalg", width=640, height=512, seed=13, nodata_edge=True)
+    inference.segment_raster(str(scene), model, output_probability=str(tmp_path / "p0.tif"))
+    p0 = _read(tmp_path / "p0.tif")
+    thr = float(np.percentile(p0[p0 != 255], 85)) / 254 + 0.5 / 254
+    counts = {}
+    for name, min_area in (("all", 0), ("default", None)):
+        res = inference.segment_raster(str(scene), model, output_polygons=str(tmp_path / f"{name}.gpkg"),
+                                       threshold=thr, min_area=min_area)
+        ds = ogr.Open(str(tmp_path / f"{name}.gpkg"))
+        counts[name] = sorted(f["area_m2"] for f in ds.GetLayer(0))
+        assert res["polygons"] == len(counts[name])
+    pixel = 0.75 * 0.75
+    assert [a for a in counts["all"] if a >= 4 * pixel - 1e-9] == counts["default"]
+    assert len(counts["default"]) < len(counts["all"])  # there were specks to drop
+
+
+def test_setmodelmetadata_context_margin_and_gully_output(run_alg, tmp_path):
+    path = om.make_two_head_model(tmp_path / "heads.onnx")
+    results = run_alg("setmodelmetadata", {"MODEL": path, "CONTEXT_MARGIN": 6, "GULLY_OUTPUT": "1",
+                                           "CLASS_NAMES": "edge | background,gully"})
+    meta = om.read_metadata(path)
+    assert json.loads(meta["gullyseg"]) == {"context_margin": 6, "gully_output": 1}
+    assert json.loads(results["METADATA"]) == meta
+    from qgis.core import QgsProcessingException
+
+    with pytest.raises(QgsProcessingException, match="context_margin=200 leaves no core"):
+        run_alg("setmodelmetadata", {"MODEL": path, "CONTEXT_MARGIN": 200})
+    assert om.read_metadata(path) == meta
+
+
+def test_polygon_attributes_on_a_hand_made_mask(tmp_path):
+    """Holes, diagonal neighbours (separate polygons, 4-connected), the raster edge, nodata in the
+    probability: area, perimeter and mean_prob equal those computed from the geometry and pixels."""
+    import rasters
+
+    from gullyseg.processing.engine import polygonize
+
+    mask = np.zeros((40, 50), np.uint8)
+    mask[5:15, 5:15] = 1
+    mask[8:11, 8:11] = 0  # a hole
+    mask[9, 9] = 1  # an island in the hole
+    mask[20, 20] = mask[21, 21] = 1  # diagonal neighbours: two polygons
+    mask[30:40, 40:50] = 1  # at the raster's corner
+    mask[0, :] = 255  # nodata row
+    prob = np.full(mask.shape, 100, np.uint8)
+    prob[5:15, 5:15] = np.arange(100, dtype=np.uint8).reshape(10, 10) + 150
+    prob[30, 40] = 255  # nodata inside a polygon: left out of its mean
+    rasters.write_raster(tmp_path / "m.tif", mask[None], nodata=255)
+    rasters.write_raster(tmp_path / "p.tif", prob[None], nodata=255)
+    n = polygonize.polygonize(str(tmp_path / "m.tif"), str(tmp_path / "p.tif"), str(tmp_path / "g.gpkg"))
+    assert n == 5
+    ds = ogr.Open(str(tmp_path / "g.gpkg"))
+    lyr = ds.GetLayer(0)
+    gt = gdal.Open(str(tmp_path / "m.tif")).GetGeoTransform()
+    pixel = abs(gt[1] * gt[5])
+    for f in lyr:
+        geom = f.GetGeometryRef()
+        assert f["area_m2"] == pytest.approx(geom.GetArea())
+        assert f["perimeter_m"] == pytest.approx(geom.Boundary().Length())
+        # the pixels whose centres are inside, from the geometry itself
+        inside = np.zeros(mask.shape, bool)
+        for r in range(mask.shape[0]):
+            for c in range(mask.shape[1]):
+                x, y = gt[0] + (c + 0.5) * gt[1], gt[3] + (r + 0.5) * gt[5]
+                inside[r, c] = geom.Contains(ogr.CreateGeometryFromWkt(f"POINT({x} {y})"))
+        assert inside.sum() * pixel == pytest.approx(f["area_m2"]) and (mask[inside] == 1).all()
+        values = prob[inside][prob[inside] != 255]
+        assert f["mean_prob"] == pytest.approx(values.mean() / 254.0, abs=1e-12)
+    has_index = ds.ExecuteSQL("SELECT HasSpatialIndex('g', 'geom')")
+    assert has_index.GetNextFeature().GetField(0) == 1
+    ds.ReleaseResultSet(has_index)
+    # MIN_AREA: exactly the polygons of at least that many square metres stay
+    n2 = polygonize.polygonize(str(tmp_path / "m.tif"), str(tmp_path / "p.tif"), str(tmp_path / "big.gpkg"),
+                               min_area=2 * pixel)
+    assert n2 == 2
+    # most polygons dropped: the R-tree was refilled from the kept ones; spatial queries still find them
+    big = ogr.Open(str(tmp_path / "big.gpkg"))
+    blyr = big.GetLayer(0)
+    envelopes = {f.GetFID(): f.GetGeometryRef().GetEnvelope() for f in blyr}
+    rtree = big.ExecuteSQL("SELECT id, minx, maxx, miny, maxy FROM rtree_big_geom")
+    entries = {f.GetField(0): tuple(f.GetField(i) for i in range(1, 5)) for f in rtree}
+    big.ReleaseResultSet(rtree)
+    assert entries.keys() == envelopes.keys()
+    for fid, env in envelopes.items():
+        minx, maxx, miny, maxy = entries[fid]  # float32, rounded outward by SQLite's R-tree
+        assert env[0] - 1 <= minx <= env[0] and env[1] <= maxx <= env[1] + 1
+        assert env[2] - 1 <= miny <= env[2] and env[3] <= maxy <= env[3] + 1
+        blyr.SetSpatialFilterRect(env[0] + 0.1, env[2] + 0.1, env[0] + 0.2, env[2] + 0.2)
+        assert fid in [f.GetFID() for f in blyr]
+    blyr.SetSpatialFilter(None)

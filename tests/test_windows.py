@@ -5,6 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
+from gullyseg.processing.engine import windows
 from gullyseg.processing.engine.errors import GullySegError
 from gullyseg.processing.engine.windows import (
     EDGE_SHIFT,
@@ -107,3 +108,46 @@ def test_blocks_cover_exactly():
     for x, y, w, h in blocks:
         cover[y:y + h, x:x + w] += 1
     assert (cover == 1).all()
+
+
+def test_from_bounds_inverts_bounds_and_snaps_outward():
+    gt = (420000.0, 0.75, 0.0, 7010000.0, 0.0, -0.75)
+    for win in windows.iter_windows(1000, 700, 256, stride=200):
+        assert windows.from_bounds(gt, win.bounds(gt)) == win.rect
+        part = win.clip(1000, 700)
+        assert windows.from_bounds(gt, win.bounds(gt), 1000, 700) == part
+    # a quarter pixel inside on each side: the pixels the bounds touch
+    xmin, ymin, xmax, ymax = windows.bounds_of(gt, 10, 20, 5, 6)
+    q = 0.75 / 4
+    assert windows.from_bounds(gt, (xmin + q, ymin + q, xmax - q, ymax - q)) == (10, 20, 5, 6)
+    assert windows.from_bounds(gt, (xmin - q, ymin - q, xmax + q, ymax + q)) == (9, 19, 7, 8)
+    assert windows.from_bounds(gt, (xmin - 100, ymin, xmin - 50, ymax), 1000, 700) is None
+    assert windows.geotransform_at(gt, 10, 20) == windows.window_of(10, 20, 5, 6).geotransform(gt)
+
+
+def test_intersection_matches_boolean_arrays():
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        a, b = (tuple(int(v) for v in rng.integers(0, 12, 2)) + tuple(int(v) for v in rng.integers(1, 8, 2))
+                for _ in range(2))
+        ma, mb = np.zeros((24, 24), bool), np.zeros((24, 24), bool)
+        ma[a[1]:a[1] + a[3], a[0]:a[0] + a[2]] = True
+        mb[b[1]:b[1] + b[3], b[0]:b[0] + b[2]] = True
+        both = ma & mb
+        got = windows.intersection(a, b)
+        if not both.any():
+            assert got is None
+        else:
+            rows, cols = np.nonzero(both)
+            assert got == (cols.min(), rows.min(), cols.max() - cols.min() + 1, rows.max() - rows.min() + 1)
+
+
+def test_strips_cover_the_raster_and_a_region_once():
+    for region in (None, (3, 5, 17, 40)):
+        seen = np.zeros((50, 30), int)
+        for x, y, w, n in windows.iter_strips(30, 50, 7, region):
+            seen[y:y + n, x:x + w] += 1
+        expected = np.zeros((50, 30), int)
+        x0, y0, w, h = region or (0, 0, 30, 50)
+        expected[y0:y0 + h, x0:x0 + w] = 1
+        np.testing.assert_array_equal(seen, expected)

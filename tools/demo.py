@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gullyseg_cli import ROOT, QgisProcess, QgisProcessError, register_package  # noqa: E402
+from gullyseg_cli import ROOT, QgisProcess, QgisProcessError, register_package
 
 MARKER = ".gullyseg_demo"  # marks a folder this script made (so a re-run may replace it)
 MODEL = ROOT / "resources" / "models" / "gullyseg_demo_unet.onnx"
@@ -140,7 +140,7 @@ def run_demo(out, size, seed, quick=False, overwrite=False, project=True, model=
         def export():
             res, _ = qp.run("gullyseg:exportlabelme", {"TILES": str(index), "ONLY_KEPT": True,
                                                       "PREFILL": str(truth_gullies), "LABEL": "gully"})
-            summary["labelme_files"] = res.get("FILE_COUNT", res.get("EXPORTED_COUNT"))
+            summary["labelme_files"] = res.get("JSON_COUNT")  # exportlabelme's output key
         steps.run("4 exportlabelme: Labelme files (prefilled with the truth = the annotators' work)", export)
 
         def rasterize():

@@ -21,7 +21,21 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-QGIS_PROCESS = os.environ.get("GULLYSEG_QGIS_PROCESS", "/usr/bin/qgis_process.bin")
+
+
+def find_qgis_process():
+    """QGIS's batch runner: $GULLYSEG_QGIS_PROCESS, else Debian's binary ``/usr/bin/qgis_process.bin``
+    (Debian 12's ``qgis_process`` wrapper passes it an option it rejects; Debian 13's works, and both
+    ship the binary), else ``qgis_process`` on PATH (other packagings). The Debian path when none is found
+    (the callers then say it is not installed)."""
+    if os.environ.get("GULLYSEG_QGIS_PROCESS"):
+        return os.environ["GULLYSEG_QGIS_PROCESS"]
+    if os.path.exists("/usr/bin/qgis_process.bin"):
+        return "/usr/bin/qgis_process.bin"
+    return shutil.which("qgis_process") or "/usr/bin/qgis_process.bin"
+
+
+QGIS_PROCESS = find_qgis_process()
 
 
 def register_package():

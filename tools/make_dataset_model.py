@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gullyseg_cli import ROOT, register_package  # noqa: E402
+from gullyseg_cli import ROOT, register_package
 
 MODEL_PATH = ROOT / "resources" / "models" / "gullyseg_dataset.model3"
 MODEL_NAME = "builddataset"  # stable: the algorithm id is gullyseg:builddataset
@@ -27,7 +27,7 @@ HELP = (
     "augmentation of the train split (augment). Screening is a person's job in the GullySeg dock: run the "
     "steps one by one when tiles are screened; this model keeps every tile (the tiles without gully are the "
     "negative samples a model needs). The dataset folder is the model's output (on the command line its "
-    "key is grid:DATASET; grid:INDEX is the tile index, by default <dataset folder>/index.gpkg)."
+    "key is grid:DATASET; grid:INDEX is the tile index, by default &lt;dataset folder&gt;/index.gpkg)."
 )
 
 
@@ -141,6 +141,8 @@ def build(path):
             child.addParameterSources(definition.name(), [src.fromStaticValue(definition.defaultValue())])
         model.setChildAlgorithm(child)
     model.updateDestinationParameters()
+    # the dialog lists inputs in workflow order (scene first), not alphabetically
+    model.setParameterOrder(["scene", "tile_size", "label_polygons", "labelme_folder", "ratios", "seed", "copies"])
     ok, problems = model.validate()
     if not ok:
         raise SystemExit("the model does not validate:\n" + "\n".join(problems))

@@ -22,9 +22,9 @@ def _engine():
         spec = importlib.util.spec_from_file_location(
             "gullyseg", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
         sys.modules["gullyseg"] = importlib.util.module_from_spec(spec)  # not executed: no qgis needed
-    from gullyseg.processing.engine import onnx_model  # noqa: E402
-    from gullyseg.processing.engine.errors import GullySegError  # noqa: E402
-    from gullyseg.processing.engine.feedback import PrintFeedback  # noqa: E402
+    from gullyseg.processing.engine import onnx_model
+    from gullyseg.processing.engine.errors import GullySegError
+    from gullyseg.processing.engine.feedback import PrintFeedback
 
     return onnx_model, GullySegError, PrintFeedback
 
@@ -47,6 +47,9 @@ def main(argv=None):
     p.add_argument("--activation", choices=onnx_model.ACTIVATIONS, help="what to apply to the output")
     p.add_argument("--gully-class", type=int, help="output channel of the gully class")
     p.add_argument("--bands", help="raster bands for the model's channels, e.g. 3,2,1")
+    p.add_argument("--gully-output", help="output head (name or 0-based index) of a model with several outputs")
+    p.add_argument("--context-margin", type=int,
+                   help="the model's receptive-field radius in pixels (ignored at inner window edges)")
     p.add_argument("--clear", action="store_true", help="remove existing Deepness/GullySeg keys first")
     p.add_argument("--show", action="store_true", help="only print the model's metadata and what GullySeg reads")
     args = p.parse_args(argv)
@@ -60,7 +63,9 @@ def main(argv=None):
             resolution=args.resolution, tile_size=args.tile_size, tiles_overlap=args.tiles_overlap, mean=args.mean,
             std=args.std, threshold=args.threshold, input_max=args.input_max, activation=args.activation,
             gully_class=args.gully_class, bands=args.bands, clear=args.clear, overwrite=args.overwrite,
-            feedback=print_feedback())
+            feedback=print_feedback(), context_margin=args.context_margin,
+            gully_output=(int(args.gully_output) if args.gully_output.isdigit() else args.gully_output)
+            if args.gully_output else None)
     except gullyseg_error as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 2

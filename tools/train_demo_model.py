@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gullyseg_cli import ROOT, register_package  # noqa: E402
+from gullyseg_cli import ROOT, register_package
 
 register_package()
 from osgeo import gdal, ogr  # noqa: E402

@@ -1,7 +1,8 @@
 """The inference tab: run ``gullyseg:segment`` on a raster layer from a panel.
 
-The tab only gathers parameters and runs the Processing algorithm in a
-``QgsProcessingAlgRunnerTask``, exactly as the Toolbox would: QGIS stays responsive, the
+The tab only gathers parameters and runs the Processing algorithm in a background task
+(``tasks.AlgorithmTask``: prepare, runPrepared, postProcess, as ``QgsProcessingAlgRunnerTask``
+and the Toolbox do, without logging a person's cancel as an error): QGIS stays responsive, the
 progress bar follows the algorithm, Cancel stops it (the algorithm's outputs are atomic, so
 nothing half-written is left) and errors are shown in the tab and the message bar. Results
 are added to the project in a group, styled from resources/styles/*.qml.
@@ -12,7 +13,6 @@ import os
 from qgis.core import (
     QgsApplication,
     QgsMessageLog,
-    QgsProcessingAlgRunnerTask,
     QgsProcessingContext,
     QgsProcessingFeedback,
     QgsProject,
@@ -21,13 +21,13 @@ from qgis.core import (
 )
 from qgis.gui import QgsFileWidget
 from qgis.PyQt import uic
-from qgis.PyQt.QtCore import pyqtSignal
-from qgis.PyQt.QtWidgets import QWidget
+from qgis.PyQt.QtCore import Qt, pyqtSignal
+from qgis.PyQt.QtWidgets import QComboBox, QFormLayout, QPushButton, QSizePolicy, QWidget
 
 from .. import compat
 from ..metadata import NAME, resource_path
 from . import settings
-from .tasks import EngineTask
+from .tasks import AlgorithmTask, EngineTask
 
 FORM_CLASS, _ = uic.loadUiType(os.path.join(os.path.dirname(__file__), "inference.ui"))
 
@@ -44,7 +44,14 @@ OUTPUT_EXT = {"OUTPUT_PROBABILITY": ".tif", "OUTPUT_MASK": ".tif", "OUTPUT_POLYG
 AREA_LAYER, AREA_CANVAS, AREA_POLYGONS = 0, 1, 2
 AREA_ITEMS = [("Whole layer", AREA_LAYER), ("Current map extent", AREA_CANVAS), ("Inside polygons of a layer",
                                                                                   AREA_POLYGONS)]
-TTA_ITEMS = [("None", 0), ("Flips (4 passes)", 1), ("Flips and rotations (8 passes)", 2)]
+def _tta_items():
+    """The engine's TTA modes (processing/engine/inference TTA_NAMES), capitalised for the combo box."""
+    from ..processing.engine.inference import TTA_NAMES
+
+    return [(name[:1].upper() + name[1:], value) for value, name in sorted(TTA_NAMES.items())]
+
+
+TTA_ITEMS = _tta_items()
 
 
 class RunFeedback(QgsProcessingFeedback):
@@ -57,6 +64,8 @@ class RunFeedback(QgsProcessingFeedback):
         self.errors = []
 
     def reportError(self, error, fatalError=False):  # noqa: N802, N803
+        if self.isCanceled():
+            return  # the person's cancel is not an error: the tab logs it once, as information
         self.errors.append(str(error))
         self.message.emit("error", str(error))
         super().reportError(error, fatalError)
@@ -68,6 +77,24 @@ class RunFeedback(QgsProcessingFeedback):
     def pushInfo(self, info):  # noqa: N802
         self.message.emit("info", str(info))
         super().pushInfo(info)
+
+
+def known_models(home_path):
+    """[(label, path)]: the demo model, then .onnx files in ``home_path`` and ``home_path/models``."""
+    found = []
+    if os.path.exists(DEFAULT_MODEL):
+        found.append(("Demo model (synthetic scenes only)", DEFAULT_MODEL))
+    if home_path:
+        for folder in (home_path, os.path.join(home_path, "models")):
+            if not os.path.isdir(folder):
+                continue
+            for name in sorted(os.listdir(folder)):
+                path = os.path.join(folder, name)
+                if name.lower().endswith(".onnx") and os.path.isfile(path) and \
+                        os.path.abspath(path) != os.path.abspath(DEFAULT_MODEL):
+                    where = "project" if folder == home_path else "project/models"
+                    found.append((f"{os.path.splitext(name)[0]} ({where})", path))
+    return found
 
 
 def describe_model(path, feedback=None):
@@ -134,6 +161,7 @@ class InferenceTab(QWidget, FORM_CLASS):
 
     taskFinished = pyqtSignal(bool)
     modelDescribed = pyqtSignal(str)
+    installDependenciesRequested = pyqtSignal()  # the plugin opens Plugins > GullySeg > Install dependencies…
 
     def __init__(self, iface, parent=None):
         super().__init__(parent)
@@ -158,6 +186,33 @@ class InferenceTab(QWidget, FORM_CLASS):
         self.modelWidget.setStorageMode(QgsFileWidget.StorageMode.GetFile)
         self.folderWidget.setStorageMode(QgsFileWidget.StorageMode.GetDirectory)
         self.progressBar.setValue(0)
+        # the model panel wraps to the dock's width instead of widening the tab (no clipping at the
+        # default dock width); the status line keeps room for two lines (no jump when it wraps)
+        self.modelInfoLabel.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.modelInfoLabel.setMinimumWidth(0)
+        self.messageLabel.setFixedHeight(3 * self.messageLabel.fontMetrics().lineSpacing() + 4)
+        self.messageLabel.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
+        for form in (self.inputLayout, self.optionsLayout):  # a narrow dock puts fields under their labels
+            form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
+        for combo in (self.areaCombo, self.ttaCombo):
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(10)
+        self.modelCombo = QComboBox(self)
+        self.modelCombo.setObjectName("modelCombo")
+        self.modelCombo.setToolTip("The demo model and the .onnx models in the project's folder and its models/ "
+                                   "subfolder (for example those trained with gullyseg:trainmodel)")
+        self.modelCombo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.modelCombo.setMinimumContentsLength(12)
+        self.inputLayout.insertRow(1, "Known models", self.modelCombo)
+        self.refresh_models()
+        self.modelCombo.activated.connect(self._on_model_picked)
+        QgsProject.instance().homePathChanged.connect(self.refresh_models)
+        self.installDepsButton = QPushButton("Install dependencies…", self)
+        self.installDepsButton.setObjectName("installDepsButton")
+        self.installDepsButton.setToolTip("Install onnxruntime into GullySeg's own folder (no terminal, no root)")
+        self.installDepsButton.clicked.connect(self.installDependenciesRequested)
+        self.installDepsButton.hide()
+        self.layout().addWidget(self.installDepsButton)
 
         self._restore_settings()
         self.modelWidget.fileChanged.connect(self._on_model_changed)
@@ -168,6 +223,34 @@ class InferenceTab(QWidget, FORM_CLASS):
         self.cancelButton.clicked.connect(self.cancel)
         self._on_model_changed(self.modelWidget.filePath())
         self._update_enabled()
+
+    # --- known models -------------------------------------------------------------
+    def refresh_models(self, *_args):
+        """List the demo model and the project's .onnx files (home folder and its models/ subfolder)."""
+        try:
+            combo = self.modelCombo
+        except RuntimeError:
+            return
+        current = self.modelWidget.filePath()
+        combo.blockSignals(True)
+        combo.clear()
+        combo.addItem("Choose a model…", "")
+        for label, path in known_models(QgsProject.instance().homePath()):
+            combo.addItem(label, path)
+            combo.setItemData(combo.count() - 1, path, Qt.ItemDataRole.ToolTipRole)
+        index = combo.findData(current) if current else -1
+        combo.setCurrentIndex(max(index, 0))
+        combo.blockSignals(False)
+
+    def refresh_model(self):
+        """Read the chosen model again (after Install dependencies… made onnxruntime available)."""
+        self.installDepsButton.hide()
+        self._on_model_changed(self.modelWidget.filePath())
+
+    def _on_model_picked(self, index):
+        path = self.modelCombo.itemData(index)
+        if path:
+            self.modelWidget.setFilePath(path)  # -> _on_model_changed: its metadata in the panel
 
     # --- settings ---------------------------------------------------------------
     def _restore_settings(self):
@@ -226,6 +309,9 @@ class InferenceTab(QWidget, FORM_CLASS):
     def _on_model_changed(self, path):
         """Describe the model in a background task (loading and probing a big model takes time)."""
         self.model_info = None
+        if hasattr(self, "modelCombo"):
+            index = self.modelCombo.findData(path) if path else -1
+            self.modelCombo.setCurrentIndex(max(index, 0))
         if not path:
             self.modelInfoLabel.setText(
                 "Choose an ONNX model. The demo model (resources/models/gullyseg_demo_unet.onnx) is not "
@@ -251,9 +337,16 @@ class InferenceTab(QWidget, FORM_CLASS):
         if task.error or task.result is None:
             error = task.error or "the model could not be read"
             self.modelInfoLabel.setText(f"<span style='color:#c83232'>{_html(error)}</span>")
+            self._offer_install(error)
             return
+        self.installDepsButton.hide()
         self.model_info = task.result
         self.modelInfoLabel.setText(model_summary_html(self.model_info))
+        # "Default" on the spin boxes says what the model's default is (never a bare -1)
+        overlap, threshold = self.model_info.get("overlap"), self.model_info.get("threshold")
+        self.overlapSpin.setSpecialValueText(f"Model ({overlap} px)" if overlap is not None else "Default")
+        self.thresholdSpin.setSpecialValueText(f"Model ({threshold:g})" if isinstance(threshold, (int, float))
+                                               else "Model default")
         settings.set_value("inference/model", path)
         self.modelDescribed.emit(path)
 
@@ -268,10 +361,27 @@ class InferenceTab(QWidget, FORM_CLASS):
         QgsApplication.processEvents()
         return not self._describe_tasks
 
+    def _offer_install(self, text):
+        """A message that says a package is missing offers Install dependencies… (tab and message bar)."""
+        from .deps_dialog import mentions_missing_package
+
+        if not mentions_missing_package(text):
+            return False
+        self.installDepsButton.show()
+        if self.iface is not None:
+            bar = self.iface.messageBar()
+            item = bar.createMessage(NAME, "onnxruntime is missing from QGIS's Python.")
+            button = QPushButton("Install dependencies…", item)
+            button.clicked.connect(self.installDependenciesRequested)
+            item.layout().addWidget(button)
+            bar.pushWidget(item, compat.MSG_WARNING, 0)
+        return True
+
     def _message(self, text, level=compat.MSG_INFO, bar=False):
         colour = {compat.MSG_CRITICAL: "#c83232", compat.MSG_WARNING: "#b06000", compat.MSG_SUCCESS: "#1a8c2e"}
         self.messageLabel.setStyleSheet(f"color: {colour[level]};" if level in colour else "")
         self.messageLabel.setText(text)
+        self.messageLabel.setToolTip(text)  # the whole text when it is longer than the three lines kept for it
         if bar and self.iface is not None:
             self.iface.messageBar().pushMessage(NAME, text, level, 0 if level == compat.MSG_CRITICAL else 8)
 
@@ -341,7 +451,11 @@ class InferenceTab(QWidget, FORM_CLASS):
             if not folder:
                 raise ValueError("Choose the folder for the output files (or use temporary outputs).")
             if not os.path.isdir(folder):
-                raise ValueError(f"The output folder '{folder}' does not exist.")
+                try:
+                    os.makedirs(folder, exist_ok=True)  # the person named a new folder: make it
+                except OSError as exc:
+                    raise ValueError(
+                        f"The output folder '{folder}' cannot be created: {exc.strerror or exc}.") from None
         stem = f"{_safe(layer.name())}_{_safe(os.path.splitext(os.path.basename(model))[0])}"
         for key, want in wanted.items():
             optional = True
@@ -390,8 +504,8 @@ class InferenceTab(QWidget, FORM_CLASS):
         self.logView.clear()
         self.progressBar.setValue(0)
         layer = self.rasterCombo.currentLayer()
-        task = QgsProcessingAlgRunnerTask(algorithm, params, context, feedback)
-        task.setDescription(f"{NAME}: segmenting {layer.name()}")
+        # like QgsProcessingAlgRunnerTask, but a cancel is not logged as a CRITICAL error
+        task = AlgorithmTask(algorithm, params, context, feedback, f"{NAME}: segmenting {layer.name()}")
         self.context, self.feedback, self.task = context, feedback, task
         self.last_outputs = {k: v for k, v in params.items() if k.startswith("OUTPUT_")}
         self._run_label = (layer.name(), os.path.splitext(os.path.basename(params["MODEL"]))[0])
@@ -420,7 +534,8 @@ class InferenceTab(QWidget, FORM_CLASS):
         self._update_enabled()
         if cancelled:
             self.progressBar.setValue(0)
-            self._message("Cancelled. No output was written.", compat.MSG_WARNING, bar=True)
+            self._message("Cancelled. No output was written.", compat.MSG_INFO, bar=True)
+            QgsMessageLog.logMessage("Inference cancelled by the user; no output was written.", NAME, compat.MSG_INFO)
             self.taskFinished.emit(False)
             return
         if not successful:
@@ -428,6 +543,7 @@ class InferenceTab(QWidget, FORM_CLASS):
             text = user_message(errors[-1]) if errors else "The algorithm failed; see the log below."
             self._message(f"Inference failed: {text}", compat.MSG_CRITICAL, bar=True)
             QgsMessageLog.logMessage(f"Inference failed: {text}", NAME, compat.MSG_CRITICAL)
+            self._offer_install(text)
             self.taskFinished.emit(False)
             return
         try:
@@ -470,12 +586,16 @@ class InferenceTab(QWidget, FORM_CLASS):
         raster_name, model_name = self._run_label
         project = QgsProject.instance()
         root = project.layerTreeRoot()
-        group = root.insertGroup(0, f"{NAME}: {raster_name} · {model_name}")
+        from ..processing.styling import run_label, unique_layer_name
+
+        label = run_label(raster_name, model_name)
+        group = root.insertGroup(0, unique_layer_name(f"{NAME}: {label}", project))
         added = []
         for key in ("OUTPUT_POLYGONS", "OUTPUT_MASK", "OUTPUT_PROBABILITY"):  # top to bottom
             if not self.wanted.get(key):
                 continue
-            layer = self._take_layer(results.get(key), key, context, f"gully {OUTPUT_NAMES[key]}")
+            layer = self._take_layer(results.get(key), key, context,
+                                     unique_layer_name(f"{label} · {OUTPUT_NAMES[key]}", project))
             if layer is None:
                 self._log("warning", f"{key}: no layer could be loaded from {results.get(key)!r}")
                 continue
@@ -492,6 +612,10 @@ class InferenceTab(QWidget, FORM_CLASS):
 
     def shutdown(self):
         self._closing = True
+        try:
+            QgsProject.instance().homePathChanged.disconnect(self.refresh_models)
+        except (TypeError, RuntimeError):
+            pass
         self._describe_tasks = []
         if self.task is not None:
             self.cancel()

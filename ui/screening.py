@@ -1,8 +1,11 @@
 """The screening tab: go through the tiles of a tile index with the keyboard, keep or reject each.
 
-Keys (the tile view has the focus; click it if another widget took it):
+Keys (whenever the Screening tab is visible and no text field has the focus, also after a click
+on a button or on the map; a "keys active" line under the picture says when they are):
 K keep · R reject · S skip · U or Backspace undo (repeat to go further back) ·
 →/N next · ←/P previous · G type a tile id (Enter goes there, Esc comes back).
+The keys are QActions registered with QGIS's shortcuts manager: rebind them under
+Settings > Keyboard Shortcuts (search "GullySeg").
 
 Every decision is written at once to the index file through the layer's data provider
 (an OGR/GeoPackage transaction per decision, no edit session), so closing QGIS or a crash
@@ -12,6 +15,7 @@ The logic lives in ``screening_session.ScreeningSession``; this module is the vi
 
 import os
 
+from osgeo import gdal
 from qgis.core import (
     QgsApplication,
     QgsCoordinateTransform,
@@ -26,8 +30,17 @@ from qgis.core import (
 from qgis.gui import QgsFileWidget, QgsRubberBand
 from qgis.PyQt import uic
 from qgis.PyQt.QtCore import QEvent, QObject, Qt, QTimer, pyqtSignal
-from qgis.PyQt.QtGui import QColor, QPixmap
-from qgis.PyQt.QtWidgets import QFileDialog, QLineEdit, QWidget
+from qgis.PyQt.QtGui import QColor, QKeySequence, QPixmap
+from qgis.PyQt.QtWidgets import (
+    QApplication,
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QWidget,
+)
 
 from .. import compat
 from ..metadata import NAME, resource_path
@@ -35,6 +48,7 @@ from ..processing.engine import dataset
 from ..processing.engine.errors import GullySegError
 from . import settings
 from .screening_session import (
+    BUSY_TIMEOUT_S,
     FILTER_ALL,
     FILTER_KEPT,
     FILTER_REJECTED,
@@ -46,6 +60,8 @@ from .screening_session import (
     ScreeningSession,
     Tile,
     normalise_status,
+    write_report,
+    write_with_retry,
 )
 from .tasks import EngineTask
 from .tile_image import PICTURE_SUFFIXES, TilePrefetcher, estimate_stretch, image_path, to_qimage
@@ -63,24 +79,33 @@ FILTER_ITEMS = [
 ORDER_ITEMS = [("Grid order", ORDER_ID), ("Score (likely gully first)", ORDER_SCORE)]
 STATUS_COLOURS = {"unscreened": "#808080", STATUS_KEEP: "#1a8c2e", STATUS_REJECT: "#c83232"}
 
-K = Qt.Key
-KEY_ACTIONS = {
-    K.Key_K: "keep",
-    K.Key_R: "reject",
-    K.Key_S: "skip",
-    K.Key_U: "undo",
-    K.Key_Backspace: "undo",
-    K.Key_N: "next",
-    K.Key_Right: "next",
-    K.Key_Down: "next",
-    K.Key_P: "previous",
-    K.Key_Left: "previous",
-    K.Key_Up: "previous",
-    K.Key_G: "goto",
-}
 
 
 DECISIONS = ("keep", "reject", "skip", "undo")
+
+# (object name, action, default key, text): QActions registered with QgsGui.shortcutsManager()
+SHORTCUTS = (
+    ("GullySegScreeningKeep", "keep", "K", "GullySeg screening: keep the tile"),
+    ("GullySegScreeningReject", "reject", "R", "GullySeg screening: reject the tile"),
+    ("GullySegScreeningSkip", "skip", "S", "GullySeg screening: skip the tile"),
+    ("GullySegScreeningUndo", "undo", "U", "GullySeg screening: undo the last decision"),
+    ("GullySegScreeningUndo2", "undo", "Backspace", "GullySeg screening: undo (second key)"),
+    ("GullySegScreeningNext", "next", "N", "GullySeg screening: next tile"),
+    ("GullySegScreeningNext2", "next", "Right", "GullySeg screening: next tile (second key)"),
+    ("GullySegScreeningPrevious", "previous", "P", "GullySeg screening: previous tile"),
+    ("GullySegScreeningPrevious2", "previous", "Left", "GullySeg screening: previous tile (second key)"),
+    ("GullySegScreeningGoto", "goto", "G", "GullySeg screening: go to a tile id"),
+)
+TEXT_INPUT_CLASSES = ("QLineEdit", "QTextEdit", "QPlainTextEdit", "QAbstractSpinBox", "QsciScintillaBase")
+
+
+def is_text_input(widget):
+    """True for widgets that take typed text (their keys are theirs, not screening's)."""
+    if widget is None:
+        return False
+    if any(widget.inherits(name) for name in TEXT_INPUT_CLASSES):
+        return True
+    return widget.inherits("QComboBox") and widget.isEditable()
 
 
 def layer_file_path(layer):
@@ -143,7 +168,7 @@ class _KeyFilter(QObject):
             return False
         if event.modifiers() & (Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.AltModifier):
             return False
-        action = KEY_ACTIONS.get(event.key())
+        action = self._tab.action_for_key(event.key(), event.modifiers())
         if action is None:
             return False
         if kind == QEvent.Type.ShortcutOverride:
@@ -197,6 +222,41 @@ class ScreeningTab(QWidget, FORM_CLASS):
         self.scoreProgress.setVisible(False)
         self.tileView.setText("Open a tile index (index.gpkg of a dataset folder) to start screening.")
 
+        self.keysLabel = QLabel(self)
+        self.keysLabel.setObjectName("keysLabel")
+        self.keysLabel.setWordWrap(True)
+        layout = self.layout()
+        layout.insertWidget(layout.indexOf(self.tileView) + 1, self.keysLabel)
+        self.emptyButton = QPushButton("Show all tiles", self)
+        self.emptyButton.setObjectName("emptyButton")
+        self.emptyButton.hide()
+        self.emptyButton.clicked.connect(lambda: self.set_filter(FILTER_ALL))
+        layout.insertWidget(layout.indexOf(self.keysLabel) + 1, self.emptyButton)
+        picture_row = QHBoxLayout()
+        picture_row.addWidget(QLabel("Picture", self))
+        self.bandCombo = QComboBox(self)
+        self.bandCombo.setObjectName("bandCombo")
+        self.bandCombo.setFocusPolicy(Qt.FocusPolicy.ClickFocus)
+        self.bandCombo.setToolTip("Band combination of the tile picture (from the tiles' GeoTIFFs); "
+                                  "'Dataset pictures' shows the JPEGs gridtiles wrote")
+        self.bandCombo.addItem("Dataset pictures", None)
+        self.bandCombo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.bandCombo.setMinimumContentsLength(8)
+        picture_row.addWidget(self.bandCombo, 1)
+        self.reportButton = QPushButton("Report…", self)
+        self.reportButton.setObjectName("reportButton")
+        self.reportButton.setFocusPolicy(Qt.FocusPolicy.ClickFocus)
+        self.reportButton.setToolTip("Save the screening report: counts, rate and a CSV of this session's "
+                                     "decisions with time stamps")
+        self.reportButton.clicked.connect(self._save_report_dialog)
+        picture_row.addWidget(self.reportButton)
+        layout.insertLayout(layout.indexOf(self.tileView), picture_row)
+        self.bandCombo.currentIndexChanged.connect(self._on_bands_changed)
+        self.picture_bands = None
+        self.actions = []
+        self._create_actions()
+        QApplication.instance().focusChanged.connect(self._update_keys_indicator)
+
         self._keys = _KeyFilter(self)
         for widget in (self, self.tileView, self.keepButton, self.rejectButton, self.skipButton,
                        self.undoButton, self.prevButton, self.nextButton, self.jumpButton, self.scoreButton):
@@ -218,7 +278,71 @@ class ScreeningTab(QWidget, FORM_CLASS):
         self.orderCombo.currentIndexChanged.connect(self._on_filter_changed)
         self.scoreButton.clicked.connect(self.start_scoring)
         self.scoreModelWidget.fileChanged.connect(lambda p: settings.set_value("screening/score_model", p))
+        QgsProject.instance().layersAdded.connect(self._preselect_index)
         self._update_enabled()
+        self._preselect_index()
+
+    # --- keyboard -----------------------------------------------------------------
+    def _create_actions(self):
+        """One QAction per screening key, on this tab and on QGIS's main window (so the keys work
+        after a click on the map), registered with QGIS's shortcuts manager (rebindable)."""
+        from qgis.gui import QgsGui
+
+        main = self.iface.mainWindow() if self.iface is not None else None
+        manager = QgsGui.shortcutsManager()
+        for name, action_name, key, text in SHORTCUTS:
+            action = compat.QAction(text, self)
+            action.setObjectName(name)
+            action.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
+            action.setAutoRepeat(action_name not in DECISIONS)  # a held-down K keeps one tile
+            action.setEnabled(False)
+            action.setProperty("screening_action", action_name)
+            action.triggered.connect(lambda _checked=False, a=action_name: self._on_shortcut(a))
+            if manager is not None:
+                manager.registerAction(action, key)  # the user's binding, or the default
+            else:
+                action.setShortcut(QKeySequence(key))
+            self.addAction(action)
+            if main is not None:
+                main.addAction(action)
+            self.actions.append(action)
+
+    def action_for_key(self, key, modifiers=Qt.KeyboardModifier.NoModifier):
+        """The screening action bound to a key press (the actions' current shortcuts; Up/Down too)."""
+        try:
+            combined = QKeySequence(int(key) | int(modifiers))
+        except TypeError:
+            combined = QKeySequence(key.value | modifiers.value)
+        for action in self.actions:
+            if not action.shortcut().isEmpty() and action.shortcut().matches(combined) == \
+                    QKeySequence.SequenceMatch.ExactMatch:
+                return action.property("screening_action")
+        return {Qt.Key.Key_Down: "next", Qt.Key.Key_Up: "previous"}.get(key)
+
+    def _on_shortcut(self, action):
+        if not self.keys_active():
+            return
+        self.trigger(action)
+
+    def keys_active(self):
+        """Screening keys work now: the tab is visible, an index is open, no text field has the focus."""
+        return self.isVisible() and self.session is not None and not is_text_input(QApplication.focusWidget())
+
+    def _update_keys_indicator(self, *_args):
+        try:
+            visible = self.isVisible()
+        except RuntimeError:  # deleted
+            return
+        for action in self.actions:
+            action.setEnabled(visible and self.session is not None)
+        if self.session is None:
+            text, colour = "Keys: open a tile index first.", "#808080"
+        elif self.keys_active():
+            text, colour = "⌨ Keys active: K R S U ← →", "#1a8c2e"
+        else:
+            text, colour = "⌨ Keys paused: a text field has the focus (Esc)", "#b06000"
+        self.keysLabel.setText(text)
+        self.keysLabel.setStyleSheet(f"color: {colour};")
 
     # --- helpers ----------------------------------------------------------------
     @staticmethod
@@ -238,6 +362,7 @@ class ScreeningTab(QWidget, FORM_CLASS):
             QgsMessageLog.logMessage(text, NAME, level)
 
     def _update_enabled(self):
+        self._update_keys_indicator()
         has = self.session is not None
         for widget in (self.keepButton, self.rejectButton, self.skipButton, self.prevButton, self.nextButton,
                        self.jumpButton, self.jumpEdit, self.filterCombo, self.orderCombo, self.scoreButton):
@@ -277,6 +402,30 @@ class ScreeningTab(QWidget, FORM_CLASS):
             self.set_layer(layer)
         return self.session is not None
 
+    def _preselect_index(self, *_args):
+        """With no index open, pick the project's tile index (the demo project's, a dataset's
+        index.gpkg with a status field): the one opened last time first."""
+        try:
+            if self.layer is not None:
+                return None
+        except RuntimeError:
+            return None
+        last = os.path.abspath(settings.value("screening/last_index")) if settings.value("screening/last_index") else ""
+        found = []
+        for layer in QgsProject.instance().mapLayers().values():
+            if not isinstance(layer, QgsVectorLayer) or not layer.isValid():
+                continue
+            path = layer_file_path(layer)
+            if path and os.path.basename(path) == dataset.INDEX_NAME and layer.fields().indexOf("status") >= 0:
+                found.append((path != last, layer.name(), layer))
+        if not found:
+            return None
+        layer = sorted(found, key=lambda item: item[:2])[0][2]
+        self.indexCombo.setLayer(layer)
+        if self.layer is not layer:
+            self.set_layer(layer)
+        return layer
+
     @staticmethod
     def _layer_name(path):
         folder = os.path.basename(os.path.dirname(path))
@@ -312,6 +461,7 @@ class ScreeningTab(QWidget, FORM_CLASS):
         self.session = ScreeningSession(
             tiles, self._write_status, filter_name=self.filterCombo.currentData(), order=self.orderCombo.currentData()
         )
+        self._fill_band_choices(tiles)
         stretch, bands = self._picture_settings(tiles)
         self.prefetcher = TilePrefetcher(stretch=stretch, bands=bands)
         if path:
@@ -322,6 +472,78 @@ class ScreeningTab(QWidget, FORM_CLASS):
         self.show_current()
         self.tileView.setFocus()
         return True
+
+    def _fill_band_choices(self, tiles):
+        """Band combinations for the GeoTIFF tiles' band count (1,2,3; 3,2,1; 4,3,2 with four bands …)."""
+        self.bandCombo.blockSignals(True)
+        self.bandCombo.clear()
+        self.bandCombo.addItem("Dataset pictures", None)
+        self.picture_bands = None
+        count = 0
+        for tile in tiles[:1]:
+            path = image_path(self.root, tile, prefer_jpeg=False)
+            if path and not path.lower().endswith(PICTURE_SUFFIXES):
+                ds = gdal.Open(path)
+                count = ds.RasterCount if ds is not None else 0
+        choices = []
+        if count >= 3:
+            choices += [[1, 2, 3], [3, 2, 1]]
+        if count >= 4:
+            choices += [[4, 3, 2], [4, 2, 1]]
+        choices += [[b] for b in range(1, count + 1)]
+        for bands in choices:
+            label = "Bands " + ",".join(str(b) for b in bands) if len(bands) > 1 else f"Band {bands[0]} (grey)"
+            self.bandCombo.addItem(label, bands)
+        self.bandCombo.blockSignals(False)
+
+    def set_picture_bands(self, bands):
+        """Show the tiles' GeoTIFF bands ``bands`` (list; None = the dataset's pictures)."""
+        index = self.bandCombo.findData(bands)
+        if index < 0:
+            raise ValueError(f"no band combination {bands} for these tiles")
+        self.bandCombo.setCurrentIndex(index)
+
+    def _on_bands_changed(self, _index=None):
+        bands = self.bandCombo.currentData()
+        self.picture_bands = list(bands) if bands else None
+        if self.session is None:
+            return
+        if self.prefetcher is not None:
+            self.prefetcher.shutdown()
+        if self.picture_bands:
+            sample = [image_path(self.root, t, prefer_jpeg=False) for t in self.session.tiles[:: max(1, len(
+                self.session.tiles) // 12)][:12]]
+            sample = [p for p in sample if p and not p.lower().endswith(PICTURE_SUFFIXES)]
+            try:
+                stretch = estimate_stretch(sample, self.picture_bands) if sample else None
+            except RuntimeError:
+                stretch = None
+            self.prefetcher = TilePrefetcher(stretch=stretch, bands=self.picture_bands)
+        else:
+            stretch, bands = self._picture_settings(self.session.tiles)
+            self.prefetcher = TilePrefetcher(stretch=stretch, bands=bands)
+        self.show_current()
+        self.tileView.setFocus()
+
+    # --- report -----------------------------------------------------------------------
+    def _save_report_dialog(self):
+        if self.session is None:
+            return None
+        start = os.path.join(self.root or "", "screening_report.csv")
+        path, _ = QFileDialog.getSaveFileName(self, "Save the screening report", start, "CSV (*.csv)")
+        return self.save_report(path) if path else None
+
+    def save_report(self, csv_path):
+        """Write the decisions CSV and the summary JSON beside it; returns the summary (also shown)."""
+        try:
+            summary = write_report(self.session, csv_path, index_path=layer_file_path(self.layer) or "")
+        except OSError as exc:
+            self._message(f"Cannot write the report '{csv_path}': {exc}", compat.MSG_WARNING, bar=True)
+            return None
+        self._message(f"Report saved: {os.path.basename(csv_path)} ({summary['decisions_this_session']} decisions "
+                      f"this session, {summary['kept']} kept, {summary['rejected']} rejected, "
+                      f"{summary['remaining']} remaining).")
+        return summary
 
     def _picture_settings(self, tiles):
         """(stretch, bands) for GeoTIFF-only tiles: the dataset card's JPEG bands and scene-wide
@@ -378,11 +600,19 @@ class ScreeningTab(QWidget, FORM_CLASS):
         if layer is None or self._status_index < 0:
             raise GullySegError("No tile index is open.")
         provider = layer.dataProvider()
-        if not provider.changeAttributeValues({tile.fid: {self._status_index: status}}):
-            errors = "; ".join(provider.errors()) or "the data provider refused the change"
+
+        def write_once():
+            provider.clearErrors()  # the provider keeps every earlier error: report this try's only
+            ok = provider.changeAttributeValues({tile.fid: {self._status_index: status}})
+            return ok, provider.errors()
+
+        ok, errors = write_with_retry(write_once)
+        if not ok:
+            unique = list(dict.fromkeys(e.strip() for e in errors if e.strip()))
+            errors = "; ".join(unique) or "the data provider refused the change"
             raise GullySegError(
                 f"Cannot write status '{status}' of tile {tile.tile_id} to '{layer_file_path(layer) or layer.name()}'"
-                f" ({errors}). Is the file read-only or locked?"
+                f" ({errors}). Is the file read-only, or held by another program (waited {BUSY_TIMEOUT_S:g} s)?"
             )
         layer.triggerRepaint()
 
@@ -481,14 +711,14 @@ class ScreeningTab(QWidget, FORM_CLASS):
         if tile is None:
             self._pixmap = None
             self.tileView.setPixmap(QPixmap())
-            self.tileView.setText(
-                "No tiles left under this filter." if session.queue else "No tiles match this filter."
-            )
+            self.tileView.setText(self.empty_reason())
+            self.emptyButton.setVisible(session.filter != FILTER_ALL)
             self.tileIdLabel.setText("")
             if self.rubber_band is not None:
                 self.rubber_band.reset(compat.GEOMETRY_POLYGON)
             self.tileShown.emit("")
             return
+        self.emptyButton.hide()
         colour = STATUS_COLOURS.get(tile.status, "#808080")
         score = f" · score {tile.score:.2f}" if tile.score is not None else ""
         self.tileIdLabel.setText(
@@ -498,6 +728,22 @@ class ScreeningTab(QWidget, FORM_CLASS):
         self._follow_canvas(tile)
         self._prefetch()
         self.tileShown.emit(tile.tile_id)
+
+    def empty_reason(self):
+        """Why nothing is shown: "all 64 tiles screened: show all?" and the like."""
+        session = self.session
+        c = session.counts()
+        total = c["total"]
+        if total == 0:
+            return "The index has no tiles."
+        if session.filter == FILTER_UNSCREENED:
+            return (f"All {total} tiles screened ({c['kept']} kept, {c['rejected']} rejected): "
+                    "show all tiles?")
+        if session.filter == FILTER_KEPT and c["kept"] == 0:
+            return f"No tile kept yet ({c['remaining']} of {total} unscreened): show all tiles?"
+        if session.filter == FILTER_REJECTED and c["rejected"] == 0:
+            return f"No tile rejected yet ({c['remaining']} of {total} unscreened): show all tiles?"
+        return f"End of the {len(session.queue)} tiles under this filter: show all {total} tiles?"
 
     def _show_counters(self):
         c = self.session.counts()
@@ -509,7 +755,9 @@ class ScreeningTab(QWidget, FORM_CLASS):
         )
 
     def _picture_path(self, tile):
-        return image_path(self.root, tile) if self.root else None
+        if not self.root:
+            return None
+        return image_path(self.root, tile, prefer_jpeg=not self.picture_bands)
 
     def _show_picture(self, tile):
         path = self._picture_path(tile)
@@ -645,6 +893,7 @@ class ScreeningTab(QWidget, FORM_CLASS):
         return False
 
     def showEvent(self, event):  # noqa: N802
+        QTimer.singleShot(0, self._update_keys_indicator)
         if self.rubber_band is not None and self.session is not None and self.session.current is not None:
             self.rubber_band.show()
         super().showEvent(event)
@@ -653,8 +902,26 @@ class ScreeningTab(QWidget, FORM_CLASS):
         if self.rubber_band is not None:
             self.rubber_band.hide()  # the outline belongs to screening, not to the other tab
         super().hideEvent(event)
+        for action in self.actions:
+            action.setEnabled(False)  # QGIS's own keys are QGIS's again
 
     def shutdown(self):
+        for signal, slot in ((QApplication.instance().focusChanged, self._update_keys_indicator),
+                             (QgsProject.instance().layersAdded, self._preselect_index)):
+            try:
+                signal.disconnect(slot)
+            except (TypeError, RuntimeError):
+                pass
+        from qgis.gui import QgsGui
+
+        manager = QgsGui.shortcutsManager()
+        main = self.iface.mainWindow() if self.iface is not None else None
+        for action in self.actions:
+            if manager is not None:
+                manager.unregisterAction(action)
+            if main is not None:
+                main.removeAction(action)
+        self.actions = []
         if self.score_task is not None:
             try:
                 self.score_task.cancel()

@@ -6,9 +6,13 @@ Qt: it is given the tiles and a ``write(tile, status)`` callable that persists a
 is on disk before the session moves on). If ``write`` raises, nothing changes.
 """
 
+import csv
+import json
+import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 STATUS_UNSCREENED = "unscreened"
 STATUS_KEEP = "keep"
@@ -25,6 +29,26 @@ ORDER_SCORE = "score"  # highest predicted gully share first; unscored tiles las
 ORDERS = (ORDER_ID, ORDER_SCORE)
 
 RATE_WINDOW_S = 300.0  # tiles per minute over the last five minutes of work
+BUSY_TIMEOUT_S = 3.0  # how long a decision waits for another writer of the index (then it fails, said once)
+
+
+def write_with_retry(write_once, timeout=BUSY_TIMEOUT_S, clock=time.monotonic, sleep=time.sleep):
+    """Call ``write_once() -> (ok, errors)`` until it succeeds, or fails for a reason other than
+    another writer holding the file ("database is locked"/"busy"), or ``timeout`` seconds passed.
+
+    The busy timeout for a second writer (a QGIS edit session, another QGIS, a script): short
+    locks are waited out instead of failing at once. Returns (ok, errors of the last try only)."""
+    end = clock() + timeout
+    delay = 0.05
+    while True:
+        ok, errors = write_once()
+        if ok:
+            return True, []
+        busy = any("locked" in str(e).lower() or "busy" in str(e).lower() for e in errors)
+        if not busy or clock() >= end:
+            return False, list(errors)
+        sleep(delay)
+        delay = min(delay * 2, 0.5)
 
 
 @dataclass(eq=False)  # identity: two tiles are never "equal" (fast `in`/`index` on the queue)
@@ -68,6 +92,9 @@ class ScreeningSession:
         for tile in self.tiles:
             self._counts[tile.status] = self._counts.get(tile.status, 0) + 1
         self._decisions = deque()  # times of recent decisions (for the rate)
+        self.log = []  # every decision and undo of this session: (UTC time ISO, seconds, tile id, old, new, action)
+        self._wall = lambda: datetime.now(timezone.utc)
+        self._started = self._clock()
         self.filter = FILTER_UNSCREENED
         self.order = ORDER_ID
         self.queue = []
@@ -171,6 +198,7 @@ class ScreeningSession:
         self._set_status(tile, status)
         self.undo_stack.append((tile, old, status))
         now = self._clock()
+        self._record(tile, old, status, "decide")
         self._decisions.append(now)
         self._advance()
         return tile
@@ -194,6 +222,7 @@ class ScreeningSession:
         self._write(tile, old)
         self.undo_stack.pop()
         self._set_status(tile, old)
+        self._record(tile, _new, old, "undo")
         if self._decisions:
             self._decisions.pop()
         if tile in self.queue:
@@ -202,6 +231,10 @@ class ScreeningSession:
             self.pos = min(max(self.pos, 0), len(self.queue))
             self.queue.insert(self.pos, tile)
         return tile
+
+    def _record(self, tile, old, new, action):
+        self.log.append((self._wall().isoformat(timespec="seconds"), round(self._clock() - self._started, 3),
+                         tile.tile_id, old, new, action))
 
     # --- jump ---------------------------------------------------------------------
     def find(self, text):
@@ -264,3 +297,42 @@ class ScreeningSession:
         if self.current is None:
             return f"done / {len(self.queue)}"
         return f"{self.pos + 1} / {len(self.queue)}"
+
+
+REPORT_FIELDS = ("time_utc", "seconds_since_start", "tile_id", "old_status", "new_status", "action")
+
+
+def write_report(session, csv_path, index_path=""):
+    """The screening report: ``csv_path`` (this session's decisions and undos with time stamps) and
+    ``<csv stem>.json`` (counts, rate, decisions, the index). Returns the summary dict."""
+    counts = session.counts()
+    decided = [row for row in session.log if row[5] == "decide"]
+    undone = [row for row in session.log if row[5] == "undo"]
+    span = (session.log[-1][1] - session.log[0][1]) if len(session.log) > 1 else 0.0
+    summary = {
+        "index": index_path,
+        "written_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "total": counts["total"],
+        "kept": counts["kept"],
+        "rejected": counts["rejected"],
+        "remaining": counts["remaining"],
+        "decisions_this_session": len(decided) - len(undone),
+        "undos_this_session": len(undone),
+        "rate_last_5_min_per_min": round(counts["rate"], 2),
+        "rate_session_per_min": round(60.0 * (len(decided) - 1) / span, 2) if span > 0 and len(decided) > 1 else 0.0,
+        "csv": os.path.basename(csv_path),
+        "note": "Decisions made before this session are in the index's status field, without time stamps.",
+    }
+    folder = os.path.dirname(os.path.abspath(csv_path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = csv_path + ".part"
+    with open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(REPORT_FIELDS)
+        writer.writerows(session.log)
+    os.replace(tmp, csv_path)
+    json_path = os.path.splitext(csv_path)[0] + ".json"
+    with open(json_path + ".part", "w", encoding="utf-8") as handle:
+        json.dump(summary, handle, indent=2)
+    os.replace(json_path + ".part", json_path)
+    return summary

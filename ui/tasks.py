@@ -7,7 +7,8 @@ gets an engine ``Feedback`` whose progress moves the task (and QGIS's task bar) 
 
 import traceback
 
-from qgis.core import QgsMessageLog, QgsTask
+from qgis.core import QgsMessageLog, QgsProcessingException, QgsTask
+from qgis.PyQt.QtCore import pyqtSignal
 
 from .. import compat
 from ..metadata import NAME
@@ -90,3 +91,69 @@ def wait_for(task, timeout=60.0, poll=0.02):
             return True
         time.sleep(poll)
     return False
+
+
+class AlgorithmTask(QgsTask):
+    """A Processing algorithm in the background, as ``QgsProcessingAlgRunnerTask`` runs it (prepare
+    here in the GUI thread, ``runPrepared`` in the worker, ``postProcess`` back in the GUI thread),
+    except that a person's cancel is not logged as a CRITICAL Processing error: it ends quietly and
+    the caller says it once, as information. Other errors go to ``feedback.reportError``.
+
+    ``executed(successful, results)`` is emitted in the GUI thread when it ends."""
+
+    executed = pyqtSignal(bool, dict)
+
+    def __init__(self, algorithm, parameters, context, feedback, description=""):
+        super().__init__(description or algorithm.displayName(), QgsTask.Flag.CanCancel)
+        self.algorithm = algorithm.create()
+        self.parameters = parameters
+        self.context = context
+        self.feedback = feedback
+        self.results = {}
+        self.error = None
+        self.cancelled = False
+        try:
+            prepared = self.algorithm.prepare(parameters, context, feedback)
+        except QgsProcessingException as exc:
+            prepared, self.error = False, str(exc)
+        if not prepared:
+            self.error = self.error or "the algorithm could not be prepared"
+            feedback.reportError(self.error, True)
+            self.cancel()
+
+    def cancel(self):
+        if self.feedback is not None:
+            self.feedback.cancel()
+        super().cancel()
+
+    def run(self):
+        if self.isCanceled():
+            return False
+        try:
+            self.results = self.algorithm.runPrepared(self.parameters, self.context, self.feedback) or {}
+            return not self.feedback.isCanceled()
+        except QgsProcessingException as exc:
+            if self.feedback.isCanceled():
+                self.cancelled = True  # the person's cancel: not an error
+            else:
+                self.error = str(exc)
+                self.feedback.reportError(self.error, True)
+            return False
+        except Exception as exc:  # noqa: BLE001 (report, never crash QGIS's task manager)
+            self.error = f"{type(exc).__name__}: {exc}"
+            self.feedback.reportError(traceback.format_exc(), True)
+            return False
+
+    def finished(self, result):  # GUI thread
+        if result:
+            try:
+                extra = self.algorithm.postProcess(self.context, self.feedback)
+                if extra:
+                    self.results = extra
+            except QgsProcessingException as exc:
+                self.error = str(exc)
+                self.feedback.reportError(self.error, True)
+                result = False
+        if not result and self.feedback.isCanceled():
+            self.cancelled = True
+        self.executed.emit(bool(result), dict(self.results or {}))

@@ -19,7 +19,8 @@ import numpy as np
 from osgeo import gdal
 
 from ..processing.engine import gdalio
-from ..processing.engine.tiling import default_jpeg_bands, stretch_to_byte
+from ..processing.engine.stretch import percentile_limits, stretch_to_byte
+from ..processing.engine.tiling import default_jpeg_bands
 
 
 def image_path(root, tile, prefer_jpeg=True):
@@ -57,8 +58,8 @@ def estimate_stretch(paths, bands=None, low=2.0, high=98.0):
             samples.append(data[:, valid][:, ::7])
     if not samples:
         return None
-    values = np.concatenate(samples, axis=1).astype(np.float64)
-    return [(float(np.percentile(v, low)), float(np.percentile(v, high))) for v in values]
+    values = np.concatenate(samples, axis=1)
+    return [percentile_limits(v, (low, high)) for v in values]
 
 
 def _to_uint8(data, valid, stretch):
@@ -72,7 +73,7 @@ def _to_uint8(data, valid, stretch):
             lo, hi = stretch[i]
         else:  # no dataset stretch known: this tile's own percentiles
             v = band[valid] if valid.any() else band.ravel()
-            lo, hi = (float(np.percentile(v, 2)), float(np.percentile(v, 98))) if v.size else (0.0, 1.0)
+            lo, hi = percentile_limits(v) if v.size else (0.0, 1.0)
         lows.append(lo)
         highs.append(hi)
     return stretch_to_byte(data, lows, highs, valid)

@@ -99,7 +99,7 @@ class AugmentAlgorithm(GullySegAlgorithm):
             overwrite=self.parameterAsBoolean(parameters, self.OVERWRITE, context),
             feedback=self.engine_feedback(feedback),
         )
-        return {self.OUTPUT_DIR: root, self.MANIFEST: result["manifest"], self.AUGMENTED_COUNT: result["count"]}
+        return {self.OUTPUT_DIR: root, self.MANIFEST: result.manifest, self.AUGMENTED_COUNT: result.count}
 
     def _range(self, parameters, key, context):
         """(min, max) of a range parameter; the default when it is left empty."""

@@ -1,8 +1,6 @@
 """gullyseg:comparemodels - several ONNX models on the same test data, ranked by evaluate's numbers."""
 
 from qgis.core import (
-    Qgis,
-    QgsProcessing,
     QgsProcessingOutputFile,
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
@@ -19,9 +17,7 @@ from ..engine.training import compare
 from .base import GullySegAlgorithm
 from .trainmodel import GROUP_MODEL
 
-# files of any kind in a multiple-input parameter (QgsProcessing.TypeFile; an enum of Qgis in newer QGIS)
-TYPE_FILE = (Qgis.ProcessingSourceType.File if hasattr(Qgis, "ProcessingSourceType")
-             else QgsProcessing.TypeFile)
+TYPE_FILE = compat.TYPE_FILE  # files of any kind in a multiple-input parameter
 
 
 class CompareModelsAlgorithm(GullySegAlgorithm):

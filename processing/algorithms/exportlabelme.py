@@ -107,9 +107,9 @@ class ExportLabelmeAlgorithm(GullySegAlgorithm):
             feedback=self.engine_feedback(feedback),
         )
         return {
-            self.OUTPUT_DIR: result["output_dir"],
-            self.JSON_COUNT: result["json_count"],
-            self.SKIPPED_COUNT: result["skipped_count"],
-            self.SHAPE_COUNT: result["shape_count"],
-            self.LABELS_FILE: result["labels_file"],
+            self.OUTPUT_DIR: result.output_dir,
+            self.JSON_COUNT: result.json_count,
+            self.SKIPPED_COUNT: result.skipped_count,
+            self.SHAPE_COUNT: result.shape_count,
+            self.LABELS_FILE: result.labels_file,
         }

@@ -123,7 +123,7 @@ class RasterizeLabelsAlgorithm(GullySegAlgorithm):
 
     def execute(self, parameters, context, feedback):
         path = index_path(self, parameters, context, self.TILES)
-        classes = labelme.parse_classes(
+        classes = labelme.parse_class_map(
             self.parameterAsString(parameters, self.CLASSES, context),
             self.parameterAsInt(parameters, self.IGNORE_VALUE, context))
         vector = None
@@ -159,10 +159,10 @@ class RasterizeLabelsAlgorithm(GullySegAlgorithm):
             feedback=self.engine_feedback(feedback),
         )
         return {
-            self.OUTPUT_DIR: result["output_dir"],
-            self.OUTPUT_REPORT: result["report"],
-            self.MASK_COUNT: result["mask_count"],
-            self.PROBLEM_COUNT: result["problem_count"],
-            self.ERROR_COUNT: result["error_count"],
-            self.SKIPPED_FILES: result["skipped_files"],
+            self.OUTPUT_DIR: result.output_dir,
+            self.OUTPUT_REPORT: result.report,
+            self.MASK_COUNT: result.mask_count,
+            self.PROBLEM_COUNT: result.problem_count,
+            self.ERROR_COUNT: result.error_count,
+            self.SKIPPED_FILES: result.skipped_files,
         }

@@ -30,17 +30,24 @@ class SegmentAlgorithm(GullySegAlgorithm):
         "Runs an ONNX segmentation model over a whole raster layer in overlapping windows and blends them "
         "(Hann-weighted, no seams), streaming: memory does not grow with the scene (31,000 x 31,000 pixel "
         "scenes are fine).\n\n"
-        "MODEL: an .onnx file with input [N, C, H, W] float32 and output [N, 1, H, W] or [N, K, H, W]. Its "
-        "metadata (Deepness keys model_type, class_names, resolution, tile_size, tiles_overlap, "
-        "standardization_mean/std, seg_thresh, and GullySeg's key 'gullyseg': input_max, activation, "
-        "gully_class, bands) sets the defaults; write it with 'Set ONNX model metadata'. 8-bit input is "
-        "divided by 255 (16-bit by gullyseg.input_max), then (x - mean) / std.\n"
+        "MODEL: an .onnx file with input [N, C, H, W] float32 and a per-pixel output [N, 1, H, W], [N, H, W] or "
+        "[N, K, H, W], of the window's size or its centred core (valid convolutions; the scene edge is then "
+        "padded with zeros, as Deepness does); with several outputs the gully head is the one metadata names "
+        "(docs/models.md lists every layout). Its metadata (Deepness keys model_type, class_names, resolution, "
+        "tile_size, tiles_overlap, standardization_mean/std, seg_thresh, and GullySeg's key 'gullyseg': "
+        "input_max, activation, gully_class, gully_output, bands, context_margin) sets the defaults; write it "
+        "with 'Set ONNX model metadata'. 8-bit input is divided by 255 (16-bit by gullyseg.input_max: values "
+        "above it are reported, far above it refused), then (x - mean) / std.\n"
         "BANDS: band order for the model's channels, e.g. 3,2,1 (default: the model's metadata, else 1..C).\n"
         "EXTENT / MASK_LAYER: segment only there (any CRS); outputs cover that area on the input's grid, "
         "pixels outside the polygons are nodata.\n"
-        "OVERLAP: pixels shared by neighbouring windows; -1 = the model's tiles_overlap, else a quarter "
-        "of the window. THRESHOLD: -1 = the model's seg_thresh, else 0.5. TTA: test-time augmentation "
-        "(flips: 4 passes; flips and rotations: 8 passes), merged by mean.\n"
+        "OVERLAP: pixels shared by neighbouring windows; empty = from model metadata (tiles_overlap), else a "
+        "quarter of the window. THRESHOLD: empty = from model metadata (seg_thresh), else 0.5. TTA: test-time "
+        "augmentation (flips: 4 passes; flips and rotations: 8 passes), merged by mean.\n"
+        "CONTEXT_MARGIN (advanced): pixels next to a window's inner edges that blending ignores (weight 0, then "
+        "tapered), for models whose receptive field reaches far: with the model's receptive-field radius, the "
+        "result equals one whole-image run. Empty = from model metadata (gullyseg.context_margin), else none; "
+        "0 = none. OVERLAP is raised to twice the margin when smaller.\n"
         "BATCH_SIZE: windows per model run. THREADS: CPU threads in all (0 = every core); on the CPU two "
         "batches run at once, each on half of them, so the model's working memory is that of two batches: "
         "lower BATCH_SIZE if a large model runs out of memory.\n"
@@ -49,8 +56,9 @@ class SegmentAlgorithm(GullySegAlgorithm):
         "If the model states a resolution and the layer's pixel size differs by more than 10 %, the model "
         "runs on a resampled (warped) copy and the probability is brought back to the input grid.\n\n"
         "Outputs: gully probability (uint8, probability x 254, 255 = nodata), mask (1 gully, 0 background, "
-        "255 nodata), optional polygons (GeoPackage: area_m2, perimeter_m, mean_prob; MIN_AREA in m2, "
-        "SIMPLIFY tolerance in m), the number of pixels processed, the gully area in m2 and the onnxruntime "
+        "255 nodata), optional polygons (GeoPackage: area_m2, perimeter_m, mean_prob; MIN_AREA in m2, empty = "
+        "the area of 4 pixels (1-3 pixel specks dropped), 0 = keep every polygon; SIMPLIFY tolerance in m), "
+        "the number of pixels processed, the gully area in m2 and the onnxruntime "
         "execution provider that ran (CUDA when available, else CPU). The input must be in a projected CRS "
         "in metres."
     )
@@ -61,6 +69,7 @@ class SegmentAlgorithm(GullySegAlgorithm):
     EXTENT = "EXTENT"
     MASK_LAYER = "MASK_LAYER"
     OVERLAP = "OVERLAP"
+    CONTEXT_MARGIN = "CONTEXT_MARGIN"
     BATCH_SIZE = "BATCH_SIZE"
     THREADS = "THREADS"
     THRESHOLD = "THRESHOLD"
@@ -77,14 +86,8 @@ class SegmentAlgorithm(GullySegAlgorithm):
     PROVIDER = "PROVIDER"
     POLYGON_COUNT = "POLYGON_COUNT"
 
-    TTA_OPTIONS = ["None", "Flips (4 passes)", "Flips and rotations (8 passes)"]
-    # (engine name, label); the index is the parameter's value
-    COMPRESSION_OPTIONS = [
-        ("DEFLATE", "DEFLATE (any GIS software reads it)"),
-        ("ZSTD", "ZSTD (2-4x faster to write and read; GDAL-based software such as QGIS only, not ArcGIS)"),
-        ("LZW", "LZW"),
-        ("NONE", "None (largest files)"),
-    ]
+    TTA_OPTIONS = inference.TTA_LABELS  # the engine's one table of choices (the dock uses it too)
+    COMPRESSION_OPTIONS = inference.COMPRESSION_LABELS  # (engine name, label); the index is the value
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Input raster")))
@@ -97,9 +100,10 @@ class SegmentAlgorithm(GullySegAlgorithm):
                                                        optional=True))
         self.addParameter(QgsProcessingParameterFeatureSource(
             self.MASK_LAYER, self.tr("Only inside these polygons"), [compat.TYPE_VECTOR_POLYGON], optional=True))
+        # optional numbers without a default: empty = from model metadata (-1 from older scripts still means that)
         self.addParameter(QgsProcessingParameterNumber(
-            self.OVERLAP, self.tr("Overlap between windows (pixels; -1 = from the model, else a quarter window)"),
-            compat.NUMBER_INTEGER, defaultValue=-1, minValue=-1))
+            self.OVERLAP, self.tr("Overlap between windows (pixels; empty: from model metadata, else a quarter "
+                                  "window)"), compat.NUMBER_INTEGER, defaultValue=None, optional=True, minValue=-1))
         self.addParameter(QgsProcessingParameterNumber(
             self.BATCH_SIZE, self.tr("Batch size (windows per model run)"), compat.NUMBER_INTEGER,
             defaultValue=8, minValue=1, maxValue=1024))
@@ -107,16 +111,22 @@ class SegmentAlgorithm(GullySegAlgorithm):
             self.THREADS, self.tr("CPU threads in all (0 = all cores)"), compat.NUMBER_INTEGER, defaultValue=0,
             minValue=0))
         self.addParameter(QgsProcessingParameterNumber(
-            self.THRESHOLD, self.tr("Threshold (-1 = from the model's metadata, else 0.5)"), compat.NUMBER_DOUBLE,
-            defaultValue=-1.0, minValue=-1.0, maxValue=1.0))
+            self.THRESHOLD, self.tr("Threshold (empty: from model metadata, else 0.5)"), compat.NUMBER_DOUBLE,
+            defaultValue=None, optional=True, minValue=-1.0, maxValue=1.0))
         self.addParameter(QgsProcessingParameterEnum(
             self.TTA, self.tr("Test-time augmentation"), options=self.TTA_OPTIONS, defaultValue=0))
         self.addParameter(QgsProcessingParameterNumber(
-            self.MIN_AREA, self.tr("Polygons: minimum area (m²)"), compat.NUMBER_DOUBLE, defaultValue=0.0,
-            minValue=0.0))
+            self.MIN_AREA, self.tr("Polygons: minimum area (m²; empty: 4 pixels, 0: keep all)"), compat.NUMBER_DOUBLE,
+            defaultValue=None, optional=True, minValue=0.0))
         self.addParameter(QgsProcessingParameterNumber(
             self.SIMPLIFY, self.tr("Polygons: simplification tolerance (m, 0 = none)"), compat.NUMBER_DOUBLE,
             defaultValue=0.0, minValue=0.0))
+        context_margin = QgsProcessingParameterNumber(
+            self.CONTEXT_MARGIN, self.tr("Context margin ignored at inner window edges (pixels; empty: from model "
+                                         "metadata, 0: none)"), compat.NUMBER_INTEGER, defaultValue=None,
+            optional=True, minValue=-1)
+        context_margin.setFlags(context_margin.flags() | compat.FLAG_ADVANCED)
+        self.addParameter(context_margin)
         compression = QgsProcessingParameterEnum(
             self.COMPRESSION, self.tr("Compression of the output GeoTIFFs"),
             options=[label for _, label in self.COMPRESSION_OPTIONS], defaultValue=0)
@@ -138,6 +148,14 @@ class SegmentAlgorithm(GullySegAlgorithm):
         self.addOutput(QgsProcessingOutputNumber(self.GULLY_AREA_M2, self.tr("Gully area (m²)")))
         self.addOutput(QgsProcessingOutputString(self.PROVIDER, self.tr("Execution provider")))
         self.addOutput(QgsProcessingOutputNumber(self.POLYGON_COUNT, self.tr("Number of gully polygons")))
+
+    def _optional(self, parameters, name, context, kind):
+        """An optional number: None when empty or -1 (older scripts: 'from the model')."""
+        if parameters.get(name) in (None, ""):
+            return None
+        value = self.parameterAsInt(parameters, name, context) if kind is int else \
+            self.parameterAsDouble(parameters, name, context)
+        return None if value == -1 else value
 
     def execute(self, parameters, context, feedback):
         fb = self.engine_feedback(feedback)
@@ -177,13 +195,14 @@ class SegmentAlgorithm(GullySegAlgorithm):
             bands=self.parameterAsString(parameters, self.BANDS, context) or None,
             extent=extent,
             mask_wkts=mask_wkts,
-            overlap=self.parameterAsInt(parameters, self.OVERLAP, context),
+            overlap=self._optional(parameters, self.OVERLAP, context, int),
             batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
-            threshold=self.parameterAsDouble(parameters, self.THRESHOLD, context),
+            threshold=self._optional(parameters, self.THRESHOLD, context, float),
             tta=self.parameterAsEnum(parameters, self.TTA, context),
-            min_area=self.parameterAsDouble(parameters, self.MIN_AREA, context),
+            min_area=self._optional(parameters, self.MIN_AREA, context, float),
+            context_margin=self._optional(parameters, self.CONTEXT_MARGIN, context, int),
             simplify=self.parameterAsDouble(parameters, self.SIMPLIFY, context),
-            overwrite=self.parameterAsBool(parameters, self.OVERWRITE, context),
+            overwrite=self.overwrite_files(parameters, context),
             feedback=fb,
             compression=self.COMPRESSION_OPTIONS[self.parameterAsEnum(parameters, self.COMPRESSION, context)][0],
         )

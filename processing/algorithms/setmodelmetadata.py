@@ -30,8 +30,14 @@ class SetModelMetadataAlgorithm(GullySegAlgorithm):
         "seg_thresh (threshold).\n"
         "GullySeg's key 'gullyseg': INPUT_MAX (pixel value that means 1.0, e.g. 1023 for 10-bit 16-bit "
         "data), ACTIVATION (sigmoid or softmax when the model outputs logits; none when it outputs "
-        "probabilities), GULLY_CLASS (output channel of the gully class), BANDS (raster bands for the "
-        "channels, e.g. 3,2,1).\n\n"
+        "probabilities), GULLY_CLASS (output channel of the gully class), GULLY_OUTPUT (the output head, by name "
+        "or 0-based index, of a model with several outputs), BANDS (raster bands for the channels, e.g. 3,2,1), "
+        "CONTEXT_MARGIN (the model's receptive-field radius in pixels: segment then ignores that many pixels "
+        "at inner window edges, so the result equals a whole-image run).\n"
+        "CLASS_NAMES for several heads: one list per head separated by |, e.g. edge | background,gully.\n"
+        "Contradictions are refused with the key and the value: a GULLY_CLASS that is not a class of "
+        "CLASS_NAMES or points at a class named background, a margin that leaves no core of the window, "
+        "malformed class names, values out of range.\n\n"
         "Empty values and -1 keep what the model already has; CLEAR removes every Deepness and GullySeg key "
         "first. With no OUTPUT_MODEL the model file itself is updated (atomically: written to a temporary "
         "file, loaded back and checked, then renamed); with OUTPUT_MODEL a copy is written. "
@@ -50,6 +56,8 @@ class SetModelMetadataAlgorithm(GullySegAlgorithm):
     ACTIVATION = "ACTIVATION"
     GULLY_CLASS = "GULLY_CLASS"
     BANDS = "BANDS"
+    GULLY_OUTPUT = "GULLY_OUTPUT"
+    CONTEXT_MARGIN = "CONTEXT_MARGIN"
     CLEAR = "CLEAR"
     OVERWRITE = "OVERWRITE"
     OUTPUT_MODEL = "OUTPUT_MODEL"
@@ -93,6 +101,12 @@ class SetModelMetadataAlgorithm(GullySegAlgorithm):
         self.addParameter(QgsProcessingParameterString(
             self.BANDS, self.tr("Raster bands for the model's channels, e.g. 3,2,1"), defaultValue="",
             optional=True))
+        self.addParameter(QgsProcessingParameterString(
+            self.GULLY_OUTPUT, self.tr("Gully output head of a model with several outputs (name or index)"),
+            defaultValue="", optional=True))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.CONTEXT_MARGIN, self.tr("Context margin: the model's receptive-field radius (pixels, -1 = keep)"),
+            compat.NUMBER_INTEGER, defaultValue=-1, minValue=-1))
         self.addParameter(QgsProcessingParameterBoolean(
             self.CLEAR, self.tr("Remove existing Deepness/GullySeg keys first"), defaultValue=False))
         self.addParameter(QgsProcessingParameterBoolean(
@@ -114,6 +128,8 @@ class SetModelMetadataAlgorithm(GullySegAlgorithm):
         input_max = self.parameterAsDouble(parameters, self.INPUT_MAX, context)
         act = self.parameterAsEnum(parameters, self.ACTIVATION, context)
         gully = self.parameterAsInt(parameters, self.GULLY_CLASS, context)
+        margin = self.parameterAsInt(parameters, self.CONTEXT_MARGIN, context)
+        head = (self.parameterAsString(parameters, self.GULLY_OUTPUT, context) or "").strip()
         meta = set_model_metadata(
             model,
             output=output,
@@ -128,8 +144,10 @@ class SetModelMetadataAlgorithm(GullySegAlgorithm):
             activation=self.ACTIVATION_OPTIONS[act] if act > 0 else None,
             gully_class=gully if gully >= 0 else None,
             bands=self.parameterAsString(parameters, self.BANDS, context) or None,
+            context_margin=margin if margin >= 0 else None,
+            gully_output=(int(head) if head.isdigit() else head) if head else None,
             clear=self.parameterAsBool(parameters, self.CLEAR, context),
-            overwrite=self.parameterAsBool(parameters, self.OVERWRITE, context),
+            overwrite=self.overwrite_files(parameters, context),
             feedback=self.engine_feedback(feedback),
         )
         return {self.OUTPUT_MODEL: output or model, self.METADATA: json.dumps(meta, sort_keys=True)}

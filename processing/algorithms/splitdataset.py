@@ -103,12 +103,12 @@ class SplitDatasetAlgorithm(GullySegAlgorithm):
         )
         return {
             self.OUTPUT_DIR: root,
-            self.MANIFEST: result["manifest"],
-            self.TRAIN_COUNT: result["counts"]["train"],
-            self.VAL_COUNT: result["counts"]["val"],
-            self.TEST_COUNT: result["counts"]["test"],
-            self.TRAIN_TILES: result["tiles"]["train"],
-            self.VAL_TILES: result["tiles"]["val"],
-            self.TEST_TILES: result["tiles"]["test"],
-            self.SUMMARY: result["summary_text"],
+            self.MANIFEST: result.manifest,
+            self.TRAIN_COUNT: result.counts["train"],
+            self.VAL_COUNT: result.counts["val"],
+            self.TEST_COUNT: result.counts["test"],
+            self.TRAIN_TILES: result.tiles["train"],
+            self.VAL_TILES: result.tiles["val"],
+            self.TEST_TILES: result.tiles["test"],
+            self.SUMMARY: result.summary_text,
         }

@@ -50,7 +50,7 @@ Manifest ``<dataset>/augment.json``
     (COPIES=0 removes them all); other files in augmented/ are never touched.
 
 When the dataset is already split, the variants are added to their split's list file, folders
-(when materialised) and ``split.json`` (through ``split.write_outputs``).
+(when materialised) and ``split.json`` (through ``split_outputs.refresh_outputs``).
 """
 
 import hashlib
@@ -58,13 +58,17 @@ import math
 import os
 import shutil
 import uuid
+from dataclasses import dataclass
+from typing import Optional, Sequence
 
 import numpy as np
 from osgeo import gdal
 
-from . import dataset, gdalio, split
+from . import dataset, gdalio, split_outputs
 from .errors import GullySegError
 from .feedback import Feedback
+from .radiometry import _dtype_limits, apply_radiometric, radiometric_range  # noqa: F401 (as before)
+from .results import DictAccess
 
 GEOMETRIC = ("hflip", "vflip", "rot90", "rot180", "rot270", "transpose", "antitranspose")
 RADIOMETRIC = ("brightness", "contrast", "gamma")
@@ -74,9 +78,19 @@ DEFAULT_TRANSFORMS = ("hflip", "vflip", "rot90", "rot180", "rot270", "brightness
 DEFAULT_RANGES = {"brightness": (0.8, 1.2), "contrast": (0.8, 1.2), "gamma": (0.8, 1.25)}
 PARAM_NAME = {"brightness": "factor", "contrast": "factor", "gamma": "gamma"}
 JPEG_QUALITY = 95
-IMAGES = "images"
-MASKS = "masks"
+IMAGES = dataset.IMAGES_DIR
+MASKS = dataset.MASKS_DIR
 MANIFEST_FORMAT = "gullyseg-augment/1"
+
+
+@dataclass
+class AugmentResult(DictAccess):
+    """What ``augment_dataset`` did (also readable as a dict: ``result["count"]``)."""
+
+    count: int  # variants written
+    manifest: str  # path of augment.json
+    sources: int  # tiles augmented
+    splits: list  # the splits augmented ([] when the dataset was not split)
 
 _OPS = {
     "hflip": lambda a: a[..., :, ::-1],
@@ -91,21 +105,21 @@ INVERSE = {"hflip": "hflip", "vflip": "vflip", "rot90": "rot270", "rot180": "rot
            "transpose": "transpose", "antitranspose": "antitranspose"}
 
 
-def geometric(array, op):
+def geometric(array, op) -> np.ndarray:
     """Apply a geometric transform to (..., rows, cols) arrays."""
     return np.ascontiguousarray(_OPS[op](array))
 
 
-def tile_key(tile_id):
+def tile_key(tile_id) -> int:
     return int.from_bytes(hashlib.sha256(tile_id.encode("utf-8")).digest()[:8], "little")
 
 
-def variant_id(tile_id, copy, copies):
+def variant_id(tile_id, copy, copies) -> str:
     width = 3 if copies > 99 else 2
     return f"{tile_id}__a{copy:0{width}d}"
 
 
-def plan_variant(tile_id, copy, transforms, ranges, seed):
+def plan_variant(tile_id, copy, transforms, ranges, seed) -> list:
     """The ordered transform steps of copy ``copy`` (1-based) of ``tile_id``: [{'op': ..., param: ...}]."""
     steps = []
     geo = [op for op in GEOMETRIC if op in transforms]
@@ -132,110 +146,16 @@ def _check_range(name, value):
     return lo, hi
 
 
-def check_parameters(splits, transforms, copies, ranges):
+def check_parameters(splits, transforms, copies, ranges) -> dict:
     unknown = [t for t in transforms if t not in TRANSFORMS]
     if unknown or not transforms:
         raise GullySegError(f"TRANSFORMS: choose one or more of {', '.join(TRANSFORMS)} (got {list(transforms)}).")
-    bad = [s for s in splits if s not in split.SPLITS]
+    bad = [s for s in splits if s not in dataset.SPLITS]
     if bad or not splits:
         raise GullySegError(f"SPLITS: choose one or more of train, val, test (got {list(splits)}).")
     if int(copies) != copies or copies < 0 or copies > 999:
         raise GullySegError(f"COPIES must be a whole number from 0 to 999 (got {copies}).")
     return {name: _check_range(name, ranges.get(name, DEFAULT_RANGES[name])) for name in RADIOMETRIC}
-
-
-# --- radiometry ------------------------------------------------------------------------
-
-def _dtype_limits(dtype):
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        return float(info.min), float(info.max)
-    return None
-
-
-def radiometric_range(paths, tiles, ext, feedback):
-    """[lo, hi] of the format ``ext`` (see the module docstring)."""
-    first = gdalio.open_raster(paths.abs(tiles[0].images[ext]), "DATASET")
-    dtype = gdalio.raster_info(first).dtype
-    nbits = first.GetRasterBand(1).GetMetadataItem("NBITS", "IMAGE_STRUCTURE")
-    first = None
-    limits = _dtype_limits(dtype)
-    if limits and dtype.itemsize == 1:
-        return list(limits)
-    if limits and nbits:
-        return [0.0 if limits[0] == 0 else limits[0], float(min(2 ** int(nbits) - 1, limits[1]))]
-    low, high = math.inf, -math.inf
-    for i, tile in enumerate(tiles):
-        if ext not in tile.images:
-            continue
-        if i % 32 == 0:
-            feedback.check_cancelled()
-        ds = gdalio.open_raster(paths.abs(tile.images[ext]), "DATASET")
-        for b in range(1, ds.RasterCount + 1):
-            band = ds.GetRasterBand(b)
-            if band.GetColorInterpretation() == gdal.GCI_AlphaBand:
-                continue
-            try:
-                mn, mx = band.ComputeRasterMinMax(False)
-            except RuntimeError:  # no valid pixel
-                continue
-            low, high = min(low, mn), max(high, mx)
-        ds = None
-    if not math.isfinite(low):
-        return list(limits) if limits else [0.0, 1.0]
-    if not limits:
-        return [float(low), float(high)]
-    bits = max(8, int(math.ceil(math.log2(high + 1)))) if high > 0 else 8
-    return [0.0 if low >= 0 else limits[0], float(min(2 ** bits - 1, limits[1]))]
-
-
-def apply_radiometric(array, steps, lo, hi, nodata, valid, alpha):
-    """Radiometric steps on (bands, rows, cols); returns (new array, contrast means used per step).
-
-    nodata: per band (None where unset); valid: bool (rows, cols) from mask bands; alpha: per band
-    flags (alpha bands are never changed).
-    """
-    out = array.astype(np.float64)
-    bands = array.shape[0]
-    keep = np.zeros(array.shape, dtype=bool)  # pixels that must keep their source value
-    for b in range(bands):
-        if alpha[b]:
-            keep[b] = True
-            continue
-        keep[b] = ~valid
-        if nodata[b] is not None:
-            keep[b] |= array[b] == nodata[b]
-    means = []
-    for step in steps:
-        op = step["op"]
-        if op == "brightness":
-            out *= step["factor"]
-        elif op == "contrast":
-            m = []
-            for b in range(bands):
-                sel = out[b][~keep[b]]
-                m.append(round(float(sel.mean()), 6) if sel.size else 0.0)
-                out[b] = m[b] + step["factor"] * (out[b] - m[b])
-            means.append(m)
-        elif op == "gamma":
-            span = hi - lo
-            out = lo + span * np.clip((out - lo) / span, 0.0, 1.0) ** step["gamma"]
-    np.clip(out, lo, hi, out=out)
-    if np.issubdtype(array.dtype, np.integer):
-        np.rint(out, out=out)
-    result = out.astype(array.dtype)
-    result[keep] = array[keep]
-    for b in range(bands):
-        nd = nodata[b]
-        if nd is None or alpha[b]:
-            continue
-        hit = ~keep[b] & (result[b] == nd)
-        if hit.any():
-            if np.issubdtype(array.dtype, np.integer):
-                result[b][hit] = nd + 1 if nd < hi else nd - 1
-            else:
-                result[b][hit] = np.nextafter(array.dtype.type(nd), array.dtype.type(hi if nd < hi else lo))
-    return result, means
 
 
 # --- reading and writing ---------------------------------------------------------------
@@ -266,7 +186,14 @@ class _Raster:
 
 
 def _write(path, array, src, driver, options, mask=None):
-    """Write (bands, rows, cols) with no geotransform and no CRS; keeps nodata, colours, mask band."""
+    """Write (bands, rows, cols) with no geotransform and no CRS; keeps nodata, colours, mask band.
+
+    GDAL's write errors (full disk), also those reported only when the file is closed, raise."""
+    with gdalio.checked_write(path, "augmented dataset"):
+        _write_unchecked(path, array, src, driver, options, mask)
+
+
+def _write_unchecked(path, array, src, driver, options, mask=None):
     bands, rows, cols = array.shape
     if driver == "GTiff":
         ds = gdalio.create_raster(path, cols, rows, bands, src.gdal_type, options=options)
@@ -297,7 +224,7 @@ def _write(path, array, src, driver, options, mask=None):
 
 def _write_variant(paths, tmp_root, vid, sources, steps, ranges_by_ext):
     """Write one variant's files under ``tmp_root``; returns its manifest entry's path fields and means."""
-    entry = {"image_tif": None, "image_jpg": None, "mask": f"{split.AUGMENTED_DIR}/{MASKS}/{vid}.tif"}
+    entry = {"image_tif": None, "image_jpg": None, "mask": f"{dataset.AUGMENTED_DIR}/{MASKS}/{vid}.tif"}
     geo = [s["op"] for s in steps if s["op"] in GEOMETRIC]
     radio = [s for s in steps if s["op"] in RADIOMETRIC]
     means = {}
@@ -316,7 +243,7 @@ def _write_variant(paths, tmp_root, vid, sources, steps, ranges_by_ext):
         mask_band = src.mask
         for op in geo:
             mask_band = geometric(mask_band, op) if mask_band is not None else None
-        rel = f"{split.AUGMENTED_DIR}/{IMAGES}/{vid}.{ext}"
+        rel = f"{dataset.AUGMENTED_DIR}/{IMAGES}/{vid}.{ext}"
         target = os.path.join(tmp_root, IMAGES, f"{vid}.{ext}")
         if ext == "tif":
             _write(target, array, src, "GTiff", gdalio.GTIFF_SMALL, mask_band)
@@ -339,7 +266,7 @@ def _files_of(paths, entry):
         if not rel:
             continue
         out.append(rel)
-        for suffix in (".aux.xml",):
+        for suffix in dataset.SIDE_SUFFIXES:
             if os.path.exists(paths.abs(rel) + suffix):
                 out.append(rel + suffix)
     return out
@@ -347,66 +274,10 @@ def _files_of(paths, entry):
 
 # --- the step --------------------------------------------------------------------------
 
-def augment_dataset(root, splits=("train",), transforms=DEFAULT_TRANSFORMS, copies=4, brightness=None,
-                    contrast=None, gamma=None, seed=42, overwrite=False, feedback=None):
-    """Write augmented variants for the tiles of ``splits`` (see the module docstring).
-
-    Returns {'count': variants written, 'manifest': path, 'sources': tiles augmented, 'splits': ...}.
-    """
-    feedback = feedback or Feedback()
-    given = {k: v for k, v in (("brightness", brightness), ("contrast", contrast), ("gamma", gamma)) if v is not None}
-    ranges = check_parameters(list(splits or []), list(transforms or []), copies, given)
-    transforms = [t for t in TRANSFORMS if t in set(transforms)]  # canonical order
-    copies = int(copies)
-    paths, records, tiles = split.collect_tiles(root)
-    has_split = any(t.split in split.SPLITS for t in tiles)
-    if has_split:
-        sources = [t for t in tiles if t.split in splits]
-        feedback.info(f"Augmenting the {', '.join(splits)} split(s): {len(sources)} of {len(tiles)} tiles.")
-    else:
-        sources = list(tiles)
-        feedback.warn(
-            f"The dataset is not split yet: augmenting all {len(sources)} tiles. The split must keep every "
-            "variant with its source tile; Split dataset (splitdataset) does, a random split of the files would not."
-        )
-    geo = [op for op in GEOMETRIC if op in transforms]
-    if geo and copies > len(geo) and not any(op in transforms for op in RADIOMETRIC):
-        feedback.warn(f"COPIES={copies} but only {len(geo)} geometric transforms and no radiometric one: "
-                      "some variants of a tile are identical.")
-
-    manifest_path = os.path.join(paths.root, split.AUGMENT_MANIFEST)
-    previous = split.read_json(manifest_path, "DATASET")
-    if previous is None and os.path.exists(manifest_path):
-        previous = {}
-    owned = set()
-    for entry in ((previous or {}).get("variants") or {}).values():
-        owned.update(_files_of(paths, entry))
-    plan = []  # (tile, copy, variant id, steps)
-    for t in sources:
-        for c in range(1, copies + 1):
-            plan.append((t, c, variant_id(t.tile_id, c, copies), plan_variant(t.tile_id, c, transforms, ranges, seed)))
-    planned_rel = []
-    for t, _, vid, _ in plan:
-        planned_rel += [f"{split.AUGMENTED_DIR}/{IMAGES}/{vid}.{ext}" for ext in t.images]
-        planned_rel.append(f"{split.AUGMENTED_DIR}/{MASKS}/{vid}.tif")
-    blocked = [rel for rel in planned_rel if rel not in owned and os.path.lexists(paths.abs(rel))]
-    if blocked and not overwrite:
-        raise GullySegError(
-            f"DATASET: {len(blocked)} files in '{paths.root}' that the augment step did not write are in the way: "
-            f"{split._listing(sorted(blocked))}. Move them away or allow overwriting (OVERWRITE)."
-        )
-
-    exts = sorted({ext for t in sources for ext in t.images})
-    radio_on = any(op in transforms for op in RADIOMETRIC)
-    ranges_by_ext = {}
-    if radio_on and plan:
-        for ext in exts:
-            ranges_by_ext[ext] = radiometric_range(paths, [t for t in tiles if ext in t.images], ext,
-                                                   feedback.scaled(0, 5))
-            lo, hi = ranges_by_ext[ext]
-            feedback.info(f"Radiometric range of the .{ext} images: {lo:g}..{hi:g}")
-
-    tmp_root = os.path.join(paths.root, split.AUGMENTED_DIR, f".partial-{uuid.uuid4().hex[:8]}")
+def _write_variants(paths, plan, seed, ranges_by_ext, feedback):
+    """Write every planned variant into a temporary folder under augmented/. Returns (that folder,
+    the manifest's variants); on error or cancel the folder is removed."""
+    tmp_root = os.path.join(paths.root, dataset.AUGMENTED_DIR, f".partial-{uuid.uuid4().hex[:8]}")
     variants = {}
     try:
         os.makedirs(os.path.join(tmp_root, IMAGES))
@@ -436,23 +307,114 @@ def augment_dataset(root, splits=("train",), transforms=DEFAULT_TRANSFORMS, copi
     except BaseException:
         shutil.rmtree(tmp_root, ignore_errors=True)
         raise
+    return tmp_root, variants
 
-    # Swap: remove the previous run's variants, move the new ones in.
+
+def _swap_in(paths, tmp_root, owned):
+    """Remove the previous run's variants (``owned``), move the new ones in, drop empty folders."""
     for rel in sorted(owned):
         path = paths.abs(rel)
         if os.path.lexists(path):
             os.remove(path)
     for sub in (IMAGES, MASKS):
         folder = os.path.join(tmp_root, sub)
-        final = os.path.join(paths.root, split.AUGMENTED_DIR, sub)
+        final = os.path.join(paths.root, dataset.AUGMENTED_DIR, sub)
         os.makedirs(final, exist_ok=True)
         for name in sorted(os.listdir(folder)):
             os.replace(os.path.join(folder, name), os.path.join(final, name))
     shutil.rmtree(tmp_root, ignore_errors=True)
     for sub in (IMAGES, MASKS, ""):
-        folder = os.path.join(paths.root, split.AUGMENTED_DIR, sub)
+        folder = os.path.join(paths.root, dataset.AUGMENTED_DIR, sub)
         if os.path.isdir(folder) and not os.listdir(folder):
             os.rmdir(folder)
+
+
+def _card_section(settings, sources, variants):
+    """The dataset card's 'augmentation' section."""
+    per_split = {}
+    for entry in variants.values():
+        key = entry["split"] or "unsplit"
+        per_split[key] = per_split.get(key, 0) + 1
+    card_section = dict(settings)
+    card_section.update({
+        "source_tiles": sources,
+        "variants": len(variants),
+        "variants_per_split": dict(sorted(per_split.items())),
+        "manifest": dataset.AUGMENT_MANIFEST,
+        "folders": f"{dataset.AUGMENTED_DIR}/images/<tile_id>__aNN.tif|.jpg, "
+                   f"{dataset.AUGMENTED_DIR}/masks/<tile_id>__aNN.tif",
+        "georeferenced": False,
+        "conventions": "one geometric transform per variant (rot90 = counter-clockwise), then the radiometric ones "
+                       "on valid image pixels; masks only geometric; dtype kept, clipped to the radiometric range; "
+                       "nodata kept",
+    })
+    return card_section
+
+
+def augment_dataset(root: str, splits: Sequence[str] = ("train",), transforms: Sequence[str] = DEFAULT_TRANSFORMS,
+                    copies: int = 4, brightness: Optional[Sequence[float]] = None,
+                    contrast: Optional[Sequence[float]] = None, gamma: Optional[Sequence[float]] = None,
+                    seed: int = 42, overwrite: bool = False, feedback: Optional[Feedback] = None) -> AugmentResult:
+    """Write augmented variants for the tiles of ``splits`` (see the module docstring).
+
+    Returns an ``AugmentResult``.
+    """
+    feedback = feedback or Feedback()
+    given = {k: v for k, v in (("brightness", brightness), ("contrast", contrast), ("gamma", gamma)) if v is not None}
+    ranges = check_parameters(list(splits or []), list(transforms or []), copies, given)
+    transforms = [t for t in TRANSFORMS if t in set(transforms)]  # canonical order
+    copies = int(copies)
+    paths, records, tiles = dataset.collect_tiles(root)
+    has_split = any(t.split in dataset.SPLITS for t in tiles)
+    if has_split:
+        sources = [t for t in tiles if t.split in splits]
+        feedback.info(f"Augmenting the {', '.join(splits)} split(s): {len(sources)} of {len(tiles)} tiles.")
+    else:
+        sources = list(tiles)
+        feedback.warn(
+            f"The dataset is not split yet: augmenting all {len(sources)} tiles. The split must keep every "
+            "variant with its source tile; Split dataset (splitdataset) does, a random split of the files would not."
+        )
+    geo = [op for op in GEOMETRIC if op in transforms]
+    if geo and copies > len(geo) and not any(op in transforms for op in RADIOMETRIC):
+        feedback.warn(f"COPIES={copies} but only {len(geo)} geometric transforms and no radiometric one: "
+                      "some variants of a tile are identical.")
+
+    manifest_path = os.path.join(paths.root, dataset.AUGMENT_MANIFEST)
+    previous = dataset.read_json(manifest_path, "DATASET")
+    if previous is None and os.path.exists(manifest_path):
+        previous = {}
+    owned = set()
+    for entry in ((previous or {}).get("variants") or {}).values():
+        owned.update(_files_of(paths, entry))
+    plan = []  # (tile, copy, variant id, steps)
+    for t in sources:
+        for c in range(1, copies + 1):
+            plan.append((t, c, variant_id(t.tile_id, c, copies), plan_variant(t.tile_id, c, transforms, ranges, seed)))
+    planned_rel = []
+    for t, _, vid, _ in plan:
+        planned_rel += [f"{dataset.AUGMENTED_DIR}/{IMAGES}/{vid}.{ext}" for ext in t.images]
+        planned_rel.append(f"{dataset.AUGMENTED_DIR}/{MASKS}/{vid}.tif")
+    blocked = [rel for rel in planned_rel if rel not in owned and os.path.lexists(paths.abs(rel))]
+    if blocked and not overwrite:
+        raise GullySegError(
+            f"DATASET: {len(blocked)} files in '{paths.root}' that the augment step did not write are in the way: "
+            f"{dataset.listing(sorted(blocked))}. Move them away or allow overwriting (OVERWRITE)."
+        )
+
+    exts = sorted({ext for t in sources for ext in t.images})
+    radio_on = any(op in transforms for op in RADIOMETRIC)
+    ranges_by_ext = {}
+    if radio_on and plan:
+        for ext in exts:
+            ranges_by_ext[ext] = radiometric_range(paths, [t for t in tiles if ext in t.images], ext,
+                                                   feedback.scaled(0, 5))
+            lo, hi = ranges_by_ext[ext]
+            feedback.info(f"Radiometric range of the .{ext} images: {lo:g}..{hi:g}")
+
+    tmp_root, variants = _write_variants(paths, plan, seed, ranges_by_ext, feedback)
+
+    _swap_in(paths, tmp_root, owned)
 
     settings = {
         "splits": list(splits) if has_split else "all (not split yet)",
@@ -466,39 +428,14 @@ def augment_dataset(root, splits=("train",), transforms=DEFAULT_TRANSFORMS, copi
         "radiometric_range": {ext: ranges_by_ext[ext] for ext in sorted(ranges_by_ext)},
     }
     manifest = {"format": MANIFEST_FORMAT, "settings": settings, "variants": variants}
-    split.write_json(manifest_path, manifest, what=split.AUGMENT_MANIFEST)
+    dataset.write_json(manifest_path, manifest, what=dataset.AUGMENT_MANIFEST)
 
-    per_split = {}
-    for entry in variants.values():
-        key = entry["split"] or "unsplit"
-        per_split[key] = per_split.get(key, 0) + 1
-    card_section = dict(settings)
-    card_section.update({
-        "source_tiles": len(sources),
-        "variants": len(variants),
-        "variants_per_split": dict(sorted(per_split.items())),
-        "manifest": split.AUGMENT_MANIFEST,
-        "folders": f"{split.AUGMENTED_DIR}/images/<tile_id>__aNN.tif|.jpg, "
-                   f"{split.AUGMENTED_DIR}/masks/<tile_id>__aNN.tif",
-        "georeferenced": False,
-        "conventions": "one geometric transform per variant (rot90 = counter-clockwise), then the radiometric ones "
-                       "on valid image pixels; masks only geometric; dtype kept, clipped to the radiometric range; "
-                       "nodata kept",
-    })
+    card_section = _card_section(settings, len(sources), variants)
     dataset.update_card(paths.root, augmentation=card_section)
     feedback.info(f"Wrote {len(variants)} variants of {len(sources)} tiles ({copies} per tile).")
 
     if has_split:
-        prev_split = split.read_json(os.path.join(paths.root, split.SPLIT_MANIFEST), "DATASET") or {}
-        settings_split = prev_split.get("settings") or {"materialize": False, "note": "split read from the index"}
-        groups = {}
-        for gid, g in (prev_split.get("groups") or {}).items():
-            for tid in g.get("tiles", []):
-                groups[tid] = gid
-        split.count_mask_pixels(paths, tiles, settings_split.get("ignore_value", split.ignore_value(
-            dataset.read_card(paths.root))), feedback.scaled(90, 93))
-        split.write_outputs(paths, split.records_after(paths), tiles, groups, settings_split,
-                            overwrite=overwrite, feedback=feedback.scaled(93, 100))
+        split_outputs.refresh_outputs(paths, tiles, overwrite=overwrite, feedback=feedback.scaled(90, 100))
     feedback.progress(100)
-    return {"count": len(variants), "manifest": manifest_path, "sources": len(sources),
-            "splits": list(splits) if has_split else []}
+    return AugmentResult(count=len(variants), manifest=manifest_path, sources=len(sources),
+                         splits=list(splits) if has_split else [])

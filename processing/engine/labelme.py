@@ -1,4 +1,4 @@
-"""Labelme JSON: read, validate, turn into burnable shapes, and write (steps 3 and 4).
+"""Labelme JSON: read, validate, turn into burnable shapes (steps 3 and 4); written by ``labelme_writer``.
 
 Labelme's coordinates are pixel-corner based: (0, 0) is the top-left corner of the image's
 top-left pixel, x grows to the right, y grows down, and pixel (col, row) covers
@@ -22,17 +22,33 @@ import math
 import os
 import uuid
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 from osgeo import gdal, ogr
 
+from . import safefiles
+from .dataset import MASK_IGNORE
 from .errors import GullySegError
 from .gdalio import ring_polygon
+from .labelme_writer import (  # noqa: F401 (the writer; importable from here as before)
+    BACKGROUND_LABEL,
+    HOLES_BACKGROUND,
+    HOLES_SPLIT,
+    LABELME_VERSION,
+    collect_polygons,
+    geometry_to_shapes,
+    labelme_document,
+    labelme_shape,
+    layer_shapes,
+    polygon_shapes,
+    split_holes,
+    to_pixel_of,
+    write_labelme,
+)
 
-LABELME_VERSION = "5.4.1"  # the format version GullySeg writes (Labelme 5.x reads it silently)
 IGNORE_LABEL = "__ignore__"
-BACKGROUND_LABEL = "_background_"
-DEFAULT_IGNORE_VALUE = 255
+DEFAULT_IGNORE_VALUE = MASK_IGNORE
 SHAPE_TYPES = ("polygon", "rectangle", "circle", "line", "linestrip", "point", "mask")
 LINE_TYPES = ("line", "linestrip")
 POINT_COUNTS = {"rectangle": 2, "circle": 2, "line": 2, "point": 1, "mask": 2}  # exact counts Labelme writes
@@ -43,6 +59,14 @@ WARNING = "warning"
 # Points may sit this far outside the image (pixels) before it counts as "outside the tile":
 # Labelme clamps to the image border, but float noise like 256.0000000001 is common.
 EDGE_TOLERANCE = 1e-6
+# Coordinates beyond this (pixels, either sign) cannot be burnt (GDAL's rasteriser works in
+# 32-bit pixel indices): such a shape is an error, not "clipped".
+MAX_COORDINATE = float(2 ** 31 - 1)
+# imageWidth/imageHeight above this are refused (a tile is at most a few thousand pixels).
+MAX_IMAGE_SIDE = 1_000_000
+# A mask shape's PNG may hold at most this many pixels (and never more than its box).
+MAX_MASK_PIXELS = 64 * 1024 * 1024
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Maximum distance (pixels) between a true circle and its polygon (circles and point discs).
 CIRCLE_TOLERANCE = 0.01
 
@@ -59,7 +83,7 @@ class Problem:
     shape_index: object = None  # 0-based index of the shape (or feature) in its file; None: the whole file
     tile_id: str = ""
 
-    def as_dict(self):
+    def as_dict(self) -> dict:
         return {
             "file": self.file,
             "tile_id": self.tile_id,
@@ -105,37 +129,37 @@ class ClassMap:
     def __contains__(self, label):
         return label in self.values
 
-    def value(self, label):
+    def value(self, label) -> int:
         return self.values[label]
 
     @property
-    def classes(self):
+    def classes(self) -> dict:
         """{label: value} of the real classes (not background, not ignored)."""
         return {k: v for k, v in self.values.items() if v not in (0, self.ignore_value)}
 
-    def foreground_values(self):
+    def foreground_values(self) -> list:
         """Values counted by ``gully_frac``: the class 'gully' if mapped, else every class."""
         if "gully" in self.values and self.values["gully"] not in (0, self.ignore_value):
             return [self.values["gully"]]
         return sorted(set(self.classes.values()))
 
-    def first_class(self):
+    def first_class(self) -> tuple:
         """(label, value) of the first real class, used for polygons without a class field."""
         for label, value in self.values.items():
             if value not in (0, self.ignore_value):
                 return label, value
         raise GullySegError(f"{self.source}: the class map has no class besides background and ignore.")
 
-    def as_dict(self):
+    def as_dict(self) -> dict:
         return dict(sorted(self.values.items(), key=lambda kv: (kv[1], kv[0])))
 
 
-def read_labels_txt(path, ignore_value=DEFAULT_IGNORE_VALUE):
+def read_labels_txt(path, ignore_value=DEFAULT_IGNORE_VALUE) -> "ClassMap":
     """A Labelme labels.txt: ``__ignore__`` (-1 -> ignore), ``_background_`` (0), classes 1..n."""
+    raw = safefiles.read_bytes(path, "CLASSES", safefiles.MAX_TEXT_BYTES)  # a regular file of bounded size
     try:
-        with open(path, encoding="utf-8") as handle:
-            names = [line.strip() for line in handle if line.strip()]
-    except OSError as exc:
+        names = [line.strip() for line in raw.decode("utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError as exc:
         raise GullySegError(f"CLASSES: cannot read the labels file '{path}': {exc}") from None
     if not names:
         raise GullySegError(f"CLASSES: the labels file '{path}' is empty.")
@@ -156,7 +180,7 @@ def read_labels_txt(path, ignore_value=DEFAULT_IGNORE_VALUE):
     return ClassMap(values, ignore_value, source=f"CLASSES ({os.path.basename(path)})")
 
 
-def parse_classes(text, ignore_value=DEFAULT_IGNORE_VALUE):
+def parse_class_map(text, ignore_value=DEFAULT_IGNORE_VALUE) -> "ClassMap":
     """``'gully=1, dam_land=2, cloud=ignore'`` or the path of a labels.txt -> ClassMap."""
     text = (text or "").strip()
     if not text:
@@ -186,7 +210,10 @@ def parse_classes(text, ignore_value=DEFAULT_IGNORE_VALUE):
     return ClassMap(values, ignore_value, ignored=ignored)
 
 
-def write_labels_txt(path, labels):
+
+parse_classes = parse_class_map  # the earlier name (metrics.parse_class_names parses class *names*)
+
+def write_labels_txt(path, labels) -> None:
     """labels.txt in Labelme's convention: __ignore__, _background_, then the classes."""
     names = [IGNORE_LABEL, BACKGROUND_LABEL] + [n for n in labels if n not in (IGNORE_LABEL, BACKGROUND_LABEL)]
     with open(path, "w", encoding="utf-8") as handle:
@@ -214,14 +241,28 @@ class LabelmeDoc:
     version: str = ""
 
 
-def read_labelme(path, problems):
-    """Parse a Labelme JSON. Returns a LabelmeDoc, or None after adding an ERROR to ``problems``."""
+def read_labelme(path, problems) -> Optional["LabelmeDoc"]:
+    """Parse a Labelme JSON. Returns a LabelmeDoc, or None after adding an ERROR to ``problems``.
+
+    Any ERROR it adds (for the file or one of its shapes) means the file must not be burnt.
+    Only regular files of at most ``safefiles.MAX_JSON_BYTES`` are read. JSON nested too deeply
+    for Python's parser (RecursionError) stops the whole run with a GullySegError, STRICT or not.
+    """
     try:
-        with open(path, "rb") as handle:
-            data = json.loads(handle.read().decode("utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
+        raw = safefiles.read_bytes(path, "Labelme file", safefiles.MAX_JSON_BYTES)
+    except GullySegError as exc:
+        problems.append(Problem(path, str(exc)))
+        return None
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
         problems.append(Problem(path, f"cannot read the file: {exc}"))
         return None
+    except RecursionError:
+        raise GullySegError(
+            f"LABELME_DIR: '{path}' is nested too deeply to be a Labelme file (a hostile or broken JSON); "
+            "the run stops. Remove the file from the folder."
+        ) from None
     except ValueError as exc:
         problems.append(Problem(path, f"invalid JSON: {exc}"))
         return None
@@ -233,11 +274,19 @@ def read_labelme(path, problems):
         value = data.get(key)
         if value is None:
             return None
-        try:
-            return int(value)
-        except (TypeError, ValueError):
-            problems.append(Problem(path, f"{key} is not a number: {value!r}"))
+        number = None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = int(value) if math.isfinite(value) else None  # Infinity, NaN: not a size
+        elif isinstance(value, str):
+            try:
+                number = int(value.strip())
+            except ValueError:
+                number = None
+        if number is None or not 0 < number <= MAX_IMAGE_SIDE:
+            shown = repr(value) if len(repr(value)) < 40 else repr(value)[:40] + "..."
+            problems.append(Problem(path, f"{key} is not a whole number of pixels in 1..{MAX_IMAGE_SIDE}: {shown}"))
             return None
+        return number
 
     doc = LabelmeDoc(
         path=str(path),
@@ -252,17 +301,23 @@ def read_labelme(path, problems):
             continue
         label = raw.get("label")
         if not isinstance(label, str) or not label:
-            problems.append(Problem(path, "shape has no label", shape_index=i))
+            problems.append(Problem(path, "shape has no label (or a label that is not text)", shape_index=i))
             continue
         shape_type = raw.get("shape_type") or "polygon"  # Labelme's default when the key is absent
         points = raw.get("points") or []
         try:
+            if not isinstance(points, list) or any(not isinstance(p, list) or len(p) != 2 for p in points):
+                raise TypeError
             pts = [(float(p[0]), float(p[1])) for p in points]
-        except (TypeError, ValueError, IndexError):
+        except (TypeError, ValueError, IndexError, OverflowError):
             problems.append(Problem(path, f"'{label}' {shape_type}: points are not [x, y] pairs", shape_index=i))
             continue
         if not all(math.isfinite(v) for p in pts for v in p):
             problems.append(Problem(path, f"'{label}' {shape_type}: a point is not a finite number", shape_index=i))
+            continue
+        if any(abs(v) > MAX_COORDINATE for p in pts for v in p):
+            problems.append(Problem(path, f"'{label}' {shape_type}: a point lies beyond {MAX_COORDINATE:.0f} px "
+                                          "(GDAL's rasteriser cannot burn it)", shape_index=i))
             continue
         doc.shapes.append(Shape(i, label, str(shape_type), pts, raw.get("mask")))
     return doc
@@ -278,32 +333,57 @@ def _segments(radius, tolerance=CIRCLE_TOLERANCE):
     return int(min(4096, max(16, math.ceil(n))))
 
 
-def circle_polygon(cx, cy, radius):
+def circle_polygon(cx, cy, radius) -> ogr.Geometry:
     n = _segments(radius)
     angles = [2.0 * math.pi * k / n for k in range(n)]
     return ring_polygon([(cx + radius * math.cos(a), cy + radius * math.sin(a)) for a in angles])
 
 
-def decode_mask_png(b64):
-    """A Labelme mask (base64 PNG) -> bool array (rows, cols), decoded by GDAL via /vsimem."""
+def png_size(raw) -> Optional[tuple]:
+    """(width, height) from a PNG's header (IHDR), or None when ``raw`` is not a PNG."""
+    if len(raw) < 24 or raw[:8] != PNG_SIGNATURE or raw[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(raw[16:20], "big"), int.from_bytes(raw[20:24], "big")
+
+
+def decode_mask_png(b64, max_size=None) -> np.ndarray:
+    """A Labelme mask (base64 PNG) -> bool array (rows, cols), decoded by GDAL's PNG driver via /vsimem.
+
+    Only PNG is decoded (checked by its signature, and GDAL may use no other driver: a VRT or a
+    /vsicurl/ path in a shared file must never be opened). The size in the PNG's header is checked
+    before any pixel is read: at most ``max_size`` (width, height) when given, and at most
+    MAX_MASK_PIXELS in any case.
+    """
     try:
         raw = base64.b64decode(b64, validate=False)
     except (binascii.Error, TypeError, ValueError) as exc:
         raise GullySegError(f"mask is not valid base64: {exc}") from None
+    size = png_size(raw)
+    if size is None:
+        raise GullySegError("mask is not a PNG image (Labelme writes masks as base64 PNG)")
+    width, height = size
+    if width < 1 or height < 1 or width * height > MAX_MASK_PIXELS:
+        raise GullySegError(f"mask PNG declares {width}x{height} pixels (at most {MAX_MASK_PIXELS:,} are read)")
+    if max_size is not None and (width > max_size[0] or height > max_size[1]):
+        raise GullySegError(f"mask PNG is {width}x{height} pixels, larger than its shape's box "
+                            f"{max_size[0]}x{max_size[1]}")
     name = f"/vsimem/gullyseg_mask_{uuid.uuid4().hex}.png"
     gdal.FileFromMemBuffer(name, raw)
     try:
         try:
-            ds = gdal.Open(name)
+            ds = gdal.OpenEx(name, gdal.OF_RASTER, allowed_drivers=["PNG"])
         except RuntimeError as exc:
             raise GullySegError(f"mask is not a PNG image GDAL can read: {exc}") from None
-        if ds is None:
+        if ds is None or ds.GetDriver().ShortName != "PNG" or (ds.RasterXSize, ds.RasterYSize) != (width, height):
             raise GullySegError("mask is not a PNG image GDAL can read")
         # Labelme writes 1-bit or 8-bit grey PNGs; for RGB(A) ones any non-zero colour counts (not alpha)
         colour_bands = [1, 2, 3] if ds.RasterCount >= 3 else [1]
         mask = np.zeros((ds.RasterYSize, ds.RasterXSize), dtype=bool)
-        for b in colour_bands:
-            mask |= ds.GetRasterBand(b).ReadAsArray() != 0
+        try:
+            for b in colour_bands:
+                mask |= ds.GetRasterBand(b).ReadAsArray() != 0
+        except RuntimeError as exc:
+            raise GullySegError(f"mask PNG cannot be decoded: {exc}") from None
         ds = None
         return mask
     finally:
@@ -322,7 +402,7 @@ class BurnItem:
 
 
 def shape_items(doc, width, height, classes, line_width, point_radius, problems, tile_id="",
-                unknown_labels="error"):
+                unknown_labels="error") -> tuple:
     """Turn a LabelmeDoc's shapes into BurnItems (pixel space) in file order, reporting problems.
 
     Returns (items, ok): ``ok`` is False when the file has an ERROR (it must then not be burnt).
@@ -386,8 +466,10 @@ def shape_items(doc, width, height, classes, line_width, point_radius, problems,
             if not shape.mask_b64:
                 report(shape, f"'{label}' mask shape has no 'mask' image")
                 continue
+            # Labelme's box: from int(first point) to int(second point), both included
+            box = (abs(int(pts[1][0]) - int(pts[0][0])) + 1, abs(int(pts[1][1]) - int(pts[0][1])) + 1)
             try:
-                mask = decode_mask_png(shape.mask_b64)
+                mask = decode_mask_png(shape.mask_b64, max_size=(min(box[0], width + 1), min(box[1], height + 1)))
             except GullySegError as exc:
                 report(shape, f"'{label}' {exc}")
                 continue
@@ -401,95 +483,3 @@ def shape_items(doc, width, height, classes, line_width, point_radius, problems,
         if geom is not None and not geom.IsEmpty():
             items.append(BurnItem(value, geometry=geom))
     return items, ok
-
-
-# --- writing ------------------------------------------------------------------------------
-
-def labelme_shape(label, points, shape_type="polygon"):
-    return {
-        "label": label,
-        "points": [[float(x), float(y)] for x, y in points],
-        "group_id": None,
-        "description": "",
-        "shape_type": shape_type,
-        "flags": {},
-        "mask": None,
-    }
-
-
-def labelme_document(shapes, image_path, width, height):
-    """A Labelme document as Labelme writes it (imageData null: the image is read from imagePath)."""
-    return {
-        "version": LABELME_VERSION,
-        "flags": {},
-        "shapes": shapes,
-        "imagePath": image_path,
-        "imageData": None,
-        "imageHeight": int(height),
-        "imageWidth": int(width),
-    }
-
-
-def write_labelme(path, document):
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump(document, handle, indent=2, ensure_ascii=False)
-        handle.write("\n")
-
-
-def geometry_to_shapes(geom, label, to_pixel, min_area=1e-9):
-    """Polygons (OGR, map coordinates) -> Labelme polygon shapes in pixel coordinates.
-
-    Labelme has no holes: each polygon becomes its exterior ring with ``label`` followed by
-    one ``_background_`` polygon per hole, and polygons are ordered by the area of their
-    exterior ring, largest first, so that an island inside a hole is written after the hole
-    and burns over it. Burnt in file order this gives the same pixels as the polygons.
-    ``to_pixel(x, y) -> (col, row)`` maps map coordinates to pixel coordinates.
-    """
-    parts = []
-    collect_polygons(geom, parts)
-    out = []
-
-    def ring_points(ring):
-        pts = [to_pixel(ring.GetX(k), ring.GetY(k)) for k in range(ring.GetPointCount())]
-        if len(pts) > 1 and pts[0] == pts[-1]:
-            pts = pts[:-1]
-        return pts
-
-    def ring_area(ring):
-        poly = ogr.Geometry(ogr.wkbPolygon)
-        poly.AddGeometry(ring)
-        return poly.GetArea()
-
-    keyed = []
-    for poly in parts:
-        ext = poly.GetGeometryRef(0)
-        if ext is None:
-            continue
-        keyed.append((ring_area(ext), poly))
-    keyed.sort(key=lambda kv: -kv[0])
-    for area, poly in keyed:
-        if area <= min_area:
-            continue
-        ext = ring_points(poly.GetGeometryRef(0))
-        if len(ext) < 3:
-            continue
-        out.append(labelme_shape(label, ext))
-        for k in range(1, poly.GetGeometryCount()):
-            hole = poly.GetGeometryRef(k)
-            pts = ring_points(hole)
-            if len(pts) >= 3 and ring_area(hole) > min_area:
-                out.append(labelme_shape(BACKGROUND_LABEL, pts))
-    return out
-
-
-def collect_polygons(geom, out):
-    if geom is None or geom.IsEmpty():
-        return
-    gtype = ogr.GT_Flatten(geom.GetGeometryType())
-    if gtype == ogr.wkbPolygon:
-        out.append(geom)
-    elif gtype in (ogr.wkbMultiPolygon, ogr.wkbGeometryCollection):
-        for k in range(geom.GetGeometryCount()):
-            collect_polygons(geom.GetGeometryRef(k), out)
-    elif gtype in (ogr.wkbCurvePolygon, ogr.wkbMultiSurface):
-        collect_polygons(geom.GetLinearGeometry(), out)

@@ -1,16 +1,27 @@
-"""Gully mask -> polygons with area_m2, perimeter_m and mean_prob (GeoPackage).
+"""Gully mask -> polygons with area_m2, perimeter_m and mean_prob (GeoPackage), at GDAL's speed.
 
-``gdal.Polygonize`` traces the mask's gully pixels (value 1; 0 and the 255 nodata are left out,
-4-connected, so each polygon is a set of edge-connected gully pixels), streaming line by line.
-Then, per polygon: MIN_AREA drops polygons smaller than that many square metres (measured on
-the pixel polygon, before simplification); SIMPLIFY (metres) simplifies the outline while
-preserving topology; area_m2 and perimeter_m are those of the written geometry; mean_prob is
-the mean gully probability (0..1) of the polygon's pixels, read from the probability raster in
-bounded blocks. The CRS must be projected in metres.
+1. ``gdal.Polygonize`` traces the mask's gully pixels (value 1; 0 and the 255 nodata are left
+   out, 4-connected, so each polygon is a set of edge-connected gully pixels) straight into the
+   output layer, streaming line by line, in one transaction (GDAL builds the spatial index in bulk
+   at the end of it, as for gdal_polygonize's output).
+2. The polygons are burnt back (``gdal.Rasterize``, their fid as the value) into a scratch label
+   raster, which is read in strips of rows with the probability raster: per fid, numpy counts the
+   pixels (area = pixels x pixel area), the pixel edges on its outline (perimeter, holes
+   included) and sums the probabilities (mean_prob, nodata left out). No per-polygon raster,
+   no per-feature Python for these.
+3. The attributes go in with one SQL transaction (SQLite's own ``executemany``); polygons smaller
+   than MIN_AREA are deleted with one statement (when they are most of the layer, the per-row
+   delete triggers are set aside and the R-tree is rebuilt from the kept polygons' envelopes).
+4. SIMPLIFY (metres) simplifies the kept outlines preserving topology (a per-feature pass, only
+   then), and area_m2 and perimeter_m become those of the written geometry.
+
+The cost is about that of ``gdal_polygonize`` on the same mask (benchmarks/bench_polygonize.py
+measures the ratio). The CRS must be projected in metres.
 """
 
-import math
+import contextlib
 import os
+import sqlite3
 import uuid
 
 import numpy as np
@@ -21,7 +32,7 @@ from .errors import GullySegError
 from .feedback import Feedback
 
 FIELDS = (("area_m2", ogr.OFTReal), ("perimeter_m", ogr.OFTReal), ("mean_prob", ogr.OFTReal))
-_BLOCK = 2048  # rows/cols of probability read at once for one polygon
+_STRIP = 256  # rows of the label and probability rasters read at once
 
 
 def _gully_band_vrt(mask_path):
@@ -48,129 +59,235 @@ def _gully_band_vrt(mask_path):
     return path
 
 
-def _mean_prob(prob_ds, geom, gt, mem_layer):
-    """Mean probability (0..1) of the pixels whose centres fall in ``geom`` (bounded blocks)."""
-    minx, maxx, miny, maxy = geom.GetEnvelope()
-    c0 = max(0, int(math.floor((minx - gt[0]) / gt[1] + 1e-6)))
-    c1 = min(prob_ds.RasterXSize, int(math.ceil((maxx - gt[0]) / gt[1] - 1e-6)))
-    r0 = max(0, int(math.floor((maxy - gt[3]) / gt[5] + 1e-6)))
-    r1 = min(prob_ds.RasterYSize, int(math.ceil((miny - gt[3]) / gt[5] - 1e-6)))
-    mem_layer.ResetReading()
-    for f in mem_layer:
-        mem_layer.DeleteFeature(f.GetFID())
-    feat = ogr.Feature(mem_layer.GetLayerDefn())
-    feat.SetGeometry(geom)
-    mem_layer.CreateFeature(feat)
-    band = prob_ds.GetRasterBand(1)
-    total = 0.0
-    count = 0
-    for y in range(r0, r1, _BLOCK):
-        for x in range(c0, c1, _BLOCK):
-            w, h = min(_BLOCK, c1 - x), min(_BLOCK, r1 - y)
-            mem = gdal.GetDriverByName("MEM").Create("", w, h, 1, gdal.GDT_Byte)
-            mem.SetGeoTransform((gt[0] + x * gt[1], gt[1], 0.0, gt[3] + y * gt[5], 0.0, gt[5]))
-            gdal.RasterizeLayer(mem, [1], mem_layer, burn_values=[1])
-            inside = mem.GetRasterBand(1).ReadAsArray() > 0
-            if not inside.any():
-                continue
-            values = band.ReadAsArray(x, y, w, h)[inside]
-            values = values[values != 255]
-            total += float(values.sum(dtype=np.float64))
-            count += values.size
-    return (total / count / 254.0) if count else None
+def _trace(mask_path, out_path, layer_name, srs, feedback):
+    """gdal.Polygonize of the gully pixels into a new GeoPackage layer; returns the number of polygons."""
+    vrt = _gully_band_vrt(mask_path)
+    try:
+        gully = gdal.Open(vrt)
+        band = gully.GetRasterBand(1)
+        out_ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(out_path))
+        if out_ds is None:
+            raise GullySegError(f"OUTPUT_POLYGONS: cannot create '{out_path}'.")
+        layer = out_ds.CreateLayer(layer_name, srs=srs, geom_type=ogr.wkbPolygon, options=["FID=fid"])
+        for name, kind in FIELDS:
+            layer.CreateField(ogr.FieldDefn(name, kind))
+        layer.StartTransaction()
+
+        def progress(frac, _msg, _data):
+            feedback.progress(55.0 * frac)
+            return 0 if feedback.is_cancelled() else 1
+
+        err = gdal.Polygonize(band, band, layer, -1, [], callback=progress)
+        feedback.check_cancelled()
+        if err != 0:
+            raise GullySegError(f"OUTPUT_POLYGONS: polygonizing '{mask_path}' failed.")
+        layer.CommitTransaction()
+        count = layer.GetFeatureCount()
+        out_ds = layer = None
+        return count
+    finally:
+        gully = band = None
+        gdal.Unlink(vrt)
+
+
+def _burn_labels(out_path, layer_name, mask_ds, label_path):
+    """The polygons' fids burnt into an Int32 raster on the mask's grid (pixel-centre rule)."""
+    w, h = mask_ds.RasterXSize, mask_ds.RasterYSize
+    gt = mask_ds.GetGeoTransform()
+    label = gdalio.create_raster(label_path, w, h, 1, gdal.GDT_Int32, gt, mask_ds.GetProjection(), None,
+                                 ["TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256", "COMPRESS=ZSTD", "ZSTD_LEVEL=1"])
+    vds = ogr.Open(str(out_path))
+    sql = vds.ExecuteSQL(f'SELECT fid * 1 AS fid_label, geom FROM "{layer_name}"')
+    try:
+        err = gdal.RasterizeLayer(label, [1], sql, options=["ATTRIBUTE=fid_label"])
+    finally:
+        vds.ReleaseResultSet(sql)
+    vds = None
+    label.FlushCache()
+    label = None
+    if err != 0:
+        raise GullySegError(f"OUTPUT_POLYGONS: cannot rasterize the polygons of '{out_path}'.")
+
+
+def _pixel_stats(label_path, prob_path, count, feedback):
+    """Per fid (0..count): pixels, horizontal and vertical outline edges, probability sum and count."""
+    n = count + 1
+    pixels = np.zeros(n, np.int64)
+    h_edges = np.zeros(n, np.int64)  # edges between vertically adjacent pixels (horizontal segments)
+    v_edges = np.zeros(n, np.int64)  # edges between horizontally adjacent pixels (vertical segments)
+    psum = np.zeros(n, np.float64)
+    pcount = np.zeros(n, np.int64)
+    lds = gdal.Open(label_path)
+    band = lds.GetRasterBand(1)
+    pds = gdal.Open(prob_path) if prob_path else None
+    w, h = lds.RasterXSize, lds.RasterYSize
+    above = np.zeros(w, np.int32)  # the row above the strip (nothing above the raster)
+    for y in range(0, h, _STRIP):
+        feedback.check_cancelled()
+        rows = min(_STRIP, h - y)
+        lab = band.ReadAsArray(0, y, w, min(rows + 1, h - y))  # one row more: the row below the strip
+        below = lab[rows] if lab.shape[0] > rows else np.zeros(w, np.int32)
+        lab = lab[:rows]
+        if lab.any():
+            flat = lab.ravel()
+            pixels += np.bincount(flat, minlength=n)[:n]
+            up = np.vstack([above[None], lab[:-1]])
+            down = np.vstack([lab[1:], below[None]])
+            vert = (lab != up).astype(np.int64) + (lab != down)
+            h_edges += np.bincount(flat, weights=vert.ravel(), minlength=n)[:n].astype(np.int64)
+            left = np.pad(lab[:, :-1], ((0, 0), (1, 0)))
+            right = np.pad(lab[:, 1:], ((0, 0), (0, 1)))
+            horiz = (lab != left).astype(np.int64) + (lab != right)
+            v_edges += np.bincount(flat, weights=horiz.ravel(), minlength=n)[:n].astype(np.int64)
+            if pds is not None:
+                prob = pds.GetRasterBand(1).ReadAsArray(0, y, w, rows)
+                ok = (lab > 0) & (prob != 255)
+                psum += np.bincount(lab[ok], weights=prob[ok].astype(np.float64), minlength=n)[:n]
+                pcount += np.bincount(lab[ok], minlength=n)[:n]
+        above = lab[-1].copy()
+        lds.FlushCache()
+        feedback.progress(60.0 + 25.0 * (y + rows) / max(1, h))
+    lds = pds = None
+    return pixels, h_edges, v_edges, psum, pcount
+
+
+def _not_here(_geom):
+    raise sqlite3.OperationalError("a geometry changed while attributes were written")
+
+
+def _delete(con, table, layer_name, fids, kept):
+    """Delete the polygons ``fids``. When they are most of the layer, the R-tree is emptied and refilled
+    with the kept polygons' envelopes (from the GeoPackage geometry headers): deleting one R-tree
+    entry at a time (the trigger) costs more than the rest of the polygons' attributes together."""
+    if not len(fids):
+        return
+    con.execute("CREATE TEMP TABLE drop_fid (fid INTEGER PRIMARY KEY)")
+    con.executemany("INSERT INTO drop_fid VALUES (?)", ((f,) for f in fids.tolist()))
+    rtree = '"' + f"rtree_{layer_name}_geom".replace('"', '""') + '"'
+    has_rtree = con.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (f"rtree_{layer_name}_geom",)).fetchone()
+    if not has_rtree or len(fids) < kept:
+        con.execute(f"DELETE FROM {table} WHERE fid IN (SELECT fid FROM drop_fid)")
+        return
+    # the per-row delete triggers (R-tree entry, gpkg_ogr_contents count) are dropped for the bulk delete
+    # and recreated from their own SQL in the same transaction; the count is then set once
+    triggers = con.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND lower(tbl_name) = "
+                           "lower(?) AND sql LIKE '%AFTER DELETE%'", (layer_name,)).fetchall()
+    for name, _ in triggers:
+        con.execute('DROP TRIGGER "' + name.replace('"', '""') + '"')
+    # an R-tree is emptied fastest by dropping it (DELETE takes it apart entry by entry): recreated from its own SQL
+    rtree_sql = con.execute("SELECT sql FROM sqlite_master WHERE name = ?", (f"rtree_{layer_name}_geom",)).fetchone()[0]
+    con.execute(f"DROP TABLE {rtree}")
+    con.execute(rtree_sql)
+    con.execute(f"DELETE FROM {table} WHERE fid IN (SELECT fid FROM drop_fid)")
+    for _, sql in triggers:
+        con.execute(sql)
+    if con.execute("SELECT 1 FROM sqlite_master WHERE name = 'gpkg_ogr_contents'").fetchone():
+        con.execute(f"UPDATE gpkg_ogr_contents SET feature_count = (SELECT COUNT(*) FROM {table}) "
+                    "WHERE lower(table_name) = lower(?)", (layer_name,))
+    rows = con.execute(f"SELECT fid, substr(geom, 1, 40) FROM {table}").fetchall()
+    if not rows:
+        return
+    heads = b"".join(h for _, h in rows if h is not None and len(h) == 40)
+    if len(heads) != 40 * len(rows):
+        raise GullySegError("OUTPUT_POLYGONS: a polygon without an envelope in its GeoPackage header.")
+    head = np.frombuffer(heads, np.uint8).reshape(-1, 40)
+    if not ((head[:, 0] == 0x47) & (head[:, 1] == 0x50) & ((head[:, 3] & 0x0F) == 0x03)).all():
+        raise GullySegError("OUTPUT_POLYGONS: unexpected GeoPackage geometry headers.")
+    env = np.ascontiguousarray(head[:, 8:40]).view("<f8")  # minx, maxx, miny, maxy (little-endian)
+    con.executemany(f"INSERT INTO {rtree} VALUES (?, ?, ?, ?, ?)",
+                    ((fid, *e) for (fid, _), e in zip(rows, env.tolist())))
+
+
+def _write_attributes(out_path, layer_name, stats, gt, min_area):
+    """area_m2, perimeter_m, mean_prob in one SQLite transaction; polygons under MIN_AREA deleted.
+    Returns (written, dropped)."""
+    pixels, h_edges, v_edges, psum, pcount = stats
+    pw, ph = abs(gt[1]), abs(gt[5])
+    area = pixels * (pw * ph)
+    perimeter = h_edges * pw + v_edges * ph
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(pcount > 0, psum / np.maximum(pcount, 1) / 254.0, np.nan)
+    fids = np.nonzero(pixels[1:])[0] + 1  # 0: no polygon
+    keep = fids[area[fids] + 1e-9 >= min_area]
+    table = '"' + layer_name.replace('"', '""') + '"'
+    con = sqlite3.connect(str(out_path))
+    # the GeoPackage's R-tree triggers name GDAL's SQL functions: they fire only when a geometry changes
+    # (never here), but SQLite needs the names to compile the statements; called, they would fail loudly
+    for name in ("ST_IsEmpty", "ST_MinX", "ST_MaxX", "ST_MinY", "ST_MaxY"):
+        con.create_function(name, 1, _not_here)
+    # a temporary file until atomic_output renames it (an error or a kill leaves nothing in place)
+    con.execute("PRAGMA synchronous = OFF")
+    con.execute("PRAGMA journal_mode = MEMORY")
+    con.execute("PRAGMA cache_size = -65536")  # 64 MB of pages
+    try:
+        with con:
+            small = fids[area[fids] + 1e-9 < min_area]
+            _delete(con, table, layer_name, small, len(keep))
+            means = [None if m != m else m for m in mean[keep].tolist()]  # NaN (no valid probability): NULL
+            con.executemany(f"UPDATE {table} SET area_m2 = ?, perimeter_m = ?, mean_prob = ? WHERE fid = ?",
+                            zip(area[keep].tolist(), perimeter[keep].tolist(), means, keep.tolist()))
+    finally:
+        con.close()
+    return len(keep), len(fids) - len(keep)
+
+
+def _simplify(out_path, layer_name, tolerance, feedback):
+    """Simplify every outline (topology preserved); area_m2 and perimeter_m of the written geometry."""
+    ds = ogr.Open(str(out_path), 1)
+    layer = ds.GetLayerByName(layer_name)
+    total = max(1, layer.GetFeatureCount())
+    layer.StartTransaction()
+    for i, feat in enumerate(layer):
+        if i % 500 == 0:
+            feedback.check_cancelled()
+            feedback.progress(85.0 + 10.0 * i / total)
+        geom = feat.GetGeometryRef()
+        simple = geom.SimplifyPreserveTopology(float(tolerance)) if geom is not None else None
+        if simple is None or simple.IsEmpty():
+            continue
+        feat.SetGeometry(simple)
+        feat.SetField("area_m2", float(simple.GetArea()))
+        feat.SetField("perimeter_m", float(simple.Boundary().Length()))
+        layer.SetFeature(feat)
+    layer.CommitTransaction()
+    ds = layer = None
 
 
 def polygonize(mask_path, prob_path, out_path, min_area=0.0, simplify=0.0, layer_name=None, feedback=None):
     """Write the gully polygons of ``mask_path`` to a new GeoPackage ``out_path``; returns their count.
 
     ``out_path`` is written as is (callers pass the temporary name from ``gdalio.atomic_output``).
-    ``prob_path`` (uint8 0..254, 255 nodata) gives mean_prob; None leaves it empty.
+    ``prob_path`` (uint8 0..254, 255 nodata) gives mean_prob; None leaves it empty. MIN_AREA (m2)
+    is measured on the pixel polygon, before simplification.
     """
     feedback = feedback or Feedback()
     mask_ds = gdalio.open_raster(mask_path, "OUTPUT_MASK")
-    srs_wkt = mask_ds.GetProjection()
-    gt = mask_ds.GetGeoTransform()
     srs = osr.SpatialReference()
-    srs.ImportFromWkt(srs_wkt)
+    srs.ImportFromWkt(mask_ds.GetProjection())
     srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
     gdalio.require_projected(srs, "OUTPUT_POLYGONS", mask_path)
-    pixel_area = abs(gt[1] * gt[5])
-    mask_ds = None
+    gt = mask_ds.GetGeoTransform()
     layer_name = layer_name or os.path.splitext(os.path.basename(out_path))[0]
-
-    vrt = _gully_band_vrt(mask_path)
-    # raw polygons go to a temporary GeoPackage on disk (a whole scene's polygons may not fit in memory)
-    raw_path = os.path.join(os.path.dirname(os.path.abspath(str(out_path))),
-                            f".gullyseg-raw-{uuid.uuid4().hex[:8]}.gpkg")
-    raw_ds = None
+    folder = os.path.dirname(os.path.abspath(str(out_path)))
+    label_path = os.path.join(folder, f".gullyseg-labels-{uuid.uuid4().hex[:8]}.tif")
     try:
-        gully = gdal.Open(vrt)
-        band = gully.GetRasterBand(1)
-        raw_ds = ogr.GetDriverByName("GPKG").CreateDataSource(raw_path)
-        raw_layer = raw_ds.CreateLayer("raw", srs=srs, geom_type=ogr.wkbPolygon, options=["SPATIAL_INDEX=NO"])
-        raw_layer.CreateField(ogr.FieldDefn("dn", ogr.OFTInteger))
-        raw_layer.StartTransaction()
-
-        def progress(frac, _msg, _data):
-            feedback.progress(60.0 * frac)
-            return 0 if feedback.is_cancelled() else 1
-
-        err = gdal.Polygonize(band, band, raw_layer, 0, [], callback=progress)
-        raw_layer.CommitTransaction()
-        feedback.check_cancelled()
-        if err != 0:
-            raise GullySegError(f"OUTPUT_POLYGONS: polygonizing '{mask_path}' failed.")
-        gully = None
-
-        drv = ogr.GetDriverByName("GPKG")
-        out_ds = drv.CreateDataSource(str(out_path))
-        if out_ds is None:
-            raise GullySegError(f"OUTPUT_POLYGONS: cannot create '{out_path}'.")
-        layer = out_ds.CreateLayer(layer_name, srs=srs, geom_type=ogr.wkbPolygon, options=["FID=fid"])
-        for name, kind in FIELDS:
-            fd = ogr.FieldDefn(name, kind)
-            layer.CreateField(fd)
-        defn = layer.GetLayerDefn()
-        prob_ds = gdal.Open(prob_path) if prob_path else None
-        mem_ds = ogr.GetDriverByName("Memory").CreateDataSource("one")
-        mem_layer = mem_ds.CreateLayer("one", srs=srs, geom_type=ogr.wkbPolygon)
-        total = raw_layer.GetFeatureCount()
+        count = _trace(mask_path, out_path, layer_name, srs, feedback)
         written = dropped = 0
-        layer.StartTransaction()
-        for i, feat in enumerate(raw_layer):
-            if i % 200 == 0:
-                feedback.check_cancelled()
-                feedback.progress(60.0 + 40.0 * i / max(1, total))
-            geom = feat.GetGeometryRef()
-            if geom is None:
-                continue
-            if geom.GetArea() + 1e-9 < min_area:
-                dropped += 1
-                continue
-            geom = geom.Clone()
-            mean = _mean_prob(prob_ds, geom, gt, mem_layer) if prob_ds is not None else None
-            if simplify > 0:
-                simple = geom.SimplifyPreserveTopology(float(simplify))
-                if simple is not None and not simple.IsEmpty():
-                    geom = simple
-            out = ogr.Feature(defn)
-            out.SetGeometry(geom)
-            out.SetField("area_m2", float(geom.GetArea()))
-            out.SetField("perimeter_m", float(geom.Boundary().Length()))
-            if mean is not None:
-                out.SetField("mean_prob", mean)
-            layer.CreateFeature(out)
-            written += 1
-        layer.CommitTransaction()
-        out_ds = None
-        prob_ds = None
+        if count:
+            _burn_labels(out_path, layer_name, mask_ds, label_path)
+            feedback.check_cancelled()
+            stats = _pixel_stats(label_path, prob_path, count, feedback)
+            written, dropped = _write_attributes(out_path, layer_name, stats, gt, float(min_area))
+            if simplify > 0 and written:
+                _simplify(out_path, layer_name, simplify, feedback)
     finally:
-        raw_ds = raw_layer = None
-        gdal.Unlink(vrt)
-        gdalio.remove_with_side_files(raw_path)
+        mask_ds = None
+        with contextlib.suppress(OSError):
+            gdalio.remove_with_side_files(label_path)
     feedback.info(
         f"{written} gully polygon(s) written" + (f", {dropped} smaller than {min_area:g} m2 dropped" if dropped else "")
-        + (f", simplified with tolerance {simplify:g} m" if simplify > 0 else "") + f" (pixel area {pixel_area:g} m2)"
+        + (f", simplified with tolerance {simplify:g} m" if simplify > 0 else "")
+        + f" (pixel area {abs(gt[1] * gt[5]):g} m2)"
     )
     feedback.progress(100)
     return written
@@ -179,10 +296,10 @@ def polygonize(mask_path, prob_path, out_path, min_area=0.0, simplify=0.0, layer
 def polygonize_bounded(*args, cache_mb=256, **kwargs):
     """``polygonize`` with GDAL's block cache capped at ``cache_mb`` while it runs.
 
-    gdal.Polygonize and the mean_prob reads go through GDAL's block cache, whose default size is
-    5 % of the RAM: on a 31,000 x 31,000 scene it would fill up and peak memory would grow with
-    the scene. The cap is process-wide while polygons are traced (it only evicts cached blocks,
-    never changes results) and the previous size is restored afterwards.
+    gdal.Polygonize and the strip reads go through GDAL's block cache, whose default size is 5 %
+    of the RAM: on a 31,000 x 31,000 scene it would fill up and peak memory would grow with the
+    scene. The cap is process-wide while polygons are traced (it only evicts cached blocks, never
+    changes results) and the previous size is restored afterwards.
     """
     previous = gdal.GetCacheMax()
     limit = int(cache_mb) * 1024 * 1024

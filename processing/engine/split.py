@@ -53,39 +53,75 @@ Gully share
     value (255, or ``ignore_value`` found in the dataset card) nor the mask's nodata value.
 """
 
-import errno
-import json
 import math
 import os
 import re
-import shutil
-import uuid
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
 
 import numpy as np
-from osgeo import gdal
 
-from . import dataset, gdalio, metrics
+from . import dataset
+from .dataset import (  # noqa: F401 (the dataset contract, importable from here as before)
+    AUGMENT_MANIFEST,
+    AUGMENTED_DIR,
+    MAX_LISTED,
+    SIDE_EXTS,
+    SIDE_SUFFIXES,
+    SPLIT_MANIFEST,
+    TileSample,
+    collect_tiles,
+    ignore_value,
+    read_json,
+    read_variants,
+    write_json,
+)
 from .errors import GullySegError
 from .feedback import Feedback
+from .materialize import (  # noqa: F401 (importable from here as before)
+    _owned,
+    _plan_files,
+    check_outputs_free,
+    link_or_copy,
+    remove_owned,
+)
+from .results import DictAccess
+from .split_outputs import (  # noqa: F401 (importable from here as before)
+    MANIFEST_FORMAT,
+    build_samples,
+    count_mask_pixels,
+    counts_section,
+    records_after,
+    refresh_outputs,
+    summarize,
+    summary_text,
+    write_outputs,
+)
 
-SPLIT_MANIFEST = "split.json"
-AUGMENT_MANIFEST = "augment.json"
-AUGMENTED_DIR = "augmented"
 SPLITS = dataset.SPLITS  # ("train", "val", "test")
 STRATEGY_TILE = 0
 STRATEGY_BLOCK = 1
 STRATEGY_NAMES = {STRATEGY_TILE: "source tile", STRATEGY_BLOCK: "spatial block"}
-DEFAULT_IGNORE = 255
-MAX_LISTED = 20  # problems listed by name in an error message
-SIDE_SUFFIXES = (".aux.xml",)  # appended to the full file name
-SIDE_EXTS = {".jpg": (".jgw", ".wld"), ".tif": (".tfw",)}  # world files: replace the extension
+DEFAULT_IGNORE = dataset.MASK_IGNORE
 _TILE_RE = re.compile(r"^(?P<scene>.*)_r\d+_c\d+$")
-MANIFEST_FORMAT = "gullyseg-split/1"
+
+
+@dataclass
+class SplitResult(DictAccess):
+    """What ``split_dataset`` did (also readable as a dict: ``result["counts"]["train"]``)."""
+
+    counts: dict  # samples per split (tiles and their variants)
+    tiles: dict  # source tiles per split
+    summary: dict  # per split: tiles, groups, samples, variants, gully share
+    summary_text: str
+    manifest: str  # path of split.json
+    links: int  # materialised files hard-linked
+    copies: int  # materialised files copied
 
 
 # --- parameters ------------------------------------------------------------------------
 
-def parse_ratios(text):
+def parse_ratios(text) -> tuple:
     """'6:2:2', '0.7,0.15,0.15', '1 0 0' ... -> three non-negative floats summing to 1."""
     if isinstance(text, (list, tuple)):
         parts = list(text)
@@ -105,135 +141,13 @@ def parse_ratios(text):
     return tuple(v / total for v in values)
 
 
-def ratios_label(ratios):
+def ratios_label(ratios) -> str:
     return ":".join(f"{r:g}" for r in ratios)
-
-
-# --- the tiles of a dataset ------------------------------------------------------------
-
-class TileSample:
-    """An original tile of the dataset with its files (paths relative to the dataset folder)."""
-
-    __slots__ = ("tile_id", "row", "col", "images", "mask", "split", "gully", "labelled")
-
-    def __init__(self, tile_id, row, col, images, mask, split=""):
-        self.tile_id = tile_id
-        self.row = row
-        self.col = col
-        self.images = images  # {'tif': 'images/x.tif', 'jpg': 'images/x.jpg'}
-        self.mask = mask
-        self.split = split or ""
-        self.gully = 0
-        self.labelled = 0
-
-    @property
-    def gully_share(self):
-        return self.gully / self.labelled if self.labelled else 0.0
-
-
-def _existing(paths, relative):
-    return bool(relative) and os.path.isfile(paths.abs(relative))
-
-
-def _listing(names):
-    shown = ", ".join(names[:MAX_LISTED])
-    more = f" and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else ""
-    return f"{shown}{more}"
-
-
-def collect_tiles(root, what="DATASET"):
-    """Read the index and return ``(paths, records, tiles)`` for the tiles the steps work on.
-
-    The kept tiles once anything is kept, else all tiles (``dataset.tiles_for_work``). A tile's
-    mask is the index's ``mask`` field, else ``masks/<tile_id>.tif``; its images the
-    ``image_tif``/``image_jpg`` fields, else ``images/<tile_id>.tif|.jpg``. Tiles without a
-    mask or without any image are an error that names them (first 20 and the count).
-    """
-    if not root or not os.path.isdir(str(root)):
-        raise GullySegError(f"{what}: '{root}' is not a folder; give the dataset folder made by gridtiles.")
-    paths = dataset.DatasetPaths(root)
-    if not os.path.exists(paths.index):
-        raise GullySegError(
-            f"{what}: '{paths.root}' has no tile index ({dataset.INDEX_NAME}); is it a GullySeg dataset folder?")
-    records, _ = dataset.read_index(paths.index)
-    work = dataset.tiles_for_work(records)
-    if not work:
-        raise GullySegError(f"{what}: the tile index '{paths.index}' has no tiles.")
-    tiles, no_mask, no_image = [], [], []
-    for rec in work:
-        tid = rec["tile_id"]
-        mask = rec.get("mask") or ""
-        if not _existing(paths, mask):
-            mask = f"{dataset.MASKS_DIR}/{tid}.tif"
-        if not _existing(paths, mask):
-            no_mask.append(tid)
-        images = {}
-        for ext in ("tif", "jpg"):
-            rel = rec.get(f"image_{ext}") or ""
-            if not _existing(paths, rel):
-                rel = f"{dataset.IMAGES_DIR}/{tid}.{ext}"
-            if _existing(paths, rel):
-                images[ext] = rel
-        if not images:
-            no_image.append(tid)
-        tiles.append(TileSample(tid, rec.get("row"), rec.get("col"), images, mask, rec.get("split")))
-    if no_mask:
-        kept = "kept " if any(r.get("status") == dataset.STATUS_KEEP for r in records) else ""
-        raise GullySegError(
-            f"{what}: {len(no_mask)} of {len(work)} {kept}tiles have no mask in '{paths.masks}': "
-            f"{_listing(no_mask)}. Rasterise their labels first (Rasterize labels to tile masks), "
-            "or reject them in the index."
-        )
-    if no_image:
-        raise GullySegError(
-            f"{what}: {len(no_image)} tiles have no image (.tif or .jpg) in '{paths.images}': {_listing(no_image)}."
-        )
-    return paths, records, tiles
-
-
-def ignore_value(card):
-    """The mask ignore value recorded in the card by the label step (any 'ignore_value' key), else 255."""
-    stack = [card]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            for key, value in item.items():
-                if key.lower() == "ignore_value" and isinstance(value, (int, float)):
-                    return int(value)
-                stack.append(value)
-    return DEFAULT_IGNORE
-
-
-def count_mask_pixels(paths, tiles, ignore, feedback):
-    """Set ``gully`` and ``labelled`` pixel counts on every tile from its mask (and check sizes)."""
-    for i, tile in enumerate(tiles):
-        feedback.check_cancelled()
-        mask_path = paths.abs(tile.mask)
-        ds = gdalio.open_raster(mask_path, "DATASET")
-        band = ds.GetRasterBand(1)
-        size = (ds.RasterXSize, ds.RasterYSize)
-        values = band.ReadAsArray()
-        nodata = band.GetNoDataValue()
-        ds = None
-        image = gdal.OpenEx(paths.abs(next(iter(tile.images.values()))), gdal.OF_RASTER)
-        if image is not None and (image.RasterXSize, image.RasterYSize) != size:
-            raise GullySegError(
-                f"DATASET: mask '{mask_path}' is {size[0]}x{size[1]} pixels but its tile's image is "
-                f"{image.RasterXSize}x{image.RasterYSize}; rasterise the labels again."
-            )
-        image = None
-        labelled = values != ignore
-        if nodata is not None and nodata != ignore:
-            labelled &= values != nodata
-        tile.labelled = int(labelled.sum())
-        tile.gully = int((labelled & (values > 0) & (values < 255)).sum())
-        if i % 16 == 0:
-            feedback.progress(100.0 * (i + 1) / len(tiles))
 
 
 # --- groups and allocation -------------------------------------------------------------
 
-def group_of(tile, strategy, block_size):
+def group_of(tile, strategy, block_size) -> str:
     if strategy == STRATEGY_TILE:
         return tile.tile_id
     if tile.row is None or tile.col is None:
@@ -245,7 +159,7 @@ def group_of(tile, strategy, block_size):
     return f"{scene}_b{int(tile.row) // block_size:04d}_{int(tile.col) // block_size:04d}"
 
 
-def stratum_bins(shares, ratios):
+def stratum_bins(shares, ratios) -> tuple:
     """Bin per group: 0 for no gully pixels, 1..n equal-count quantile bins of the positive shares.
 
     A bin holds about one dealing cycle, 1 / (smallest non-zero ratio) groups (5 for 6:2:2), so
@@ -260,7 +174,7 @@ def stratum_bins(shares, ratios):
     return bins, n_bins
 
 
-def deal(order, weights, ratios):
+def deal(order, weights, ratios) -> list:
     """Sequential largest remainder: each item to the split furthest below ``ratio * dealt``."""
     active = [k for k, r in enumerate(ratios) if r > 0]
     filled = [0.0] * len(ratios)
@@ -277,7 +191,7 @@ def deal(order, weights, ratios):
 CANDIDATES = 32  # stratified allocations tried per run; the best balanced one is kept
 
 
-def share_spread(assigned, pixels, ratios):
+def share_spread(assigned, pixels, ratios) -> float:
     """Largest |gully share of a split - overall share| over the non-empty splits with a ratio."""
     gully = [0.0] * len(SPLITS)
     labelled = [0.0] * len(SPLITS)
@@ -292,7 +206,7 @@ def share_spread(assigned, pixels, ratios):
                 if ratios[k] > 0 and labelled[k] > 0), default=0.0)
 
 
-def allocate(group_ids, weights, shares, ratios, seed, stratify, pixels=None, candidates=CANDIDATES):
+def allocate(group_ids, weights, shares, ratios, seed, stratify, pixels=None, candidates=CANDIDATES) -> tuple:
     """{group id: split name}, and the number of stratification bins used.
 
     Without ``stratify``: one seeded shuffle, dealt out. With it: the groups are binned by gully
@@ -320,308 +234,15 @@ def allocate(group_ids, weights, shares, ratios, seed, stratify, pixels=None, ca
     return {g: SPLITS[k] for g, k in best.items()}, n_bins
 
 
-# --- variants (written by augment.py) --------------------------------------------------
-
-def read_json(path, what):
-    if not os.path.exists(path):
-        return None
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except (OSError, ValueError) as exc:
-        raise GullySegError(f"{what}: cannot read '{path}': {exc}") from None
-
-
-def write_json(path, data, overwrite=True, what="manifest"):
-    with gdalio.atomic_output(path, overwrite=overwrite, what=what) as tmp:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=1, sort_keys=True)
-            handle.write("\n")
-
-
-def read_variants(paths, tile_ids):
-    """Variants of ``augment.json`` whose source is one of ``tile_ids`` and whose files exist."""
-    manifest = read_json(os.path.join(paths.root, AUGMENT_MANIFEST), "DATASET") or {}
-    out = {}
-    for vid, entry in (manifest.get("variants") or {}).items():
-        if entry.get("source_tile") in tile_ids and _existing(paths, entry.get("mask")):
-            out[vid] = entry
-    return out
-
-
-# --- outputs: lists, materialised folders, manifest ------------------------------------
-
-def _side_files(src_abs):
-    """(source side file, suffix to put after the destination stem) pairs that exist."""
-    found = []
-    for suffix in SIDE_SUFFIXES:
-        if os.path.exists(src_abs + suffix):
-            found.append((src_abs + suffix, "full", suffix))
-    stem, image_ext = os.path.splitext(src_abs)
-    for ext in SIDE_EXTS.get(image_ext.lower(), ()):
-        if os.path.exists(stem + ext):
-            found.append((stem + ext, "stem", ext))
-    return found
-
-
-def link_or_copy(src, dst):
-    """Hard link ``src`` to ``dst``; copy when the file system refuses. Returns True for a link."""
-    try:
-        os.link(src, dst)
-        return True
-    except OSError as exc:
-        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP,
-                             errno.EACCES, errno.ENOSYS):
-            raise
-    shutil.copy2(src, dst)
-    return False
-
-
-def _plan_files(paths, samples):
-    """[(source absolute, destination relative)] of a materialisation, side files included."""
-    plan = []
-    for sid in sorted(samples):
-        s = samples[sid]
-        for key in ("image_tif", "image_jpg", "mask"):
-            src_rel = s.get(key)
-            if not src_rel:
-                continue
-            sub = "masks" if key == "mask" else "images"
-            ext = os.path.splitext(src_rel)[1]
-            dst_rel = f"{s['split']}/{sub}/{sid}{ext}"
-            s.setdefault("materialized", {})[key] = dst_rel
-            src = paths.abs(src_rel)
-            plan.append((src, dst_rel))
-            if not s.get("variant") and key != "mask":
-                for side, kind, suffix in _side_files(src):
-                    plan.append((side, dst_rel + suffix if kind == "full" else os.path.splitext(dst_rel)[0] + suffix))
-    return plan
-
-
-def _owned(previous):
-    return set((previous or {}).get("materialized_files") or [])
-
-
-def check_outputs_free(paths, planned_rel, previous, overwrite, lists=True):
-    """Raise before writing when a file this step does not own is in the way (unless overwrite)."""
-    owned = _owned(previous)
-    blocked = []
-    if lists:
-        for name in [f"{s}.txt" for s in SPLITS] + [SPLIT_MANIFEST]:
-            if os.path.exists(os.path.join(paths.root, name)) and previous is None:
-                blocked.append(name)
-    for rel in planned_rel:
-        if rel not in owned and os.path.lexists(paths.abs(rel)):
-            blocked.append(rel)
-    if blocked and not overwrite:
-        raise GullySegError(
-            f"DATASET: {len(blocked)} files in '{paths.root}' that the split step did not write are in the way: "
-            f"{_listing(sorted(blocked))}. Move them away or allow overwriting (OVERWRITE)."
-        )
-
-
-def materialize(paths, plan, previous, feedback):
-    """Build the new <split>/images|masks files in a temporary folder, then swap them in.
-
-    Returns (relative files, links, copies). A cancel or error leaves the previous state.
-    """
-    tmp_root = os.path.join(paths.root, f".split-partial-{uuid.uuid4().hex[:8]}")
-    links = copies = 0
-    try:
-        for i, (src, rel) in enumerate(plan):
-            if i % 64 == 0:
-                feedback.check_cancelled()
-                feedback.progress(100.0 * i / max(1, len(plan)))
-            dst = os.path.join(tmp_root, *rel.split("/"))
-            os.makedirs(os.path.dirname(dst), exist_ok=True)
-            if link_or_copy(src, dst):
-                links += 1
-            else:
-                copies += 1
-    except BaseException:
-        shutil.rmtree(tmp_root, ignore_errors=True)
-        raise
-    remove_owned(paths, previous)
-    for _, rel in plan:
-        dst = paths.abs(rel)
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        os.replace(os.path.join(tmp_root, *rel.split("/")), dst)
-    shutil.rmtree(tmp_root, ignore_errors=True)
-    return sorted(rel for _, rel in plan), links, copies
-
-
-def remove_owned(paths, previous):
-    """Remove the files a previous run materialised (and the folders they leave empty)."""
-    folders = set()
-    for rel in _owned(previous):
-        path = paths.abs(rel)
-        if os.path.lexists(path):
-            os.remove(path)
-        folders.add(os.path.dirname(path))
-        folders.add(os.path.dirname(os.path.dirname(path)))
-    for folder in sorted(folders, key=len, reverse=True):
-        if folder.startswith(paths.root + os.sep) and os.path.isdir(folder) and not os.listdir(folder):
-            os.rmdir(folder)
-
-
-def build_samples(tiles, groups, variants):
-    """Sample entries for every tile that has a split, and for its variants."""
-    samples = {}
-    by_tile = {t.tile_id: t for t in tiles}
-    for t in tiles:
-        if t.split not in SPLITS:
-            continue
-        samples[t.tile_id] = {
-            "split": t.split, "source_tile": t.tile_id, "group": groups.get(t.tile_id, t.tile_id),
-            "variant": False, "image_tif": t.images.get("tif"), "image_jpg": t.images.get("jpg"), "mask": t.mask,
-        }
-    for vid, entry in variants.items():
-        source = by_tile.get(entry["source_tile"])
-        if source is None or source.split not in SPLITS:
-            continue
-        samples[vid] = {
-            "split": source.split, "source_tile": source.tile_id, "group": groups.get(source.tile_id, source.tile_id),
-            "variant": True, "image_tif": entry.get("image_tif"), "image_jpg": entry.get("image_jpg"),
-            "mask": entry["mask"],
-        }
-    return samples
-
-
-def summarize(tiles, samples):
-    summary = {}
-    for name in SPLITS:
-        members = [t for t in tiles if t.split == name]
-        gully = sum(t.gully for t in members)
-        labelled = sum(t.labelled for t in members)
-        in_split = [s for s in samples.values() if s["split"] == name]
-        summary[name] = {
-            "tiles": len(members),
-            "groups": len({s["group"] for s in in_split if not s["variant"]}),
-            "samples": len(in_split),
-            "variants": sum(1 for s in in_split if s["variant"]),
-            "gully_pixels": gully,
-            "labelled_pixels": labelled,
-            "gully_share": round(gully / labelled, 6) if labelled else 0.0,
-        }
-    return summary
-
-
-def summary_text(summary):
-    parts = []
-    for name in SPLITS:
-        s = summary[name]
-        parts.append(
-            f"{name}: {s['tiles']} tiles in {s['groups']} groups, {s['samples']} samples "
-            f"({s['variants']} augmented), gully pixel share {100.0 * s['gully_share']:.2f} %"
-        )
-    return "; ".join(parts)
-
-
-def counts_section(card, records, summary):
-    """The card's 'counts' section with per-status and per-split numbers merged in."""
-    counts = dict(card.get("counts") or {}) if isinstance(card.get("counts"), dict) else {}
-    status = {}
-    for rec in records:
-        key = rec.get("status") or dataset.STATUS_UNSCREENED
-        status[key] = status.get(key, 0) + 1
-    counts["tiles"] = len(records)
-    for key in dataset.STATUSES:
-        counts[key] = status.get(key, 0)
-    counts["per_split"] = {name: {"tiles": summary[name]["tiles"], "samples": summary[name]["samples"]}
-                           for name in SPLITS}
-    return counts
-
-
-def write_outputs(paths, records, tiles, groups, settings, overwrite=False, feedback=None, extra_warnings=()):
-    """Write lists, (materialised folders), split.json, the augment manifest's split fields and the card.
-
-    ``tiles`` carry their split; ``groups`` maps tile id -> group id. Shared by splitdataset
-    and augment (which adds its variants to the existing split). Returns the manifest.
-    """
-    feedback = feedback or Feedback()
-    manifest_path = os.path.join(paths.root, SPLIT_MANIFEST)
-    previous = read_json(manifest_path, "DATASET")
-    tile_ids = {t.tile_id for t in tiles}
-    variants = read_variants(paths, tile_ids)
-    samples = build_samples(tiles, groups, variants)
-    plan = _plan_files(paths, samples) if settings.get("materialize") else []
-    check_outputs_free(paths, [rel for _, rel in plan], previous, overwrite)
-
-    if settings.get("materialize"):
-        files, links, copies = materialize(paths, plan, previous, feedback.scaled(0, 95))
-        feedback.info(f"Materialised {len(files)} files: {links} hard links, {copies} copies.")
-    else:
-        remove_owned(paths, previous)
-        files, links, copies = [], 0, 0
-    for name in SPLITS:
-        ids = sorted(sid for sid, s in samples.items() if s["split"] == name)
-        path = os.path.join(paths.root, f"{name}.txt")
-        with gdalio.atomic_output(path, overwrite=True, what=f"{name}.txt") as tmp:
-            with open(tmp, "w", encoding="utf-8", newline="\n") as handle:
-                handle.write("".join(f"{sid}\n" for sid in ids))
-    summary = summarize(tiles, samples)
-    group_map = {}
-    for t in tiles:
-        if t.split in SPLITS:
-            g = group_map.setdefault(groups.get(t.tile_id, t.tile_id), {"split": t.split, "tiles": []})
-            g["tiles"].append(t.tile_id)
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "settings": settings,
-        "lists": {name: f"{name}.txt" for name in SPLITS},
-        "samples": samples,
-        "groups": group_map,
-        "summary": summary,
-        "materialized_files": files,
-        "materialized_links": links,
-        "materialized_copies": copies,
-    }
-    write_json(manifest_path, manifest, what=SPLIT_MANIFEST)
-    _update_augment_splits(paths, {t.tile_id: t.split for t in tiles})
-
-    card = dataset.read_card(paths.root)
-    split_card = dict(settings)
-    split_card.update({
-        "rule": "groups (source tiles or spatial blocks) are assigned whole; augmented variants follow their "
-                "source tile, so no source tile or block is in two splits",
-        "lists": [f"{name}.txt" for name in SPLITS],
-        "manifest": SPLIT_MANIFEST,
-        "sample_id": "file stem: the tile id, or <tile_id>__aNN for augmented variants",
-        "folders": "<split>/images/<id>.tif|.jpg and <split>/masks/<id>.tif" if settings.get("materialize") else None,
-        "summary": summary,
-        "gully_pixels": "mask values 1..254; labelled = not the ignore value nor the mask nodata",
-    })
-    dataset.update_card(paths.root, split=split_card, counts=counts_section(card, records, summary),
-                        evaluation=metrics.card_section())
-    for line in summary_text(summary).split("; "):
-        feedback.info(f"  {line}")
-    return manifest
-
-
-def _update_augment_splits(paths, split_of_tile):
-    """Keep the 'split' of every variant in augment.json equal to its source tile's split."""
-    path = os.path.join(paths.root, AUGMENT_MANIFEST)
-    manifest = read_json(path, "DATASET")
-    if not manifest or not manifest.get("variants"):
-        return
-    changed = False
-    for entry in manifest["variants"].values():
-        split = split_of_tile.get(entry.get("source_tile"), "")
-        if entry.get("split") != split:
-            entry["split"] = split
-            changed = True
-    if changed:
-        write_json(path, manifest, what=AUGMENT_MANIFEST)
-
-
 # --- the step --------------------------------------------------------------------------
 
-def split_dataset(root, ratios="6:2:2", seed=42, strategy=STRATEGY_TILE, block_size=4, stratify=True,
-                  materialize=True, overwrite=False, feedback=None):
+def split_dataset(root: str, ratios: Union[str, Sequence[float]] = "6:2:2", seed: int = 42,
+                  strategy: int = STRATEGY_TILE, block_size: int = 4, stratify: bool = True,
+                  materialize: bool = True, overwrite: bool = False,
+                  feedback: Optional[Feedback] = None) -> SplitResult:
     """Split the dataset folder ``root`` into train/val/test (see the module docstring).
 
-    Returns a dict: counts (samples per split), tiles (per split), summary (dict), summary_text,
-    manifest path, links/copies.
+    Returns a ``SplitResult``.
     """
     feedback = feedback or Feedback()
     ratio_values = parse_ratios(ratios)
@@ -691,17 +312,12 @@ def split_dataset(root, ratios="6:2:2", seed=42, strategy=STRATEGY_TILE, block_s
             "For evaluation on original tiles only, split first, then augment the train split (the default)."
         )
     feedback.progress(100)
-    return {
-        "counts": {name: summary[name]["samples"] for name in SPLITS},
-        "tiles": {name: summary[name]["tiles"] for name in SPLITS},
-        "summary": summary,
-        "summary_text": summary_text(summary),
-        "manifest": os.path.join(paths.root, SPLIT_MANIFEST),
-        "links": manifest["materialized_links"],
-        "copies": manifest["materialized_copies"],
-    }
-
-
-def records_after(paths):
-    records, _ = dataset.read_index(paths.index)
-    return records
+    return SplitResult(
+        counts={name: summary[name]["samples"] for name in SPLITS},
+        tiles={name: summary[name]["tiles"] for name in SPLITS},
+        summary=summary,
+        summary_text=summary_text(summary),
+        manifest=os.path.join(paths.root, SPLIT_MANIFEST),
+        links=manifest["materialized_links"],
+        copies=manifest["materialized_copies"],
+    )

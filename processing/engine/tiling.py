@@ -16,19 +16,38 @@ Every file goes through ``gdalio.atomic_output``; if the run fails or is cancell
 has written are removed again and no index is written, so nothing points at a missing file.
 """
 
-import contextlib
-import math
 import os
 import re
-from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 from osgeo import gdal, ogr
 
 from . import dataset, gdalio, windows
+from . import stretch as _stretch
 from .errors import Cancelled, GullySegError
 from .feedback import Feedback
+from .stretch import STRETCH_PERCENTILES, stretch_to_byte  # noqa: F401 (re-exported)
+from .tile_writers import (  # noqa: F401 (JPEG_QUALITY, TILE_GTIFF_OPTIONS importable from here as before)
+    _JPG_SIDES,
+    _TIF_SIDES,
+    JPEG_QUALITY,
+    TILE_GTIFF_OPTIONS,
+    _check_output,
+    _drop_staging,
+    _owned_files,
+    _remove,
+    _remove_earlier_run,
+    _remove_leftovers,
+    _staging,
+    _swap_in,
+    _TileWriter,
+    _to_byte,
+    _undo,
+    _write_gtiff,
+    _write_jpeg,
+)
 
 FORMAT_GTIFF = 0
 FORMAT_JPEG = 1
@@ -36,19 +55,14 @@ FORMAT_BOTH = 2
 FORMAT_NAMES = {FORMAT_GTIFF: ["tif"], FORMAT_JPEG: ["jpg"], FORMAT_BOTH: ["tif", "jpg"]}
 
 DEFAULT_TILE_SIZE = 256
+MAX_TILE_SIZE = 8192  # a tile (all bands, padding, its JPEG) is held in memory whole
 DEFAULT_MAX_NODATA = 0.999
-STRETCH_PERCENTILES = (2.0, 98.0)
-STRETCH_FULL_READ_PIXELS = 16_000_000  # scenes up to this size are read entirely for the stretch
-JPEG_QUALITY = 90
-# GeoTIFF tiles: DEFLATE, one strip per tile (a 256x256 tile is a single block). The benchmark
-# gives gdal_retile.py the same compression so both write the same kind of file.
-TILE_GTIFF_OPTIONS = list(gdalio.GTIFF_SMALL)
+STRETCH_FULL_READ_PIXELS = _stretch.STRETCH_FULL_READ_PIXELS  # scenes up to this size are read whole
 # Value that fills padding (EDGE=pad) in bands that have no nodata value; the padding is also
 # declared invalid by an internal mask band on those tiles (GDAL's per-dataset mask).
 DEFAULT_PAD_VALUE = 0
 
-_TILE_FILE = re.compile(r"^[A-Za-z0-9_.-]+_r\d{4,}_c\d{4,}\.(tif|tiff|jpg|jgw|wld|tfw)(\.aux\.xml)?$")
-_PARTIAL = re.compile(r"^\..*\.partial-[0-9a-f]{8}")
+
 
 
 @dataclass
@@ -65,14 +79,14 @@ class TilingResult:
     stretch: dict = field(default_factory=dict)
 
 
-def scene_name_from_path(path):
+def scene_name_from_path(path) -> str:
     """The scene part of tile ids: the file's stem with anything but [A-Za-z0-9_-] replaced by '_'."""
     stem = os.path.splitext(os.path.basename(str(path).rstrip("/")))[0]
     name = re.sub(r"[^A-Za-z0-9_-]+", "_", stem).strip("_")
     return name or "scene"
 
 
-def parse_band_list(text, band_count, what="JPEG_BANDS"):
+def parse_band_list(text, band_count, what="JPEG_BANDS") -> Optional[list]:
     """'3,2,1' -> [3, 2, 1]; '' or None -> None. One or three bands, each within 1..band_count."""
     if text is None or (isinstance(text, str) and not text.strip()):
         return None
@@ -92,7 +106,7 @@ def parse_band_list(text, band_count, what="JPEG_BANDS"):
     return bands
 
 
-def default_jpeg_bands(ds):
+def default_jpeg_bands(ds) -> list:
     """Red, green, blue by colour interpretation; else 3,2,1 for 4 bands (BGRN); else 1,2,3; else 1."""
     count = ds.RasterCount
     interp = {ds.GetRasterBand(i).GetColorInterpretation(): i for i in range(count, 0, -1)}
@@ -108,265 +122,20 @@ def default_jpeg_bands(ds):
 
 # --- nodata ----------------------------------------------------------------------------
 
-class _Validity:
-    """How to tell valid pixels of the scene: nodata values, mask bands, alpha."""
+class _Validity(gdalio.Validity):
+    """The scene's validity (``gdalio.Validity`` over all bands); kept for the name's callers."""
 
-    def __init__(self, ds, info):
-        self.ds = ds
-        self.nodata = list(info.nodata)
-        self.flags = [ds.GetRasterBand(i + 1).GetMaskFlags() for i in range(ds.RasterCount)]
-        self.by_value = [f & gdal.GMF_NODATA and nd is not None for f, nd in zip(self.flags, self.nodata)]
-        self.mask_bands = [
-            i for i, f in enumerate(self.flags) if not (f & gdal.GMF_ALL_VALID) and not (f & gdal.GMF_NODATA)
-        ]
-        self.per_dataset = bool(self.mask_bands) and all(self.flags[i] & gdal.GMF_PER_DATASET for i in self.mask_bands)
-        self.alpha = any(f & gdal.GMF_ALPHA for f in self.flags)
-        self.all_valid = not any(self.by_value) and not self.mask_bands
-        self.has_nodata_value = any(nd is not None for nd in self.nodata)
-
-    def valid(self, arr, x_off, y_off, width, height):
-        """Boolean (height, width) for ``arr`` = all bands of that window; None when all valid."""
-        if self.all_valid:
-            return None
-        valid = np.ones((height, width), dtype=bool)
-        for i, by_value in enumerate(self.by_value):
-            if by_value:
-                nd = self.nodata[i]
-                if isinstance(nd, float) and math.isnan(nd):
-                    valid &= ~np.isnan(arr[i])
-                elif _representable(nd, arr.dtype):
-                    valid &= arr[i] != arr.dtype.type(nd)
-        bands = self.mask_bands[:1] if self.per_dataset else self.mask_bands
-        for i in bands:
-            mask = self.ds.GetRasterBand(i + 1).GetMaskBand().ReadAsArray(x_off, y_off, width, height)
-            valid &= mask > 0
-        return valid
-
-    def pad_values(self, dtype):
-        return [nd if nd is not None and _representable(nd, dtype) else DEFAULT_PAD_VALUE for nd in self.nodata]
+    def __init__(self, ds, info=None):
+        super().__init__(ds)
 
 
-def _representable(value, dtype):
-    dtype = np.dtype(dtype)
-    if dtype.kind == "f":
-        return True
-    info = np.iinfo(dtype)
-    return float(value).is_integer() and info.min <= value <= info.max
-
-
-# --- the stretch for JPEG tiles ------------------------------------------------------------
+# --- the stretch for JPEG tiles (engine/stretch.py) ----------------------------------------
 
 def compute_stretch(ds, bands, validity, percentiles=STRETCH_PERCENTILES, max_samples=2_000_000,
-                    feedback=None):
-    """Per-band (low, high) for the whole scene, from a block-aligned sample of valid pixels.
-
-    Small scenes (<= 16 Mpx) are read entirely; larger ones are sampled: about sqrt(number of
-    blocks) of the scene's own blocks (as many as GDAL's approximate histograms read), on an even
-    lattice of block rows and columns over the whole scene. 8-bit data are not stretched.
-    Returns the dict recorded in the dataset card.
-    """
-    feedback = feedback or Feedback()
-    dtype = np.dtype(gdalio.raster_info(ds).dtype)
-    if dtype == np.uint8:
-        return {"method": "none", "reason": "8-bit data are written as they are", "bands": bands}
-    width, height = ds.RasterXSize, ds.RasterYSize
-    bw, bh = ds.GetRasterBand(1).GetBlockSize()
-    small = width * height <= STRETCH_FULL_READ_PIXELS
-    if small:
-        bw, bh = width, min(height, max(bh, 256))
-    blocks = list(windows.iter_blocks(width, height, bw, bh))
-    if small:
-        picked = blocks
-    else:  # about sqrt(n) blocks on an even lattice over the whole scene (rows and columns)
-        nbx, nby = math.ceil(width / bw), math.ceil(height / bh)
-        target = max(1, math.ceil(math.sqrt(nbx * nby)))
-        kx = min(nbx, max(1, round(math.sqrt(target * nbx / nby))))
-        ky = min(nby, max(1, math.ceil(target / kx)))
-        cols = sorted({round(i * (nbx - 1) / max(1, kx - 1)) for i in range(kx)})
-        rows = sorted({round(j * (nby - 1) / max(1, ky - 1)) for j in range(ky)})
-        picked = [blocks[r * nbx + c] for r in rows for c in cols]
-    total = sum(w * h for _, _, w, h in picked)
-    step = max(1, math.ceil(total / max_samples))
-    samples = [[] for _ in bands]
-    for n, (x, y, w, h) in enumerate(picked):
-        feedback.check_cancelled()
-        arr = gdalio.read_window(ds, x, y, w, h)
-        valid = validity.valid(arr, x, y, w, h)
-        for k, b in enumerate(bands):
-            values = arr[b - 1].ravel()[::step]
-            keep = np.isfinite(values) if values.dtype.kind == "f" else np.ones(values.shape, bool)
-            if valid is not None:
-                keep &= valid.ravel()[::step]
-            samples[k].append(values[keep])
-        feedback.progress(100.0 * (n + 1) / len(picked))
-    ds.FlushCache()
-    lows, highs = [], []
-    for k, b in enumerate(bands):
-        values = np.concatenate(samples[k]) if samples[k] else np.array([])
-        if values.size == 0:
-            raise GullySegError(
-                f"INPUT: band {b} has no valid pixels in the sample used for the JPEG stretch; "
-                "is the whole scene nodata?"
-            )
-        lo, hi = (float(v) for v in np.percentile(values.astype(np.float64), percentiles))
-        if hi <= lo:
-            hi = lo + 1.0
-        lows.append(lo)
-        highs.append(hi)
-    return {
-        "method": "percent_clip",
-        "percentiles": list(percentiles),
-        "bands": bands,
-        "low": lows,
-        "high": highs,
-        "sampled_pixels": int(sum(sum(len(s) for s in band) for band in samples) / max(1, len(bands))),
-    }
-
-
-def stretch_to_byte(data, lows, highs, valid=None):
-    """(bands, h, w) array -> uint8: band k maps lows[k]..highs[k] linearly onto 0..255 (rounded,
-    clipped); non-finite and invalid pixels become 0. The one 8-bit conversion: JPEG tiles and the
-    dock's tile view use it, so both show the same pixels."""
-    out = np.empty(data.shape, dtype=np.uint8)
-    for k, band in enumerate(data):
-        lo, hi = float(lows[k]), float(highs[k])
-        scaled = (band.astype(np.float32) - lo) * (255.0 / (hi - lo) if hi > lo else 1.0) + 0.5
-        np.clip(scaled, 0, 255, out=scaled)
-        if band.dtype.kind == "f":
-            scaled[~np.isfinite(band)] = 0
-        out[k] = scaled.astype(np.uint8)
-    if valid is not None:
-        out[:, ~valid] = 0
-    return out
-
-
-def _to_byte(arr, bands, stretch, valid):
-    """(len(bands), h, w) uint8 from a tile array using the scene-wide stretch."""
-    data = arr[[b - 1 for b in bands]]
-    if stretch["method"] != "none":
-        return stretch_to_byte(data, stretch["low"], stretch["high"], valid)
-    out = data.astype(np.uint8)
-    if valid is not None:
-        out[:, ~valid] = 0
-    return out
-
-
-# --- writers ------------------------------------------------------------------------------
-
-def _write_gtiff(path, arr, gdal_type, geotransform, crs_wkt, nodata, mask, overwrite):
-    bands, height, width = arr.shape
-    with gdalio.atomic_output(path, overwrite=overwrite, what="OUTPUT_DIR", side_suffixes=_TIF_SIDES) as tmp:
-        ds = gdalio.create_raster(tmp, width, height, bands, gdal_type, geotransform, crs_wkt,
-                                  nodata=nodata, options=TILE_GTIFF_OPTIONS)
-        ds.WriteRaster(0, 0, width, height, np.ascontiguousarray(arr),
-                       width, height, gdal_type, list(range(1, bands + 1)))
-        if mask is not None:
-            ds.CreateMaskBand(gdal.GMF_PER_DATASET)
-            ds.GetRasterBand(1).GetMaskBand().WriteArray(mask.astype(np.uint8) * 255)
-        ds = None
-
-
-def _world_file_text(gt):
-    """ESRI world file: pixel sizes, rotations, and the centre of the upper-left pixel."""
-    cx = gt[0] + gt[1] / 2.0 + gt[2] / 2.0
-    cy = gt[3] + gt[4] / 2.0 + gt[5] / 2.0
-    return "\n".join(repr(float(v)) for v in (gt[1], gt[4], gt[2], gt[5], cx, cy)) + "\n"
-
-
-# the only side files the tile writers make (atomic_output then needs no directory listing)
-_TIF_SIDES = [".tif.aux.xml", ".tif.msk"]
-_JPG_SIDES = [".jgw", ".jpg.aux.xml", ".wld"]
-_MEM = gdal.GetDriverByName("MEM")
-_JPEG = gdal.GetDriverByName("JPEG")
-
-
-def _write_jpeg(path, rgb, geotransform, crs_wkt, overwrite):
-    bands, height, width = rgb.shape
-    with gdalio.atomic_output(path, overwrite=overwrite, what="OUTPUT_DIR", side_suffixes=_JPG_SIDES) as tmp:
-        mem = _MEM.Create("", width, height, bands, gdal.GDT_Byte)
-        mem.WriteRaster(0, 0, width, height, np.ascontiguousarray(rgb), width, height,
-                        gdal.GDT_Byte, list(range(1, bands + 1)))
-        mem.SetGeoTransform(tuple(geotransform))
-        mem.SetProjection(crs_wkt)
-        if bands == 3:
-            for i, ci in enumerate((gdal.GCI_RedBand, gdal.GCI_GreenBand, gdal.GCI_BlueBand)):
-                mem.GetRasterBand(i + 1).SetColorInterpretation(ci)
-        out = _JPEG.CreateCopy(tmp, mem, 0, [f"QUALITY={JPEG_QUALITY}"])
-        if out is None:
-            raise GullySegError(f"OUTPUT_DIR: GDAL could not write the JPEG tile '{path}'.")
-        out = None
-        mem = None
-        with open(os.path.splitext(tmp)[0] + ".jgw", "w", encoding="ascii") as handle:
-            handle.write(_world_file_text(geotransform))
-
-
-class _TileWriter:
-    """Writes tiles in a few threads (GDAL compresses and writes without holding the GIL).
-
-    At most ``2 x threads`` tiles wait in memory; the first error is raised in the caller.
-    """
-
-    def __init__(self, threads=None):
-        self.threads = threads or max(1, min(4, os.cpu_count() or 1))
-        self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="gullyseg-tiles")
-        self.pending = set()
-
-    def submit(self, fn, *args):
-        if len(self.pending) >= 2 * self.threads:
-            self._collect(FIRST_COMPLETED)
-        self.pending.add(self.pool.submit(fn, *args))
-
-    def _collect(self, how):
-        done, self.pending = wait(self.pending, return_when=how)
-        for future in done:
-            future.result()
-
-    def finish(self):
-        try:
-            self._collect(ALL_COMPLETED)
-        finally:
-            self.pool.shutdown(wait=True)
-
-    def abort(self):
-        self.pool.shutdown(wait=True, cancel_futures=True)
-        self.pending = set()
-
-
-# --- the dataset folder -------------------------------------------------------------------
-
-def _owned_files(root, index_path):
-    """Files of ``root`` that grid division owns (replaced by OVERWRITE)."""
-    paths = dataset.DatasetPaths(root)
-    owned = []
-    for p in (paths.index, index_path):  # the GeoPackage and SQLite's own side files, nothing else
-        owned += [q for q in (p, p + "-journal", p + "-wal", p + "-shm", p + ".aux.xml") if os.path.exists(q)]
-    owned += [p for p in (paths.card, paths.card_md) if os.path.exists(p)]
-    if os.path.isdir(paths.images):
-        for name in sorted(os.listdir(paths.images)):
-            full = os.path.join(paths.images, name)
-            if os.path.isfile(full) and (_TILE_FILE.match(name) or _PARTIAL.match(name)):
-                owned.append(full)
-    return sorted(set(owned))
-
-
-def _check_output(root, index_path, overwrite, input_path):
-    """Refuse a non-empty dataset folder or an existing index unless ``overwrite``."""
-    if os.path.exists(root) and not os.path.isdir(root):
-        raise GullySegError(f"OUTPUT_DIR: '{root}' exists and is not a folder.")
-    if os.path.isdir(index_path):
-        raise GullySegError(f"OUTPUT_INDEX: '{index_path}' is a folder, not a GeoPackage file.")
-    if not overwrite:
-        if os.path.isdir(root) and os.listdir(root):
-            raise GullySegError(
-                f"OUTPUT_DIR: the dataset folder '{root}' is not empty. Choose an empty or new folder, "
-                "or set OVERWRITE=true to replace the tiles, index and card of an earlier run "
-                "(masks/, labelme/ and any other file are kept)."
-            )
-        if os.path.exists(index_path):
-            raise GullySegError(f"OUTPUT_INDEX: '{index_path}' already exists; set OVERWRITE=true to replace it.")
-    inp = os.path.abspath(input_path)
-    if os.path.exists(inp) and inp in {os.path.abspath(p) for p in _owned_files(root, index_path)}:
-        raise GullySegError(f"OUTPUT_DIR: the input '{input_path}' would be replaced by this run's outputs.")
+                    feedback=None) -> dict:
+    """``stretch.compute_stretch`` with this module's ``STRETCH_FULL_READ_PIXELS``."""
+    return _stretch.compute_stretch(ds, bands, validity, percentiles, max_samples, feedback,
+                                    full_read_pixels=STRETCH_FULL_READ_PIXELS)
 
 
 # --- AOI ----------------------------------------------------------------------------------
@@ -407,37 +176,16 @@ def _inside_aoi(aoi, bounds):
 
 # --- the main entry point -----------------------------------------------------------------
 
-def grid_tiles(input_path, output_dir, tile_size=DEFAULT_TILE_SIZE, stride=0, edge=windows.EDGE_PAD,
-               max_nodata=DEFAULT_MAX_NODATA, aoi=None, fmt=FORMAT_BOTH, jpeg_bands=None,
-               output_index=None, overwrite=False, feedback=None, scene_name=None):
-    """Split ``input_path`` into tiles in the dataset folder ``output_dir``. Returns a TilingResult.
-
-    tile_size: pixels (square). stride: pixels between tile origins; 0 = tile_size (no overlap).
-    edge: windows.EDGE_PAD (0), EDGE_SKIP (1) or EDGE_SHIFT (2).
-    max_nodata: tiles whose nodata fraction (nodata values, mask band, padding) exceeds it are
-        not written. aoi: WKT string(s) or OGR geometries in the scene CRS; only tiles that
-        intersect it are written. fmt: FORMAT_GTIFF, FORMAT_JPEG or FORMAT_BOTH.
-    jpeg_bands: '3,2,1' / [3, 2, 1] / None (default_jpeg_bands). output_index: default
-        <output_dir>/index.gpkg. overwrite: replace the files of an earlier run (only those).
-    """
-    feedback = feedback or Feedback()
-    ds, info = gdalio.open_checked(input_path, "INPUT")
-    srs = info.srs
-    if srs.GetAuthorityCode(None) in ("3857", "900913") or "Pseudo-Mercator" in (srs.GetName() or ""):
-        feedback.warn(
-            f"INPUT: '{input_path}' is in Web Mercator ({info.crs_label}); its 'metres' are stretched by "
-            "1/cos(latitude), so pixel sizes and areas are not ground distances. Tiling works, but "
-            "consider a UTM CRS for real work."
-        )
-
-    # parameters ---------------------------------------------------------------------
+def _check_parameters(input_path, info, tile_size, stride, edge, max_nodata, fmt):
+    """Validated (tile_size, stride, max_nodata, formats), or a GullySegError naming the parameter."""
     try:
         tile_size = int(tile_size)
         stride = int(stride or 0)
     except (TypeError, ValueError):
         raise GullySegError(f"TILE_SIZE/STRIDE must be whole numbers (got {tile_size!r}, {stride!r}).") from None
-    if tile_size < 1:
-        raise GullySegError(f"TILE_SIZE must be a positive number of pixels (got {tile_size}).")
+    if not 1 <= tile_size <= MAX_TILE_SIZE:
+        raise GullySegError(f"TILE_SIZE must be between 1 and {MAX_TILE_SIZE} pixels (got {tile_size}); tiles are "
+                            "held in memory whole, and training tiles are usually 256 to 1024 pixels.")
     if stride < 0:
         raise GullySegError(f"STRIDE must be 0 (= TILE_SIZE) or a positive number of pixels (got {stride}).")
     if stride > tile_size:
@@ -462,29 +210,113 @@ def grid_tiles(input_path, output_dir, tile_size=DEFAULT_TILE_SIZE, stride=0, ed
         raise GullySegError(f"MAX_NODATA must be between 0 and 1 (got {max_nodata}).")
     if fmt not in FORMAT_NAMES:
         raise GullySegError(f"FORMAT must be 0 (GeoTIFF), 1 (JPEG) or 2 (both), not {fmt}.")
-    formats = FORMAT_NAMES[fmt]
-    bands_rgb = parse_band_list(jpeg_bands, info.bands) or default_jpeg_bands(ds)
-    aoi_geom = _aoi_geometry(aoi, info.crs_wkt)
+    return tile_size, stride, max_nodata, FORMAT_NAMES[fmt]
+
+
+@dataclass
+class _CutSettings:
+    """What every tile of a run shares (the scene, the grid, the formats, the files)."""
+
+    ds: object
+    info: object
+    paths: object
+    scene: str
+    tile_size: int
+    max_nodata: float
+    formats: list
+    bands_rgb: list
+    stretch: dict
+    validity: object
+    pad: list
+    mask_tiles: bool
+    overwrite: bool
+    images_dir: str = ""  # where the tiles are written (a staging folder under OVERWRITE); '' = paths.images
+
+
+def _cut_rows(cut, by_row, writer, records, written, feedback, progress):
+    """Read one strip per grid row and cut (and queue for writing) its tiles. Returns the number
+    of tiles skipped for MAX_NODATA; ``records`` and ``written`` grow as tiles are queued."""
+    ds, info, paths, tile_size, max_nodata = cut.ds, cut.info, cut.paths, cut.tile_size, cut.max_nodata
+    formats, bands_rgb, stretch, validity, pad = cut.formats, cut.bands_rgb, cut.stretch, cut.validity, cut.pad
+    mask_tiles, overwrite, scene, gt = cut.mask_tiles, cut.overwrite, cut.scene, info.geotransform
+    tile_nodata = list(info.nodata)
+    tile_pixels = float(tile_size * tile_size)
+    skipped_nodata = 0
+    block_h = max(1, ds.GetRasterBand(1).GetBlockSize()[1])
+    grid_rows = sorted(by_row)
+    strips_cached = 0
+    for n, row in enumerate(grid_rows):
+        wins = by_row[row]
+        feedback.check_cancelled()
+        y0 = wins[0].y_off
+        sx0 = min(w.x_off for w in wins)
+        sx1 = min(max(w.x_end for w in wins), info.width)
+        sy1 = min(y0 + tile_size, info.height)
+        strip = gdalio.read_window(ds, sx0, y0, sx1 - sx0, sy1 - y0)
+        strip_valid = validity.valid(strip, sx0, y0, sx1 - sx0, sy1 - y0)
+        # Release the scene's cached blocks so memory stays flat, unless the next strip needs
+        # some of them again (tall blocks, overlapping strides): then after two strips at most.
+        strips_cached += 1
+        nxt = by_row[grid_rows[n + 1]][0].y_off if n + 1 < len(grid_rows) else None
+        if nxt is None or nxt // block_h > (sy1 - 1) // block_h or strips_cached >= 2:
+            ds.FlushCache()
+            strips_cached = 0
+        for win in wins:
+            feedback.check_cancelled()
+            part = win.clip(info.width, info.height)
+            xa, ya, w, h = part
+            cols_slice = slice(xa - sx0, xa - sx0 + w)
+            inner = win.inner_slices(info.width, info.height)
+            if strip_valid is None:
+                n_valid = w * h
+            else:
+                valid_part = strip_valid[:, cols_slice]
+                n_valid = int(np.count_nonzero(valid_part))
+            nodata_frac = 1.0 - n_valid / tile_pixels
+            if nodata_frac > max_nodata:
+                skipped_nodata += 1
+                continue
+            padded = w != tile_size or h != tile_size
+            if padded:
+                arr = np.empty((info.bands, tile_size, tile_size), dtype=strip.dtype)
+                for b in range(info.bands):
+                    arr[b].fill(pad[b])
+                arr[(slice(None),) + inner] = strip[:, :, cols_slice]
+            else:
+                arr = strip[:, :, cols_slice]
+            valid = None
+            if strip_valid is not None or padded:
+                valid = np.zeros((tile_size, tile_size), dtype=bool)
+                valid[inner] = True if strip_valid is None else strip_valid[:, cols_slice]
+            tid = dataset.tile_id(scene, win.row, win.col)
+            tile_gt = win.geotransform(gt)
+            rec = {
+                "tile_id": tid, "row": win.row, "col": win.col, "x_off": win.x_off, "y_off": win.y_off,
+                "width": tile_size, "height": tile_size, "nodata_frac": round(nodata_frac, 6),
+                "status": dataset.STATUS_UNSCREENED, "split": "", "image_tif": "", "image_jpg": "",
+                "bounds": win.bounds(gt),
+            }
+            if "tif" in formats:
+                path = os.path.join(cut.images_dir or paths.images, tid + ".tif")
+                mask = valid if (mask_tiles and valid is not None and not valid.all()) else None
+                written.append(path)
+                writer.submit(_write_gtiff, path, arr, info.gdal_type, tile_gt, info.crs_wkt, tile_nodata,
+                              mask, overwrite)
+                rec["image_tif"] = paths.rel(os.path.join(paths.images, tid + ".tif"))
+            if "jpg" in formats:
+                path = os.path.join(cut.images_dir or paths.images, tid + ".jpg")
+                written.append(path)
+                writer.submit(_write_jpeg, path, _to_byte(arr, bands_rgb, stretch, valid), tile_gt,
+                              info.crs_wkt, overwrite)
+                rec["image_jpg"] = paths.rel(os.path.join(paths.images, tid + ".jpg"))
+            records.append(rec)
+        progress.progress(100.0 * (n + 1) / len(by_row))
+    return skipped_nodata
+
+
+def _plan_grid(info, tile_size, stride, edge, aoi_geom, feedback):
+    """The grid's windows, its shape, the wanted windows by grid row, and the count outside the AOI."""
     gt = info.geotransform
-    scene_bounds = windows.Window(0, 0, 0, 0, info.width, info.height).bounds(gt)
-    if aoi_geom is not None and not aoi_geom.Intersects(dataset.tile_polygon(scene_bounds)):
-        raise GullySegError(
-            f"AOI: the area of interest does not overlap the scene '{input_path}' (after reprojection to "
-            f"{info.crs_label}); no tile would be written."
-        )
-
-    root = os.path.abspath(str(output_dir)) if output_dir else None
-    if not root:
-        raise GullySegError("OUTPUT_DIR: no dataset folder given.")
-    paths = dataset.DatasetPaths(root)
-    index_path = os.path.abspath(str(output_index)) if output_index else paths.index
-    if not index_path.lower().endswith(".gpkg"):
-        raise GullySegError(f"OUTPUT_INDEX: '{index_path}' must be a GeoPackage (.gpkg).")
-    _check_output(root, index_path, overwrite, input_path)
-    created = [d for d in (root, paths.images) if not os.path.exists(d)]
-    scene = scene_name or scene_name_from_path(input_path)
-
-    # the grid, the AOI ------------------------------------------------------------------
     grid = list(windows.iter_windows(info.width, info.height, tile_size, stride, edge))
     rows, cols = windows.grid_shape(info.width, info.height, tile_size, stride, edge)
     wanted, skipped_aoi = [], 0
@@ -501,140 +333,14 @@ def grid_tiles(input_path, output_dir, tile_size=DEFAULT_TILE_SIZE, stride=0, ed
         f"EDGE={windows.EDGE_NAMES[edge]}; {len(wanted)} tiles to cut"
         + (f" ({skipped_aoi} outside the AOI)" if aoi_geom is not None else "")
     )
+    return grid, rows, cols, by_row, skipped_aoi
 
-    validity = _Validity(ds, info)
-    pad = validity.pad_values(info.dtype)
-    tile_nodata = list(info.nodata)
-    mask_tiles = not validity.has_nodata_value and not validity.alpha
 
-    stretch = {}
-    share_stretch = 0.0
-    if "jpg" in formats:
-        share_stretch = 10.0 if info.dtype != np.uint8 else 0.0
-        stretch = compute_stretch(ds, bands_rgb, validity, feedback=feedback.scaled(0, share_stretch))
-        if stretch["method"] != "none":
-            feedback.info(
-                "JPEG stretch (whole scene, percentiles {}-{}): ".format(*STRETCH_PERCENTILES)
-                + ", ".join(f"band {b}: {lo:g}..{hi:g}"
-                            for b, lo, hi in zip(bands_rgb, stretch["low"], stretch["high"]))
-            )
-    feedback.check_cancelled()
-
-    # replace an earlier run (only the files this step owns) -------------------------------
-    if overwrite:
-        old = [p for p in _owned_files(root, index_path) if os.path.abspath(p) != os.path.abspath(input_path)]
-        for p in old:
-            _remove(p)
-        if old:
-            feedback.info(f"OVERWRITE: removed {len(old)} file(s) of the earlier run in '{root}'.")
-        kept = [d for d in (dataset.MASKS_DIR, dataset.LABELME_DIR) if os.path.isdir(os.path.join(root, d))
-                and os.listdir(os.path.join(root, d))]
-        if kept:
-            feedback.warn(
-                f"OVERWRITE: kept {', '.join(d + '/' for d in kept)} in '{root}' (annotations and masks are "
-                "never deleted); they match the new tiles only if the grid is unchanged."
-            )
-    os.makedirs(paths.images, exist_ok=True)
-
-    # cut --------------------------------------------------------------------------------
-    progress = feedback.scaled(share_stretch, 99.0)
-    records, written = [], []
-    writer = _TileWriter()
-    skipped_nodata = 0
-    tile_pixels = float(tile_size * tile_size)
-    try:
-        block_h = max(1, ds.GetRasterBand(1).GetBlockSize()[1])
-        grid_rows = sorted(by_row)
-        strips_cached = 0
-        for n, row in enumerate(grid_rows):
-            wins = by_row[row]
-            feedback.check_cancelled()
-            y0 = wins[0].y_off
-            sx0 = min(w.x_off for w in wins)
-            sx1 = min(max(w.x_end for w in wins), info.width)
-            sy1 = min(y0 + tile_size, info.height)
-            strip = gdalio.read_window(ds, sx0, y0, sx1 - sx0, sy1 - y0)
-            strip_valid = validity.valid(strip, sx0, y0, sx1 - sx0, sy1 - y0)
-            # Release the scene's cached blocks so memory stays flat, unless the next strip needs
-            # some of them again (tall blocks, overlapping strides): then after two strips at most.
-            strips_cached += 1
-            nxt = by_row[grid_rows[n + 1]][0].y_off if n + 1 < len(grid_rows) else None
-            if nxt is None or nxt // block_h > (sy1 - 1) // block_h or strips_cached >= 2:
-                ds.FlushCache()
-                strips_cached = 0
-            for win in wins:
-                feedback.check_cancelled()
-                part = win.clip(info.width, info.height)
-                xa, ya, w, h = part
-                cols_slice = slice(xa - sx0, xa - sx0 + w)
-                inner = win.inner_slices(info.width, info.height)
-                if strip_valid is None:
-                    n_valid = w * h
-                else:
-                    valid_part = strip_valid[:, cols_slice]
-                    n_valid = int(np.count_nonzero(valid_part))
-                nodata_frac = 1.0 - n_valid / tile_pixels
-                if nodata_frac > max_nodata:
-                    skipped_nodata += 1
-                    continue
-                padded = w != tile_size or h != tile_size
-                if padded:
-                    arr = np.empty((info.bands, tile_size, tile_size), dtype=strip.dtype)
-                    for b in range(info.bands):
-                        arr[b].fill(pad[b])
-                    arr[(slice(None),) + inner] = strip[:, :, cols_slice]
-                else:
-                    arr = strip[:, :, cols_slice]
-                valid = None
-                if strip_valid is not None or padded:
-                    valid = np.zeros((tile_size, tile_size), dtype=bool)
-                    valid[inner] = True if strip_valid is None else strip_valid[:, cols_slice]
-                tid = dataset.tile_id(scene, win.row, win.col)
-                tile_gt = win.geotransform(gt)
-                rec = {
-                    "tile_id": tid, "row": win.row, "col": win.col, "x_off": win.x_off, "y_off": win.y_off,
-                    "width": tile_size, "height": tile_size, "nodata_frac": round(nodata_frac, 6),
-                    "status": dataset.STATUS_UNSCREENED, "split": "", "image_tif": "", "image_jpg": "",
-                    "bounds": win.bounds(gt),
-                }
-                if "tif" in formats:
-                    path = os.path.join(paths.images, tid + ".tif")
-                    mask = valid if (mask_tiles and valid is not None and not valid.all()) else None
-                    written.append(path)
-                    writer.submit(_write_gtiff, path, arr, info.gdal_type, tile_gt, info.crs_wkt, tile_nodata,
-                                  mask, overwrite)
-                    rec["image_tif"] = paths.rel(path)
-                if "jpg" in formats:
-                    path = os.path.join(paths.images, tid + ".jpg")
-                    written.append(path)
-                    writer.submit(_write_jpeg, path, _to_byte(arr, bands_rgb, stretch, valid), tile_gt,
-                                  info.crs_wkt, overwrite)
-                    rec["image_jpg"] = paths.rel(path)
-                records.append(rec)
-            progress.progress(100.0 * (n + 1) / len(by_row))
-        writer.finish()
-        feedback.check_cancelled()
-        if not records:
-            feedback.warn("No tile was written: every tile exceeded MAX_NODATA or lay outside the AOI.")
-        dataset.write_index(index_path, info.crs_wkt, records, overwrite=True)
-    except BaseException as exc:
-        writer.abort()  # waits for the tiles being written, so none is renamed into place later
-        for path in written:
-            stem = os.path.splitext(path)[0]
-            for side in [path] + [stem + suffix for suffix in (_TIF_SIDES + _JPG_SIDES)]:
-                _remove(side)
-        for folder in reversed(created):  # folders this run created, if left empty
-            with contextlib.suppress(OSError):
-                os.rmdir(folder)
-        if isinstance(exc, Cancelled):
-            feedback.warn(f"Cancelled: removed the {len(written)} tile file(s) written so far; no index was written.")
-        raise
-    finally:
-        ds = None
-
-    skipped = skipped_nodata + skipped_aoi
+def _write_card(root, index_path, input_path, scene, info, stretch, tiling):
+    """The dataset card's 'source', 'tiling' and 'counts' sections after a run."""
     card_stretch = dict(stretch)
     card_stretch.pop("sampled_pixels", None)
+    tiling = dict(tiling, stretch=card_stretch or None, index=dataset.DatasetPaths(root).rel(index_path))
     dataset.update_card(
         root,
         source={
@@ -648,30 +354,130 @@ def grid_tiles(input_path, output_dir, tile_size=DEFAULT_TILE_SIZE, stride=0, ed
             "data_type": gdal.GetDataTypeName(info.gdal_type),
             "nodata": info.nodata,
             "pixel_size": list(info.pixel_size),
-            "geotransform": list(gt),
+            "geotransform": list(info.geotransform),
         },
-        tiling={
-            "tile_size": tile_size,
-            "stride": stride,
-            "edge": windows.EDGE_NAMES[edge],
-            "pad_value": pad if edge == windows.EDGE_PAD else None,
-            "padding_mask": "internal mask band on padded tiles" if mask_tiles else "nodata value",
-            "max_nodata": max_nodata,
-            "aoi": aoi_geom is not None,
-            "formats": formats,
-            "jpeg_bands": bands_rgb if "jpg" in formats else None,
-            "stretch": card_stretch or None,
-            "grid_rows": rows,
-            "grid_cols": cols,
-            "grid_tiles": len(grid),
-            "tile_count": len(records),
-            "skipped_nodata": skipped_nodata,
-            "skipped_aoi": skipped_aoi,
-            "index": dataset.DatasetPaths(root).rel(index_path),
-        },
-        counts={"tiles": len(records), dataset.STATUS_UNSCREENED: len(records),
+        tiling=tiling,
+        counts={"tiles": tiling["tile_count"], dataset.STATUS_UNSCREENED: tiling["tile_count"],
                 dataset.STATUS_KEEP: 0, dataset.STATUS_REJECT: 0},
     )
+
+
+def _jpeg_stretch(ds, formats, bands_rgb, validity, progress, feedback):
+    """The scene-wide stretch of the JPEG tiles ({} without JPEGs), logged."""
+    if "jpg" not in formats:
+        return {}
+    stretch = compute_stretch(ds, bands_rgb, validity, feedback=progress)
+    if stretch["method"] != "none":
+        feedback.info(
+            "JPEG stretch (whole scene, percentiles {}-{}): ".format(*STRETCH_PERCENTILES)
+            + ", ".join(f"band {b}: {lo:g}..{hi:g}" for b, lo, hi in zip(bands_rgb, stretch["low"], stretch["high"]))
+        )
+    return stretch
+
+
+def _warn_web_mercator(input_path, info, feedback):
+    srs = info.srs
+    if srs.GetAuthorityCode(None) in ("3857", "900913") or "Pseudo-Mercator" in (srs.GetName() or ""):
+        feedback.warn(
+            f"INPUT: '{input_path}' is in Web Mercator ({info.crs_label}); its 'metres' are stretched by "
+            "1/cos(latitude), so pixel sizes and areas are not ground distances. Tiling works, but "
+            "consider a UTM CRS for real work."
+        )
+
+
+def grid_tiles(input_path, output_dir, tile_size=DEFAULT_TILE_SIZE, stride=0, edge=windows.EDGE_PAD,
+               max_nodata=DEFAULT_MAX_NODATA, aoi=None, fmt=FORMAT_BOTH, jpeg_bands=None,
+               output_index=None, overwrite=False, feedback=None, scene_name=None) -> TilingResult:
+    """Split ``input_path`` into tiles in the dataset folder ``output_dir``. Returns a TilingResult.
+
+    tile_size: pixels (square). stride: pixels between tile origins; 0 = tile_size (no overlap).
+    edge: windows.EDGE_PAD (0), EDGE_SKIP (1) or EDGE_SHIFT (2).
+    max_nodata: tiles whose nodata fraction (nodata values, mask band, padding) exceeds it are
+        not written. aoi: WKT string(s) or OGR geometries in the scene CRS; only tiles that
+        intersect it are written. fmt: FORMAT_GTIFF, FORMAT_JPEG or FORMAT_BOTH.
+    jpeg_bands: '3,2,1' / [3, 2, 1] / None (default_jpeg_bands). output_index: default
+        <output_dir>/index.gpkg. overwrite: replace the files of an earlier run (only those).
+    """
+    feedback = feedback or Feedback()
+    ds, info = gdalio.open_checked(input_path, "INPUT")
+    _warn_web_mercator(input_path, info, feedback)
+
+    tile_size, stride, max_nodata, formats = _check_parameters(input_path, info, tile_size, stride, edge,
+                                                               max_nodata, fmt)
+    bands_rgb = parse_band_list(jpeg_bands, info.bands) or default_jpeg_bands(ds)
+    aoi_geom = _aoi_geometry(aoi, info.crs_wkt)
+    gt = info.geotransform
+    scene_bounds = windows.bounds_of(gt, 0, 0, info.width, info.height)
+    if aoi_geom is not None and not aoi_geom.Intersects(dataset.tile_polygon(scene_bounds)):
+        raise GullySegError(
+            f"AOI: the area of interest does not overlap the scene '{input_path}' (after reprojection to "
+            f"{info.crs_label}); no tile would be written."
+        )
+
+    root = os.path.abspath(str(output_dir)) if output_dir else None
+    if not root:
+        raise GullySegError("OUTPUT_DIR: no dataset folder given.")
+    paths = dataset.DatasetPaths(root)
+    index_path = os.path.abspath(str(output_index)) if output_index else paths.index
+    if not index_path.lower().endswith(".gpkg"):
+        raise GullySegError(f"OUTPUT_INDEX: '{index_path}' must be a GeoPackage (.gpkg).")
+    _remove_leftovers(root, feedback)  # of a killed run (kill -9)
+    _check_output(root, index_path, overwrite, input_path)
+    created = [d for d in (root, paths.images) if not os.path.exists(d)]
+    # OVERWRITE: the new tiles and index are built beside the old ones and swapped in on success
+    staging, write_index_path = _staging(root, index_path, overwrite)
+    images_dir = os.path.join(staging, dataset.IMAGES_DIR) if staging else paths.images
+    scene = scene_name or scene_name_from_path(input_path)
+
+    grid, rows, cols, by_row, skipped_aoi = _plan_grid(info, tile_size, stride, edge, aoi_geom, feedback)
+
+    validity = _Validity(ds, info)
+    pad = validity.pad_values(DEFAULT_PAD_VALUE)
+    mask_tiles = not validity.has_nodata_value and not validity.alpha
+
+    share_stretch = 10.0 if "jpg" in formats and info.dtype != np.uint8 else 0.0
+    stretch = _jpeg_stretch(ds, formats, bands_rgb, validity, feedback.scaled(0, share_stretch), feedback)
+    feedback.check_cancelled()
+
+    gdalio.make_folder(images_dir, "OUTPUT_DIR")
+
+    # cut --------------------------------------------------------------------------------
+    progress = feedback.scaled(share_stretch, 99.0)
+    records, written = [], []
+    writer = _TileWriter()
+    try:
+        cut = _CutSettings(ds, info, paths, scene, tile_size, max_nodata, formats, bands_rgb, stretch, validity,
+                           pad, mask_tiles, overwrite, images_dir)
+        skipped_nodata = _cut_rows(cut, by_row, writer, records, written, feedback, progress)
+        writer.finish()
+        feedback.check_cancelled()
+        if not records:
+            feedback.warn("No tile was written: every tile exceeded MAX_NODATA or lay outside the AOI.")
+        dataset.write_index(write_index_path, info.crs_wkt, records, overwrite=True)
+        if staging:
+            feedback.check_cancelled()
+            _swap_in(root, index_path, input_path, staging, write_index_path, feedback)
+    except BaseException as exc:
+        writer.abort()  # waits for the tiles being written, so none is renamed into place later
+        if staging:
+            _drop_staging(staging, write_index_path)
+        _undo([] if staging else written, created)
+        if isinstance(exc, Cancelled):
+            feedback.warn(f"Cancelled: removed the {len(written)} tile file(s) written so far; no index was written"
+                          + ("; the earlier dataset is unchanged." if staging else "."))
+        raise
+    finally:
+        ds = None
+
+    skipped = skipped_nodata + skipped_aoi
+    _write_card(root, index_path, input_path, scene, info, stretch, dict(
+        tile_size=tile_size, stride=stride, edge=windows.EDGE_NAMES[edge],
+        pad_value=pad if edge == windows.EDGE_PAD else None,
+        padding_mask="internal mask band on padded tiles" if mask_tiles else "nodata value",
+        max_nodata=max_nodata, aoi=aoi_geom is not None, formats=formats,
+        jpeg_bands=bands_rgb if "jpg" in formats else None, grid_rows=rows, grid_cols=cols, grid_tiles=len(grid),
+        tile_count=len(records), skipped_nodata=skipped_nodata, skipped_aoi=skipped_aoi,
+    ))
     feedback.progress(100.0)
     feedback.info(
         f"{len(records)} tiles written to '{paths.images}', {skipped} skipped "
@@ -682,10 +488,3 @@ def grid_tiles(input_path, output_dir, tile_size=DEFAULT_TILE_SIZE, stride=0, ed
         skipped_nodata=skipped_nodata, skipped_aoi=skipped_aoi, grid_rows=rows, grid_cols=cols,
         records=records, stretch=stretch,
     )
-
-
-def _remove(path):
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass

@@ -7,6 +7,9 @@ past the raster's right or bottom edge (EDGE=pad); ``clip`` gives the part to re
 
 import math
 from dataclasses import dataclass
+from typing import Callable, Iterator, Optional
+
+from osgeo import gdal
 
 from .errors import GullySegError
 
@@ -26,25 +29,21 @@ class Window:
     height: int
 
     @property
-    def x_end(self):
+    def x_end(self) -> int:
         return self.x_off + self.width
 
     @property
-    def y_end(self):
+    def y_end(self) -> int:
         return self.y_off + self.height
 
-    def clip(self, raster_width, raster_height, x0=0, y0=0):
+    def clip(self, raster_width, raster_height, x0=0, y0=0) -> Optional[tuple]:
         """The part of this window inside ``[x0, raster_width) x [y0, raster_height)``.
 
         Returns ``(x_off, y_off, width, height)`` in raster pixels, or None when empty.
         """
-        xa, ya = max(self.x_off, x0), max(self.y_off, y0)
-        xb, yb = min(self.x_end, raster_width), min(self.y_end, raster_height)
-        if xb <= xa or yb <= ya:
-            return None
-        return xa, ya, xb - xa, yb - ya
+        return intersection(self.rect, (x0, y0, raster_width - x0, raster_height - y0))
 
-    def inner_slices(self, raster_width, raster_height, x0=0, y0=0):
+    def inner_slices(self, raster_width, raster_height, x0=0, y0=0) -> Optional[tuple]:
         """Numpy slices ``(rows, cols)`` of the clipped part inside a window-sized array."""
         part = self.clip(raster_width, raster_height, x0, y0)
         if part is None:
@@ -52,24 +51,88 @@ class Window:
         xa, ya, w, h = part
         return (slice(ya - self.y_off, ya - self.y_off + h), slice(xa - self.x_off, xa - self.x_off + w))
 
-    def geotransform(self, gt):
-        """Geotransform of this window, given the raster's (north-up or not)."""
-        return (
-            gt[0] + self.x_off * gt[1] + self.y_off * gt[2],
-            gt[1],
-            gt[2],
-            gt[3] + self.x_off * gt[4] + self.y_off * gt[5],
-            gt[4],
-            gt[5],
-        )
+    @property
+    def rect(self) -> tuple:
+        """(x_off, y_off, width, height): the plain rectangle."""
+        return self.x_off, self.y_off, self.width, self.height
 
-    def bounds(self, gt):
+    def geotransform(self, gt) -> tuple:
+        """Geotransform of this window, given the raster's (north-up or not)."""
+        return geotransform_at(gt, self.x_off, self.y_off)
+
+    def bounds(self, gt) -> tuple:
         """(xmin, ymin, xmax, ymax) in map units, for a north-up geotransform."""
-        xa = gt[0] + self.x_off * gt[1]
-        xb = gt[0] + self.x_end * gt[1]
-        ya = gt[3] + self.y_off * gt[5]
-        yb = gt[3] + self.y_end * gt[5]
-        return min(xa, xb), min(ya, yb), max(xa, xb), max(ya, yb)
+        return bounds_of(gt, self.x_off, self.y_off, self.width, self.height)
+
+
+def window_of(x_off, y_off, width, height) -> Window:
+    """A ``Window`` for a plain rectangle (grid row and column 0)."""
+    return Window(0, 0, int(x_off), int(y_off), int(width), int(height))
+
+
+# --- geometry of rectangles of pixels ---------------------------------------------------------
+# A rectangle is (x_off, y_off, width, height) in pixels of a raster with geotransform ``gt``.
+
+def geotransform_at(gt, x_off, y_off) -> tuple:
+    """Geotransform of the rectangle whose top-left pixel is (x_off, y_off) (north-up or not)."""
+    return (
+        gt[0] + x_off * gt[1] + y_off * gt[2],
+        gt[1],
+        gt[2],
+        gt[3] + x_off * gt[4] + y_off * gt[5],
+        gt[4],
+        gt[5],
+    )
+
+
+def bounds_of(gt, x_off, y_off, width, height) -> tuple:
+    """(xmin, ymin, xmax, ymax) in map units of a rectangle, for a north-up geotransform."""
+    xa = gt[0] + x_off * gt[1]
+    xb = gt[0] + (x_off + width) * gt[1]
+    ya = gt[3] + y_off * gt[5]
+    yb = gt[3] + (y_off + height) * gt[5]
+    return min(xa, xb), min(ya, yb), max(xa, xb), max(ya, yb)
+
+
+def from_bounds(gt, bounds, width=None, height=None, eps=1e-6) -> Optional[tuple]:
+    """The pixel rectangle covering map ``bounds`` (xmin, ymin, xmax, ymax), north-up ``gt``.
+
+    Snapped outward to whole pixels (a pixel the bounds touch by less than ``eps`` of a pixel is
+    left out), clipped to ``[0, width) x [0, height)`` when given. Returns (x_off, y_off, w, h),
+    or None when nothing is left.
+    """
+    xmin, ymin, xmax, ymax = (float(v) for v in bounds)
+    c0 = math.floor((xmin - gt[0]) / gt[1] + eps)
+    c1 = math.ceil((xmax - gt[0]) / gt[1] - eps)
+    r0 = math.floor((ymax - gt[3]) / gt[5] + eps)
+    r1 = math.ceil((ymin - gt[3]) / gt[5] - eps)
+    if width is not None:
+        c0, c1 = max(0, c0), min(int(width), c1)
+    if height is not None:
+        r0, r1 = max(0, r0), min(int(height), r1)
+    if c1 <= c0 or r1 <= r0:
+        return None
+    return c0, r0, c1 - c0, r1 - r0
+
+
+def to_pixel(gt) -> Callable[[float, float], tuple]:
+    """(x, y) map coordinates -> (col, row) for geotransform ``gt``: the inverse geotransform,
+    computed as GDAL's rasterizer does."""
+    inv = gdal.InvGeoTransform(tuple(gt))
+
+    def _apply(x, y):
+        return inv[0] + x * inv[1] + y * inv[2], inv[3] + x * inv[4] + y * inv[5]
+
+    return _apply
+
+
+def intersection(a, b) -> Optional[tuple]:
+    """The common part of two rectangles (x_off, y_off, w, h), or None when they do not overlap."""
+    x0, y0 = max(a[0], b[0]), max(a[1], b[1])
+    x1, y1 = min(a[0] + a[2], b[0] + b[2]), min(a[1] + a[3], b[1] + b[3])
+    if x1 <= x0 or y1 <= y0:
+        return None
+    return x0, y0, x1 - x0, y1 - y0
 
 
 def _offsets(start, length, size, stride, edge):
@@ -86,7 +149,7 @@ def _offsets(start, length, size, stride, edge):
     return offsets
 
 
-def grid_shape(width, height, size, stride=None, edge=EDGE_PAD, region=None):
+def grid_shape(width, height, size, stride=None, edge=EDGE_PAD, region=None) -> tuple:
     """(rows, cols) of the grid ``iter_windows`` yields for the same arguments."""
     xs, ys = _axes(width, height, size, stride, edge, region)
     return len(ys), len(xs)
@@ -119,7 +182,7 @@ def _axes(width, height, size, stride, edge, region):
     return _offsets(x0, w, sx, tx, edge), _offsets(y0, h, sy, ty, edge)
 
 
-def iter_windows(width, height, size, stride=None, edge=EDGE_PAD, region=None):
+def iter_windows(width, height, size, stride=None, edge=EDGE_PAD, region=None) -> Iterator[Window]:
     """Yield ``Window`` objects in row-major (grid) order.
 
     width, height: raster size in pixels.
@@ -134,11 +197,20 @@ def iter_windows(width, height, size, stride=None, edge=EDGE_PAD, region=None):
             yield Window(r, c, x, y, sx, sy)
 
 
-def iter_blocks(width, height, block_width, block_height):
+def iter_blocks(width, height, block_width, block_height, region=None) -> Iterator[tuple]:
     """Yield (x_off, y_off, w, h) strips/blocks that exactly cover the raster (no padding).
 
-    For streaming a raster block by block, aligned to its internal block size.
+    For streaming a raster block by block, aligned to its internal block size. ``region``
+    (x_off, y_off, w, h): cover that rectangle instead, in blocks of the same size from its corner.
     """
-    for y in range(0, height, block_height):
-        for x in range(0, width, block_width):
-            yield x, y, min(block_width, width - x), min(block_height, height - y)
+    x0, y0, w, h = region if region is not None else (0, 0, width, height)
+    for y in range(y0, y0 + h, block_height):
+        for x in range(x0, x0 + w, block_width):
+            yield x, y, min(block_width, x0 + w - x), min(block_height, y0 + h - y)
+
+
+def iter_strips(width, height, rows, region=None) -> Iterator[tuple]:
+    """Yield (x_off, y_off, w, n) full-width strips of ``rows`` rows covering the raster (or
+    ``region``); the last strip may be shorter. For reading a raster top to bottom."""
+    x0, y0, w, h = region if region is not None else (0, 0, width, height)
+    yield from iter_blocks(width, height, max(1, w), max(1, int(rows)), (x0, y0, w, h))
