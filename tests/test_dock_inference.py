@@ -13,7 +13,7 @@ import numpy as np
 import onnx_models
 import pytest
 from osgeo import gdal
-from qgis.core import QgsApplication, QgsProject, QgsRasterLayer, QgsVectorLayer
+from qgis.core import QgsApplication, QgsProject, QgsRasterLayer, QgsSettings, QgsVectorLayer
 
 from gullyseg import compat
 from gullyseg.ui import settings
@@ -436,11 +436,25 @@ def test_models_in_the_project_folder_are_offered(make_tab, model, tmp_path):
     shutil.copy(model, tmp_path / "models" / "trained_unet.onnx")
     shutil.copy(model, tmp_path / "beside_project.onnx")
     QgsProject.instance().setFileName(str(tmp_path / "valley.qgz"))  # the project's home folder
-    tab = make_tab()
+    # a model gullyseg:trainmodel wrote elsewhere on this profile (remembered in the settings)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(model, elsewhere / "my_unet.onnx")
+    from gullyseg.processing.algorithms import trainmodel
+
+    saved = QgsSettings().value(trainmodel.SETTINGS_TRAINED_MODELS, [])
+    trainmodel.remember_trained_model(str(elsewhere / "my_unet.onnx"))
+    trainmodel.remember_trained_model(str(tmp_path / "models" / "trained_unet.onnx"))
+    try:
+        tab = make_tab()
+    finally:
+        QgsSettings().setValue(trainmodel.SETTINGS_TRAINED_MODELS, saved)
     labels = [tab.modelCombo.itemText(i) for i in range(tab.modelCombo.count())]
     assert labels[1] == "Demo model (synthetic scenes only)"
-    assert "trained_unet (project/models)" in labels and "beside_project (project)" in labels
-    index = labels.index("trained_unet (project/models)")
+    assert labels[2:4] == ["trained_unet (trained here)", "my_unet (trained here)"]  # newest first
+    assert "beside_project (project)" in labels
+    assert "trained_unet (project/models)" not in labels  # listed once
+    index = labels.index("trained_unet (trained here)")
     tab.modelCombo.setCurrentIndex(index)
     tab.modelCombo.activated.emit(index)  # as a click on the entry does
     assert tab.modelWidget.filePath() == str(tmp_path / "models" / "trained_unet.onnx")

@@ -79,19 +79,22 @@ class RunFeedback(QgsProcessingFeedback):
         super().pushInfo(info)
 
 
-def known_models(home_path):
-    """[(label, path)]: the demo model, then .onnx files in ``home_path`` and ``home_path/models``."""
+def known_models(home_path, trained=()):
+    """[(label, path)]: the demo model, the models gullyseg:trainmodel wrote on this profile
+    (``trained``, newest first), then .onnx files in ``home_path`` and ``home_path/models``."""
     found = []
     if os.path.exists(DEFAULT_MODEL):
         found.append(("Demo model (synthetic scenes only)", DEFAULT_MODEL))
+    for path in trained:
+        found.append((f"{os.path.splitext(os.path.basename(path))[0]} (trained here)", path))
+    seen = {os.path.abspath(p) for _, p in found}
     if home_path:
         for folder in (home_path, os.path.join(home_path, "models")):
             if not os.path.isdir(folder):
                 continue
             for name in sorted(os.listdir(folder)):
                 path = os.path.join(folder, name)
-                if name.lower().endswith(".onnx") and os.path.isfile(path) and \
-                        os.path.abspath(path) != os.path.abspath(DEFAULT_MODEL):
+                if name.lower().endswith(".onnx") and os.path.isfile(path) and os.path.abspath(path) not in seen:
                     where = "project" if folder == home_path else "project/models"
                     found.append((f"{os.path.splitext(name)[0]} ({where})", path))
     return found
@@ -235,7 +238,9 @@ class InferenceTab(QWidget, FORM_CLASS):
         combo.blockSignals(True)
         combo.clear()
         combo.addItem("Choose a model…", "")
-        for label, path in known_models(QgsProject.instance().homePath()):
+        from ..processing.algorithms.trainmodel import trained_models
+
+        for label, path in known_models(QgsProject.instance().homePath(), trained_models()):
             combo.addItem(label, path)
             combo.setItemData(combo.count() - 1, path, Qt.ItemDataRole.ToolTipRole)
         index = combo.findData(current) if current else -1
