@@ -460,3 +460,14 @@ def test_models_in_the_project_folder_are_offered(make_tab, model, tmp_path):
     assert tab.modelWidget.filePath() == str(tmp_path / "models" / "trained_unet.onnx")
     assert tab.wait_for_model_info()
     assert "Runs on" in tab.modelInfoLabel.text()  # its metadata in the panel
+
+
+def test_model_panel_shows_which_head_and_channel_give_the_gully_score(make_tab, tmp_path):
+    """A model with two heads: the panel names the head and channel chosen, and why (issue 16)."""
+    path = onnx_models.make_two_head_model(
+        tmp_path / "heads.onnx", metadata={"class_names": [{"0": "edge"}, {"0": "background", "1": "gully"}]})
+    tab = make_tab()
+    tab.modelWidget.setFilePath(str(path))
+    assert tab.wait_for_model_info()
+    text = tab.modelInfoLabel.text()
+    assert "Gully score" in text and "channel 1 of 'seg' (2 outputs)" in text and "class_names" in text

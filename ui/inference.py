@@ -119,23 +119,22 @@ def model_summary_html(info):
             return f"{value:g}"
         return str(value)
 
-    classes = info.get("classes") or info.get("class_names")
+    classes = info.get("classes")
     gully = info.get("gully_class_name")
     if classes and gully:
         classes = ", ".join(f"<b>{c}</b>" if c == gully else str(c) for c in classes)
-    window = info.get("window") or info.get("window_size") or info.get("tile_size")
+    window = info.get("window")  # onnx_model.ModelInfo.describe(): an int, or [width, height]
     if isinstance(window, (list, tuple)) and len(window) == 2:
         window = f"{window[0]} x {window[1]} px"
     elif window:
         window = f"{window} x {window} px"
     if window and info.get("window_fixed") is False:
         window += " (model takes any size)"
+    if window and info.get("context_margin"):
+        window += f", context margin {info['context_margin']} px"
     resolution = info.get("resolution_cm")
-    if isinstance(resolution, (int, float)):
-        resolution = f"{resolution / 100.0:g} m/px"
-    else:
-        resolution = info.get("resolution")
-    norm = info.get("normalisation") or info.get("normalization")
+    resolution = f"{resolution / 100.0:g} m/px" if isinstance(resolution, (int, float)) else None
+    norm = info.get("normalisation")
     if isinstance(norm, dict):
         scale = norm.get("input_max")
         if isinstance(scale, str) and scale.startswith("255 for 8-bit"):
@@ -145,8 +144,15 @@ def model_summary_html(info):
         if mean is not None and std is not None:
             parts.append(f"mean {fmt(mean)} · std {fmt(std)}")
         norm = "<br>".join(p for p in parts if p)
+    outputs = info.get("outputs") or []
+    score = f"channel {info.get('gully_class')} of '{info.get('output')}'"
+    if len(outputs) > 1:
+        score += f" ({len(outputs)} outputs)"
+    if info.get("gully_choice"):
+        score += f": {info['gully_choice']}"
     rows = [
         ("Classes", fmt(classes)),
+        ("Gully score", score),
         ("Window", fmt(window)),
         ("Channels", fmt(info.get("channels")) + (f" (bands {fmt(info['bands'])})" if info.get("bands") else "")),
         ("Resolution", fmt(resolution)),
