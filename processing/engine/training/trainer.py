@@ -33,7 +33,7 @@ DEFAULTS = {
 REPORT_TILES = 12
 
 
-def card_checksum(root):
+def card_checksum(root) -> str:
     """sha256 of dataset.json and split.json (what the model was trained from)."""
     h = hashlib.sha256()
     for name in ("dataset.json", "split.json"):
@@ -57,13 +57,13 @@ def _atomic_torch_save(obj, path):
             os.remove(tmp)
 
 
-def load_checkpoint(path, what="RESUME"):
+def load_checkpoint(path, what="RESUME") -> dict:
     torch, _ = require_torch()
     if not os.path.isfile(str(path)):
         raise GullySegError(f"{what}: the checkpoint '{path}' does not exist.")
     try:
         ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many kinds
         raise GullySegError(f"{what}: cannot read the checkpoint '{path}': {exc}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise GullySegError(f"{what}: '{path}' is not a GullySeg training checkpoint (written by OUTPUT_CHECKPOINT).")
@@ -97,7 +97,7 @@ def train_model(dataset_root, output_model, architecture=None, encoder=None, enc
                 fine_tune_from=None, freeze_encoder=False, epochs=30, batch_size=8, learning_rate="auto",
                 loss="ce+dice", class_weights=False, early_stopping=0, augment=True, seed=42, device="auto",
                 threads=0, output_checkpoint=None, resume=None, output_report=None, max_minutes=None,
-                feedback=None):
+                feedback=None) -> dict:
     """Train, select on val, score on test, export. Returns a dict of results (see the algorithm).
 
     max_minutes: an optional time budget for the epochs (tools/train_demo_model.py); no new epoch
@@ -260,7 +260,7 @@ def train_model(dataset_root, output_model, architecture=None, encoder=None, enc
     }
 
 
-def data_export(net, output_model, spec, record, check_batch, dynamic, feedback):
+def data_export(net, output_model, spec, record, check_batch, dynamic, feedback) -> tuple:
     from . import export
 
     return export.export_model(net, output_model, spec, record, check_batch, dynamic=dynamic, feedback=feedback)
