@@ -1,4 +1,4 @@
-"""gullyseg:segmentmany - segment many scenes on a Dask cluster (engine: distributed.py)."""
+"""gullyseg:segmentmany - segment many scenes on a Dask cluster (engine: engine/distributed/)."""
 
 from qgis.core import (
     QgsProcessingOutputFolder,
