@@ -124,11 +124,13 @@ def test_runs_a_model_and_adds_styled_layers(make_tab, segment, model, scene_fac
     symbol = polys.renderer().symbol()
     assert symbol.symbolLayer(0).brushStyle() == 0  # Qt.NoBrush: outlines only
 
-    # the same as the algorithm run directly (as the Toolbox does), pixel for pixel
+    # the same as the algorithm run directly (as the Toolbox does), pixel for pixel; the dock leaves
+    # MIN_AREA at segment's default (the area of 4 pixels), as its spin box says
+    assert tab.minAreaSpin.text() == "Default (4 px)"
     direct = run_alg(segment, {
         "INPUT": str(scene), "MODEL": model, "BATCH_SIZE": 4, "TTA": 0, "THRESHOLD": 0.4,
         "OUTPUT_PROBABILITY": str(tmp_path / "p.tif"), "OUTPUT_MASK": str(tmp_path / "m.tif"),
-        "OUTPUT_POLYGONS": str(tmp_path / "g.gpkg"), "MIN_AREA": 0.0, "SIMPLIFY": 0.0,
+        "OUTPUT_POLYGONS": str(tmp_path / "g.gpkg"), "SIMPLIFY": 0.0,
     })
     np.testing.assert_array_equal(read(prob.source()), read(direct["OUTPUT_PROBABILITY"]))
     np.testing.assert_array_equal(read(mask.source()), read(direct["OUTPUT_MASK"]))

@@ -206,3 +206,15 @@ def test_nan_output_is_an_error_naming_model_and_window(scene, tmp_path, activat
     assert not out.exists() or not list(out.iterdir())
     with pytest.raises(GullySegError, match="NaN"):
         inference.predict_array(onnx_model.load_model(path), _raw(scene)[:, :200, :200])
+
+
+@pytest.mark.parametrize("out_channels,activation", [(2, "none"), (2, "softmax"), (1, "sigmoid")])
+def test_unprobed_load_reads_the_declared_channels_like_the_probe(tmp_path, out_channels, activation):
+    """load_model(probe=False) (trainmodel's export check) sees the channels and rank the probe sees."""
+    path = om.make_fcn_model(tmp_path / "m.onnx", out_channels=out_channels, activation=activation,
+                             metadata={"gullyseg": '{"gully_class": %d}' % (out_channels - 1)})
+    probed = onnx_model.load_model(path, threads=1)
+    declared = onnx_model.load_model(path, threads=1, probe=False)
+    assert len(declared.class_names) == len(probed.class_names) == out_channels
+    assert declared.output_rank == probed.output_rank == 4
+    assert declared.gully_class == probed.gully_class == out_channels - 1

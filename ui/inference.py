@@ -442,7 +442,8 @@ class InferenceTab(QWidget, FORM_CLASS):
                 raise ValueError("Choose the polygon layer that limits the area.")
             params["MASK_LAYER"] = mask.id()
         if self.polygonsCheck.isChecked():
-            params["MIN_AREA"] = self.minAreaSpin.value()
+            if self.minAreaSpin.value() >= 0:  # else segment's default: the area of 4 pixels
+                params["MIN_AREA"] = self.minAreaSpin.value()
             params["SIMPLIFY"] = self.simplifySpin.value()
 
         folder = None

@@ -27,7 +27,7 @@ DEFAULTS = {
     "inference/out_mask": True,
     "inference/out_polygons": True,
     "inference/temporary": True,
-    "inference/min_area": 0.0,
+    "inference/min_area": -1.0,  # -1: segment's default (the area of 4 pixels)
     "inference/simplify": 0.0,
 }
 

@@ -179,4 +179,4 @@ def _declared_output(out, path):
     channels = 1 if len(oshape) == 3 else (_dim(oshape[1]) if len(oshape) == 4 else None)
     if channels is None:
         raise GullySegError(f"MODEL: '{path}' output '{out.name}' has an unknown number of channels {oshape}.")
-    return [None, channels, None, None] if len(oshape) == 4 else [None, None, None]  # the output's rank
+    return [None, channels, None, None] if len(oshape) == 4 else [None, None, None]  # the probe's rank
