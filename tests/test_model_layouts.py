@@ -212,7 +212,7 @@ def test_nan_output_is_an_error_naming_model_and_window(scene, tmp_path, activat
 def test_unprobed_load_reads_the_declared_channels_like_the_probe(tmp_path, out_channels, activation):
     """load_model(probe=False) (trainmodel's export check) sees the channels and rank the probe sees."""
     path = om.make_fcn_model(tmp_path / "m.onnx", out_channels=out_channels, activation=activation,
-                             metadata={"gullyseg": '{"gully_class": %d}' % (out_channels - 1)})
+                             metadata={"gullyseg": f'{{"gully_class": {out_channels - 1}}}'})
     probed = onnx_model.load_model(path, threads=1)
     declared = onnx_model.load_model(path, threads=1, probe=False)
     assert len(declared.class_names) == len(probed.class_names) == out_channels

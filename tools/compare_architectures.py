@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import train_demo_model as demo  # noqa: E402  (registers the gullyseg package)
+import train_demo_model as demo
 
-from gullyseg.processing.engine.training import compare, deps, models, trainer  # noqa: E402
+from gullyseg.processing.engine.training import compare, deps, models, trainer
 
 DEFAULT_ARCHS = "unet,fpn,deeplabv3plus,segformer"
 
@@ -66,7 +66,7 @@ def main(argv=None):
                                       batch_size=args.batch, learning_rate=args.lr, seed=args.seed,
                                       threads=args.threads, max_minutes=args.minutes,
                                       output_report=str(path.with_suffix(".html")), feedback=log)
-        except Exception as exc:  # a refused architecture is reported in the table, not fatal
+        except Exception as exc:  # noqa: BLE001 - a refused architecture is reported in the table, not fatal
             log.warn(f"{arch}: {exc}")
             runs.append({"architecture": arch, "encoder": encoder, "error": str(exc)})
             continue

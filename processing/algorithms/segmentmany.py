@@ -1,4 +1,4 @@
-"""gullyseg:segmentmany - segment many scenes on a Dask cluster (engine: distributed.py)."""
+"""gullyseg:segmentmany - segment many scenes on a Dask cluster (engine: engine/distributed/)."""
 
 from qgis.core import (
     QgsProcessingOutputFolder,
@@ -141,13 +141,7 @@ class SegmentManyAlgorithm(GullySegAlgorithm):
         self.addOutput(QgsProcessingOutputNumber(self.GULLY_AREA_M2, self.tr("Gully area of all scenes (m²)")))
         self.addOutput(QgsProcessingOutputFolder(self.OUTPUT_DIR, self.tr("Output folder")))
 
-    def _optional(self, parameters, name, context, kind):
-        """An optional number: None when empty or -1 (as in 'segment')."""
-        if parameters.get(name) in (None, ""):
-            return None
-        value = self.parameterAsInt(parameters, name, context) if kind is int else \
-            self.parameterAsDouble(parameters, name, context)
-        return None if value == -1 else value
+    _optional = SegmentAlgorithm._optional  # an optional number: None when empty or -1, as in 'segment'
 
     def execute(self, parameters, context, feedback):
         fb = self.engine_feedback(feedback)

@@ -93,6 +93,42 @@ def _place_jpeg(grid, rec, paths, out_dir, feedback):
     return os.path.basename(target), True
 
 
+def _prefill_layer(prefill, feedback):
+    """(datasource, layer): PREFILL's polygons (WKT or ogr geometries, made valid) in a memory layer."""
+    prefill_ds = ogr.GetDriverByName("Memory").CreateDataSource("prefill")  # keeps the layer alive
+    layer = prefill_ds.CreateLayer("p", None, ogr.wkbUnknown)
+    count = 0
+    for k, wkt in enumerate(prefill):
+        if k % 1000 == 0:
+            feedback.check_cancelled()
+        geom = ogr.CreateGeometryFromWkt(wkt) if isinstance(wkt, str) else wkt
+        if geom is None or geom.IsEmpty():
+            continue
+        if not geom.IsValid():
+            geom = geom.MakeValid()
+        feat = ogr.Feature(layer.GetLayerDefn())
+        feat.SetGeometry(geom)
+        layer.CreateFeature(feat)
+        count += 1
+    feedback.info(f"PREFILL: {count} polygon feature(s).")
+    return prefill_ds, layer
+
+
+def _write_labels_file(labels_file, label, feedback):
+    """labels.txt with ``label``: a new file, or ``label`` appended to an existing one that lacks it."""
+    if not os.path.exists(labels_file):
+        with gdalio.atomic_output(labels_file, what="OUTPUT_DIR") as tmp:
+            labelme.write_labels_txt(tmp, [label])
+    else:
+        text = safefiles.read_bytes(labels_file, "OUTPUT_DIR", safefiles.MAX_TEXT_BYTES).decode("utf-8", "replace")
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+        if label not in names:
+            with gdalio.atomic_output(labels_file, overwrite=True, what="OUTPUT_DIR") as tmp:
+                with open(tmp, "w", encoding="utf-8") as handle:
+                    handle.write(text + ("" if not text or text.endswith("\n") else "\n") + label + "\n")
+            feedback.info(f"Added '{label}' to the existing {labels_file}.")
+
+
 def export_labelme(index_path: str, only_kept: bool = True, prefill: Optional[Iterable] = None, label: str = "gully",
                    output_dir: Optional[str] = None, feedback: Optional[Feedback] = None) -> ExportResult:
     """Write <dataset>/labelme/<tile_id>.json (+ its JPEG) for the tiles to annotate, and labels.txt.
@@ -121,24 +157,7 @@ def export_labelme(index_path: str, only_kept: bool = True, prefill: Optional[It
                                 "outside the folder; GullySeg does not write through it. Remove the link.")
         safefiles.require_regular(labels_file, "OUTPUT_DIR")
     gdalio.make_folder(out_dir, "OUTPUT_DIR")
-    layer = None
-    if prefill is not None:
-        prefill_ds = ogr.GetDriverByName("Memory").CreateDataSource("prefill")  # keeps the layer alive
-        layer = prefill_ds.CreateLayer("p", None, ogr.wkbUnknown)
-        count = 0
-        for k, wkt in enumerate(prefill):
-            if k % 1000 == 0:
-                feedback.check_cancelled()
-            geom = ogr.CreateGeometryFromWkt(wkt) if isinstance(wkt, str) else wkt
-            if geom is None or geom.IsEmpty():
-                continue
-            if not geom.IsValid():
-                geom = geom.MakeValid()
-            feat = ogr.Feature(layer.GetLayerDefn())
-            feat.SetGeometry(geom)
-            layer.CreateFeature(feat)
-            count += 1
-        feedback.info(f"PREFILL: {count} polygon feature(s).")
+    prefill_ds, layer = _prefill_layer(prefill, feedback) if prefill is not None else (None, None)
     written = skipped = shapes_total = jpegs = 0
     updates = {}
     for k, rec in enumerate(tiles):
@@ -162,17 +181,7 @@ def export_labelme(index_path: str, only_kept: bool = True, prefill: Optional[It
         written += 1
         shapes_total += len(shapes)
         updates[tid] = {"labelme": _rel_or_abs(paths, json_path)}
-    if not os.path.exists(labels_file):
-        with gdalio.atomic_output(labels_file, what="OUTPUT_DIR") as tmp:
-            labelme.write_labels_txt(tmp, [label])
-    else:
-        text = safefiles.read_bytes(labels_file, "OUTPUT_DIR", safefiles.MAX_TEXT_BYTES).decode("utf-8", "replace")
-        names = [line.strip() for line in text.splitlines() if line.strip()]
-        if label not in names:
-            with gdalio.atomic_output(labels_file, overwrite=True, what="OUTPUT_DIR") as tmp:
-                with open(tmp, "w", encoding="utf-8") as handle:
-                    handle.write(text + ("" if not text or text.endswith("\n") else "\n") + label + "\n")
-            feedback.info(f"Added '{label}' to the existing {labels_file}.")
+    _write_labels_file(labels_file, label, feedback)
     dataset.update_index(index_path, updates)
     dataset.update_card(paths.root, labelme={
         "folder": _rel_or_abs(paths, out_dir),

@@ -289,6 +289,29 @@ def _labels_card(classes, all_touched, line_width, point_radius, ignore_nodata, 
     }
 
 
+def _mask_targets(per_tile, layer, records, output_dir, overwrite, bad_files, problems, report_path):
+    """(sorted tile ids, {tile id: mask path}): the tiles with Labelme shapes, and every kept tile when
+    polygons are given; refuses none, or existing masks without OVERWRITE."""
+    targets = set(per_tile)
+    if layer is not None:
+        targets |= {r["tile_id"] for r in dataset.tiles_for_work(records, only_kept=True)}
+    targets = sorted(targets)
+    if not targets:
+        write_report(report_path, problems)
+        raise GullySegError(
+            "LABELME_DIR: no tile has a usable Labelme file"
+            + (f" ({len(bad_files)} file(s) had errors)" if bad_files else "") + "; no mask written."
+        )
+    masks = {tid: os.path.join(output_dir, f"{tid}.tif") for tid in targets}
+    existing = [p for p in masks.values() if os.path.exists(p)]
+    if existing and not overwrite:
+        raise GullySegError(
+            f"OUTPUT_DIR: {len(existing)} mask(s) already exist in '{output_dir}' (e.g. "
+            f"{os.path.basename(existing[0])}); set OVERWRITE=true to replace them."
+        )
+    return targets, masks
+
+
 def rasterize_labels(index_path: str, labelme_dir: Optional[str] = None, vector: Any = None,
                      vector_crs: Optional[str] = None, classes: Optional[labelme.ClassMap] = None,
                      all_touched: bool = False, line_width: float = 10.0, point_radius: float = 5.0,
@@ -335,23 +358,8 @@ def rasterize_labels(index_path: str, labelme_dir: Optional[str] = None, vector:
     _stop_on_problems(problems, errors, bad_files, classes, strict, report_path, feedback)
 
     # 4. Which tiles get a mask -------------------------------------------------------------
-    targets = set(per_tile)
-    if layer is not None:
-        targets |= {r["tile_id"] for r in dataset.tiles_for_work(records, only_kept=True)}
-    targets = sorted(targets)
-    if not targets:
-        write_report(report_path, problems)
-        raise GullySegError(
-            "LABELME_DIR: no tile has a usable Labelme file"
-            + (f" ({len(bad_files)} file(s) had errors)" if bad_files else "") + "; no mask written."
-        )
-    masks = {tid: os.path.join(output_dir, f"{tid}.tif") for tid in targets}
-    existing = [p for p in masks.values() if os.path.exists(p)]
-    if existing and not overwrite:
-        raise GullySegError(
-            f"OUTPUT_DIR: {len(existing)} mask(s) already exist in '{output_dir}' (e.g. "
-            f"{os.path.basename(existing[0])}); set OVERWRITE=true to replace them."
-        )
+    targets, masks = _mask_targets(per_tile, layer, records, output_dir, overwrite, bad_files, problems,
+                                   report_path)
 
     # 5. Burn and write ----------------------------------------------------------------------
     gdalio.make_folder(output_dir, "OUTPUT_DIR")

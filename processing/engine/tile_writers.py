@@ -161,6 +161,17 @@ def _check_output(root, index_path, overwrite, input_path):
         raise GullySegError(f"OUTPUT_DIR: the input '{input_path}' would be replaced by this run's outputs.")
 
 
+def _warn_kept(root, feedback):
+    """OVERWRITE never deletes masks/ or labelme/: say that they are kept."""
+    kept = [d for d in (dataset.MASKS_DIR, dataset.LABELME_DIR) if os.path.isdir(os.path.join(root, d))
+            and os.listdir(os.path.join(root, d))]
+    if kept:
+        feedback.warn(
+            f"OVERWRITE: kept {', '.join(d + '/' for d in kept)} in '{root}' (annotations and masks are "
+            "never deleted); they match the new tiles only if the grid is unchanged."
+        )
+
+
 def _remove_earlier_run(root, index_path, input_path, feedback):
     """OVERWRITE: remove the files an earlier run of this step wrote (only those; never masks or
     annotations, which are reported as kept)."""
@@ -169,13 +180,7 @@ def _remove_earlier_run(root, index_path, input_path, feedback):
         _remove(p)
     if old:
         feedback.info(f"OVERWRITE: removed {len(old)} file(s) of the earlier run in '{root}'.")
-    kept = [d for d in (dataset.MASKS_DIR, dataset.LABELME_DIR) if os.path.isdir(os.path.join(root, d))
-            and os.listdir(os.path.join(root, d))]
-    if kept:
-        feedback.warn(
-            f"OVERWRITE: kept {', '.join(d + '/' for d in kept)} in '{root}' (annotations and masks are "
-            "never deleted); they match the new tiles only if the grid is unchanged."
-        )
+    _warn_kept(root, feedback)
 
 
 def _undo(written, created):
@@ -280,10 +285,4 @@ def _swap_in(root, index_path, input_path, staging, staged_index, feedback):
     shutil.rmtree(staging, ignore_errors=True)
     if old_files:
         feedback.info(f"OVERWRITE: replaced {len(old_files)} file(s) of the earlier run in '{root}'.")
-    kept = [d for d in (dataset.MASKS_DIR, dataset.LABELME_DIR) if os.path.isdir(os.path.join(root, d))
-            and os.listdir(os.path.join(root, d))]
-    if kept:
-        feedback.warn(
-            f"OVERWRITE: kept {', '.join(d + '/' for d in kept)} in '{root}' (annotations and masks are "
-            "never deleted); they match the new tiles only if the grid is unchanged."
-        )
+    _warn_kept(root, feedback)

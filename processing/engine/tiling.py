@@ -385,6 +385,18 @@ def _warn_web_mercator(input_path, info, feedback):
         )
 
 
+def _output_paths(output_dir, output_index):
+    """(dataset folder, its DatasetPaths, index path): OUTPUT_DIR and OUTPUT_INDEX checked."""
+    root = os.path.abspath(str(output_dir)) if output_dir else None
+    if not root:
+        raise GullySegError("OUTPUT_DIR: no dataset folder given.")
+    paths = dataset.DatasetPaths(root)
+    index_path = os.path.abspath(str(output_index)) if output_index else paths.index
+    if not index_path.lower().endswith(".gpkg"):
+        raise GullySegError(f"OUTPUT_INDEX: '{index_path}' must be a GeoPackage (.gpkg).")
+    return root, paths, index_path
+
+
 def grid_tiles(input_path, output_dir, tile_size=DEFAULT_TILE_SIZE, stride=0, edge=windows.EDGE_PAD,
                max_nodata=DEFAULT_MAX_NODATA, aoi=None, fmt=FORMAT_BOTH, jpeg_bands=None,
                output_index=None, overwrite=False, feedback=None, scene_name=None) -> TilingResult:
@@ -414,13 +426,7 @@ def grid_tiles(input_path, output_dir, tile_size=DEFAULT_TILE_SIZE, stride=0, ed
             f"{info.crs_label}); no tile would be written."
         )
 
-    root = os.path.abspath(str(output_dir)) if output_dir else None
-    if not root:
-        raise GullySegError("OUTPUT_DIR: no dataset folder given.")
-    paths = dataset.DatasetPaths(root)
-    index_path = os.path.abspath(str(output_index)) if output_index else paths.index
-    if not index_path.lower().endswith(".gpkg"):
-        raise GullySegError(f"OUTPUT_INDEX: '{index_path}' must be a GeoPackage (.gpkg).")
+    root, paths, index_path = _output_paths(output_dir, output_index)
     _remove_leftovers(root, feedback)  # of a killed run (kill -9)
     _check_output(root, index_path, overwrite, input_path)
     created = [d for d in (root, paths.images) if not os.path.exists(d)]

@@ -26,7 +26,7 @@ CSV_FIELDS = ("rank", "model", "architecture", "encoder", "parameters", "oa", "m
               "recall", "f1", "megapixels_per_s", "pixels", "path")
 
 
-def parse_models(value):
+def parse_models(value) -> list:
     """A list of paths, or one ';'-separated string (the command line)."""
     if value is None:
         return []
@@ -108,7 +108,7 @@ def _score_scene(model_path, scene, reference, work, threads, feedback):
 
 
 def compare_models(models, dataset_root=None, scene=None, reference=None, output_table=None, output_report=None,
-                   threads=None, feedback=None):
+                   threads=None, feedback=None) -> list:
     """Score every model on the same data; returns the ranked rows (dicts, best first)."""
     feedback = feedback or Feedback()
     paths = parse_models(models)

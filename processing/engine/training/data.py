@@ -14,6 +14,7 @@ of a batch when training needs them, in a prefetch thread.
 """
 
 import os
+from typing import Callable
 
 import numpy as np
 from osgeo import gdal
@@ -47,10 +48,10 @@ class DatasetSpec:
         self.class_counts = None
         self.card_id = None
 
-    def ids(self, which):
+    def ids(self, which) -> list:
         return self.lists[which]
 
-    def sizes(self):
+    def sizes(self) -> dict:
         return {k: len(v) for k, v in self.lists.items()}
 
 
@@ -59,7 +60,7 @@ def _list_ids(path):
         return [line.strip() for line in handle if line.strip()]
 
 
-def open_dataset(root, what="DATASET"):
+def open_dataset(root, what="DATASET") -> DatasetSpec:
     """Read the card, split manifest and list files of ``root``; error before anything else when
     the folder is not a split dataset or its train list is empty."""
     if not root or not os.path.isdir(str(root)):
@@ -101,7 +102,7 @@ def open_dataset(root, what="DATASET"):
     return DatasetSpec(paths.root, card, samples, lists)
 
 
-def check_dataset(spec, feedback=None, what="DATASET"):
+def check_dataset(spec, feedback=None, what="DATASET") -> DatasetSpec:
     """Every sample's files exist, open, have the card's band count and one size; masks hold only
     0, 1 and 255. Computes the train split's per-channel mean/std (after / input_max, over labelled
     valid pixels) and class pixel counts. One streamed pass; the first problem is an error naming
@@ -188,7 +189,7 @@ class TileSource:
     def __len__(self):
         return len(self.ids)
 
-    def read(self, sid):
+    def read(self, sid) -> tuple:
         """(x float32 [C, H, W], y int64 [H, W], raw image) of one sample."""
         s = self.spec.samples[sid]
         img = gdal.Open(s["image"])
@@ -214,7 +215,7 @@ class TileSource:
             yield (torch.from_numpy(np.stack([it[0] for it in items])),
                    torch.from_numpy(np.stack([it[1] for it in items])))
 
-    def batches(self, seed=None):
+    def batches(self, seed=None) -> Callable:
         """A ``batches(epoch)`` callable: shuffled per (seed, epoch) when seed is given; read ahead."""
         from . import loop
 

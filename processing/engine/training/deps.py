@@ -1,5 +1,7 @@
 """The optional training dependencies (PyTorch, segmentation-models-pytorch), imported lazily."""
 
+from typing import Optional
+
 REQUIREMENTS = "torch==2.14.1 torchvision==0.29.1 segmentation-models-pytorch==0.6.0"
 INSTALL_HINT = (
     "Training needs PyTorch and segmentation-models-pytorch, which the plugin does not install. Into the Python "
@@ -10,16 +12,16 @@ INSTALL_HINT = (
 )
 
 
-def missing():
+def missing() -> Optional[str]:
     """None when torch and smp import, else the text of what is missing."""
     try:
         require_torch()
-    except Exception as exc:  # GullySegError
+    except Exception as exc:  # noqa: BLE001 - GullySegError, or a torch that fails to load
         return str(exc)
     return None
 
 
-def require_torch():
+def require_torch() -> tuple:
     """(torch, segmentation_models_pytorch), or a GullySegError that says what to install."""
     try:
         import segmentation_models_pytorch as smp

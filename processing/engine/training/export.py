@@ -13,6 +13,7 @@ probabilities must equal PyTorch's within MAX_PROB_DIFF, else nothing is written
 import json
 import os
 import uuid
+from typing import Optional
 
 import numpy as np
 
@@ -26,7 +27,7 @@ OVERLAP_PERCENT = 25
 THRESHOLD = 0.5
 
 
-def metadata_updates(spec, record):
+def metadata_updates(spec, record) -> dict:
     return {
         "model_type": json.dumps("Segmentor"),
         "class_names": {str(i): n for i, n in enumerate(models.CLASS_NAMES)},
@@ -50,7 +51,7 @@ def _json_default(value):
     return str(value)
 
 
-def read_training_record(path):
+def read_training_record(path) -> Optional[dict]:
     """The training record of a model written by trainmodel (None for other models)."""
     meta = onnx_model.read_metadata(path)
     if TRAINING_KEY not in meta:
@@ -61,7 +62,7 @@ def read_training_record(path):
         return None
 
 
-def torch_probabilities(net, x):
+def torch_probabilities(net, x) -> np.ndarray:
     """PyTorch's softmax probabilities (numpy [N, 2, H, W]) of a normalised float32 batch."""
     import torch
 
@@ -70,7 +71,7 @@ def torch_probabilities(net, x):
         return torch.softmax(net(torch.from_numpy(np.ascontiguousarray(x))), dim=1).numpy()
 
 
-def export_model(net, target, spec, record, check_batch, dynamic=True, overwrite=True, feedback=None):
+def export_model(net, target, spec, record, check_batch, dynamic=True, overwrite=True, feedback=None) -> tuple:
     """Export ``net`` (CPU, eval mode) to ``target`` with metadata; verify against PyTorch on
     ``check_batch`` (normalised float32 [N, C, H, W]). Returns (max abs difference, dynamic)."""
     import onnx
@@ -109,7 +110,7 @@ def export_model(net, target, spec, record, check_batch, dynamic=True, overwrite
     return diff, dynamic
 
 
-def verify(path, net, batch):
+def verify(path, net, batch) -> float:
     """Max abs difference between onnxruntime's and PyTorch's probabilities on ``batch``."""
     info = onnx_model.load_model(path, threads=1, providers=[onnx_model.CPU], probe=False)
     got = info.session.run([info.output_name], {info.input_name: np.ascontiguousarray(batch, np.float32)})[0]

@@ -17,6 +17,7 @@ import math
 import queue
 import threading
 import time
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -52,7 +53,7 @@ class _Quiet:
         return False
 
 
-def resolve_device(name="auto"):
+def resolve_device(name="auto") -> torch.device:
     """'auto' -> cuda when available else cpu; 'cuda' without a GPU is an error."""
     name = (name or "auto").strip().lower()
     if name not in DEVICES and not name.startswith("cuda:"):
@@ -68,7 +69,7 @@ def resolve_device(name="auto"):
     return torch.device(name)
 
 
-def seed_everything(seed, threads=None):
+def seed_everything(seed, threads=None) -> None:
     """Same seed and threads on the CPU -> the same weights, bit for bit."""
     if threads:
         torch.set_num_threads(int(threads))
@@ -78,7 +79,7 @@ def seed_everything(seed, threads=None):
 
 # --- losses ----------------------------------------------------------------------------------
 
-def class_weights_from_counts(counts):
+def class_weights_from_counts(counts) -> list:
     """Inverse-frequency weights (mean 1) from pixel counts per class; clipped to 0.1..10."""
     counts = np.asarray(counts, dtype=np.float64)
     share = counts / max(counts.sum(), 1.0)
@@ -87,7 +88,7 @@ def class_weights_from_counts(counts):
     return [float(v) for v in w / w.mean()]
 
 
-def make_loss(name, class_weights=None, device="cpu"):
+def make_loss(name, class_weights=None, device="cpu") -> Callable:
     """loss(logits [N, K, H, W], target [N, H, W] int64) -> scalar; pixels == 255 ignored."""
     if name not in LOSSES:
         raise GullySegError(f"LOSS: '{name}' is not one of {', '.join(LOSSES)}.")
@@ -124,14 +125,14 @@ def make_loss(name, class_weights=None, device="cpu"):
 
 # --- scores ----------------------------------------------------------------------------------
 
-def confusion(pred, target, k=NUM_CLASSES):
+def confusion(pred, target, k=NUM_CLASSES) -> torch.Tensor:
     """K x K confusion matrix (rows reference, columns prediction) of label tensors; 255 ignored."""
     valid = target != IGNORE
     code = target[valid].long() * k + pred[valid].long()
     return torch.bincount(code, minlength=k * k).reshape(k, k)
 
 
-def miou(matrix):
+def miou(matrix) -> float:
     """Mean IoU with evaluate's convention (metrics.scores): NaN classes (absent from both) left out."""
     m = np.asarray(matrix, dtype=np.float64)
     tp = np.diag(m)
@@ -142,7 +143,7 @@ def miou(matrix):
 
 # --- on-the-fly augmentation -----------------------------------------------------------------
 
-def augment_batch(x, y, generator):
+def augment_batch(x, y, generator) -> tuple:
     """Random flips and 90-degree turns per sample (seeded generator); square tiles only turn."""
     n = x.shape[0]
     square = x.shape[-1] == x.shape[-2]
@@ -163,7 +164,7 @@ def augment_batch(x, y, generator):
 
 # --- batches ---------------------------------------------------------------------------------
 
-def array_batches(x, y, batch_size, shuffle=True, seed=0):
+def array_batches(x, y, batch_size, shuffle=True, seed=0) -> Callable:
     """A ``batches(epoch)`` callable over arrays held in memory (the same order rule as the engine)."""
     x = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32)
     y = torch.as_tensor(np.ascontiguousarray(y)).long()
@@ -178,13 +179,13 @@ def array_batches(x, y, batch_size, shuffle=True, seed=0):
     return batches
 
 
-def epoch_order(n, seed, epoch):
+def epoch_order(n, seed, epoch) -> list:
     """The sample order of an epoch: a permutation that depends on (seed, epoch) only."""
     g = torch.Generator().manual_seed((int(seed) * 100003 + int(epoch)) % (2 ** 62))
     return torch.randperm(n, generator=g).tolist()
 
 
-def prefetch(iterable, depth=2):
+def prefetch(iterable, depth=2) -> Iterator:
     """Iterate ``iterable`` in a background thread, ``depth`` items ahead (tile reads overlap training)."""
     q = queue.Queue(maxsize=depth)
     done = object()
@@ -196,7 +197,7 @@ def prefetch(iterable, depth=2):
                 if stop.is_set():
                     return
                 q.put(item)
-        except BaseException as exc:  # handed to the consumer
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
             q.put(exc)
             return
         q.put(done)
@@ -238,7 +239,7 @@ def _check(feedback):
         raise Cancelled("Cancelled: training stopped between two batches; nothing was written.")
 
 
-def evaluate(model, batches, device, loss_fn=None, feedback=None):
+def evaluate(model, batches, device, loss_fn=None, feedback=None) -> tuple:
     """(mean loss, confusion matrix as numpy int64) of a model over batches (no gradients)."""
     feedback = feedback or _Quiet()
     model.eval()
@@ -255,7 +256,7 @@ def evaluate(model, batches, device, loss_fn=None, feedback=None):
     return (float(np.mean(losses)) if losses else float("nan")), total.cpu().numpy()
 
 
-def lr_range_test(model, batches, loss_fn, device, steps=30, lo=1e-6, hi=1.0, feedback=None):
+def lr_range_test(model, batches, loss_fn, device, steps=30, lo=1e-6, hi=1.0, feedback=None) -> float:
     """A short learning-rate range test (Smith 2017, as ArcGIS's 'auto'): the learning rate grows
     exponentially from ``lo`` to ``hi`` over ``steps`` batches; the result is a tenth of the rate
     at the lowest smoothed loss. The model's weights are restored afterwards."""
@@ -298,7 +299,7 @@ def lr_range_test(model, batches, loss_fn, device, steps=30, lo=1e-6, hi=1.0, fe
 
 def fit(model, train_batches, val_batches, epochs, lr=1e-3, loss="ce+dice", class_weights=None,
         early_stopping=0, augment=True, seed=0, device="cpu", weight_decay=1e-4, freeze_encoder=False,
-        feedback=None, state=None, on_epoch=None, steps_per_epoch=None, max_seconds=None):
+        feedback=None, state=None, on_epoch=None, steps_per_epoch=None, max_seconds=None) -> FitResult:
     """Train ``model`` for ``epochs`` epochs (continuing from ``state`` when given); keep the best val mIoU.
 
     train_batches(epoch) / val_batches(): iterables of (x, y) CPU tensors. ``on_epoch(result_state)``
@@ -389,7 +390,7 @@ def fit(model, train_batches, val_batches, epochs, lr=1e-3, loss="ce+dice", clas
 
 def train_on_arrays(model, x_train, y_train, x_val=None, y_val=None, epochs=10, batch_size=8, lr=1e-3,
                     loss="ce+dice", class_weights=None, early_stopping=0, augment=True, seed=0, device="cpu",
-                    threads=None, feedback=None, state=None, on_epoch=None):
+                    threads=None, feedback=None, state=None, on_epoch=None) -> FitResult:
     """Standalone use (no GDAL): train ``model`` on arrays held in memory.
 
     x: float32 [N, C, H, W] already normalised; y: [N, H, W] labels (0, 1, 255 ignored).

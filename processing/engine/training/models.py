@@ -10,8 +10,12 @@ with the exporter's reason, so no one trains for an hour a model that cannot be 
 import io
 import os
 import warnings
+from typing import TYPE_CHECKING
 
 from .deps import require_torch
+
+if TYPE_CHECKING:
+    import torch
 
 # key (parameter value) -> (smp architecture name, label)
 ARCHITECTURES = {
@@ -47,11 +51,11 @@ def _error(message):
     return GullySegError(message)
 
 
-def label(arch):
+def label(arch) -> str:
     return ARCHITECTURES[arch][1]
 
 
-def parse_architecture(value):
+def parse_architecture(value) -> str:
     key = str(value).strip().lower().replace("-", "").replace("_", "").replace("+", "plus")
     aliases = {"unetpp": "unetplusplus", "deeplabv3p": "deeplabv3plus", "deeplab": "deeplabv3plus"}
     key = aliases.get(key, key)
@@ -60,14 +64,14 @@ def parse_architecture(value):
     return key
 
 
-def parse_encoder(value):
+def parse_encoder(value) -> str:
     name = str(value).strip().lower()
     if name not in ENCODERS:
         raise _error(f"ENCODER: '{value}' is not offered; choose one of {', '.join(ENCODERS)}.")
     return name
 
 
-def build(arch, encoder, in_channels, weights=WEIGHTS_NONE):
+def build(arch, encoder, in_channels, weights=WEIGHTS_NONE) -> "torch.nn.Module":
     """The smp network (logits, NUM_CLASSES channels). ``weights``: none, imagenet or a file path."""
     torch, smp = require_torch()
     arch = parse_architecture(arch)
@@ -80,7 +84,7 @@ def build(arch, encoder, in_channels, weights=WEIGHTS_NONE):
             warnings.simplefilter("ignore")
             net = cls(encoder_name=encoder, encoder_weights=smp_weights, in_channels=int(in_channels),
                       classes=NUM_CLASSES)
-    except Exception as exc:  # smp raises ValueError/KeyError/RuntimeError/OSError/HF errors
+    except Exception as exc:  # noqa: BLE001 - smp raises ValueError/KeyError/RuntimeError/OSError/HF errors
         if smp_weights:
             raise _error(
                 f"ENCODER_WEIGHTS: the imagenet weights of '{encoder}' could not be loaded from the local cache or "
@@ -96,14 +100,14 @@ def build(arch, encoder, in_channels, weights=WEIGHTS_NONE):
     return net
 
 
-def load_encoder_weights(net, path):
+def load_encoder_weights(net, path) -> tuple:
     """Load a local encoder weights file (a state dict saved with torch.save) into ``net.encoder``."""
     torch, _ = require_torch()
     if not os.path.isfile(str(path)):
         raise _error(f"ENCODER_WEIGHTS: '{path}' is neither 'none', 'imagenet' nor an existing weights file.")
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many kinds
         raise _error(f"ENCODER_WEIGHTS: cannot read the weights file '{path}': {exc}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
@@ -139,7 +143,7 @@ class WithSoftmax:
         return Exported()
 
 
-def export_to(net, target, in_channels, tile, dynamic=True):
+def export_to(net, target, in_channels, tile, dynamic=True) -> bool:
     """torch.onnx.export of ``net`` (+ softmax) to a path or file object; returns ``dynamic`` used."""
     torch, _ = require_torch()
     wrapped = WithSoftmax.wrap(net).eval()
@@ -159,7 +163,7 @@ def _reason(exc):
     return f"{type(exc).__name__}: {(text[0] if text else '')[:300]}"
 
 
-def check_exportable(arch, encoder, in_channels, tile):
+def check_exportable(arch, encoder, in_channels, tile) -> tuple:
     """Refuse (GullySegError with the reason) a network that cannot be trained and exported at ``tile`` px.
 
     Builds the network without weights, runs it at the tile size and exports it to ONNX in memory,
@@ -179,14 +183,14 @@ def check_exportable(arch, encoder, in_channels, tile):
             out = net(torch.zeros(2, int(in_channels), int(tile), int(tile)))
         if tuple(out.shape) != (2, NUM_CLASSES, int(tile), int(tile)):
             raise ValueError(f"output shape {tuple(out.shape)} is not the input's size")
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure of the forward pass refuses the model
         raise _error(f"{what} is refused: it cannot run at this size ({_reason(exc)}).") from None
     dynamic = True
     for dynamic in (True, False):
         try:
             export_to(net, io.BytesIO(), in_channels, tile, dynamic=dynamic)
             break
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the exporter's reason is reported
             if not dynamic:
                 raise _error(
                     f"{what} is refused: it cannot be exported to ONNX (opset {ONNX_OPSET}) at this size, so it "

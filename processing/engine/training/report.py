@@ -18,7 +18,7 @@ from .. import gdalio
 CSV_FIELDS = ("epoch", "train_loss", "val_loss", "val_miou", "lr", "samples", "seconds", "samples_per_s")
 
 
-def csv_path_of(report_path):
+def csv_path_of(report_path) -> str:
     return os.path.splitext(str(report_path))[0] + ".csv"
 
 
@@ -71,7 +71,7 @@ def _fmt(v):
     return f"{v:.4f}" if isinstance(v, float) else html.escape(str(v))
 
 
-def write_training_report(report_path, record, history, matrix, tiles, spec):
+def write_training_report(report_path, record, history, matrix, tiles, spec) -> tuple:
     """Write the HTML report and its per-epoch CSV beside it; returns (html, csv)."""
     csv_path = csv_path_of(report_path)
     with gdalio.atomic_output(csv_path, overwrite=True, what="OUTPUT_REPORT", side_suffixes=[]) as tmp:

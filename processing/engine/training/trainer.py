@@ -33,7 +33,7 @@ DEFAULTS = {
 REPORT_TILES = 12
 
 
-def card_checksum(root):
+def card_checksum(root) -> str:
     """sha256 of dataset.json and split.json (what the model was trained from)."""
     h = hashlib.sha256()
     for name in ("dataset.json", "split.json"):
@@ -57,13 +57,13 @@ def _atomic_torch_save(obj, path):
             os.remove(tmp)
 
 
-def load_checkpoint(path, what="RESUME"):
+def load_checkpoint(path, what="RESUME") -> dict:
     torch, _ = require_torch()
     if not os.path.isfile(str(path)):
         raise GullySegError(f"{what}: the checkpoint '{path}' does not exist.")
     try:
         ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many kinds
         raise GullySegError(f"{what}: cannot read the checkpoint '{path}': {exc}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise GullySegError(f"{what}: '{path}' is not a GullySeg training checkpoint (written by OUTPUT_CHECKPOINT).")
@@ -97,7 +97,7 @@ def train_model(dataset_root, output_model, architecture=None, encoder=None, enc
                 fine_tune_from=None, freeze_encoder=False, epochs=30, batch_size=8, learning_rate="auto",
                 loss="ce+dice", class_weights=False, early_stopping=0, augment=True, seed=42, device="auto",
                 threads=0, output_checkpoint=None, resume=None, output_report=None, max_minutes=None,
-                feedback=None):
+                feedback=None) -> dict:
     """Train, select on val, score on test, export. Returns a dict of results (see the algorithm).
 
     max_minutes: an optional time budget for the epochs (tools/train_demo_model.py); no new epoch
@@ -105,40 +105,16 @@ def train_model(dataset_root, output_model, architecture=None, encoder=None, enc
     """
     feedback = feedback or Feedback()
     started = time.monotonic()
-    torch, smp = require_torch()
+    require_torch()  # says what to install before anything else
     from . import loop, report
 
     _check_outputs(output_model, output_checkpoint, output_report)
     lr = _parse_lr(learning_rate)
-    if int(epochs) < 1:
-        raise GullySegError(f"EPOCHS: {epochs} must be at least 1.")
-    if int(batch_size) < 1:
-        raise GullySegError(f"BATCH_SIZE: {batch_size} must be at least 1.")
-    if loss not in loop.LOSSES:
-        raise GullySegError(f"LOSS: '{loss}' is not one of {', '.join(loop.LOSSES)}.")
+    _check_numbers(epochs, batch_size, loss, loop.LOSSES)
     dev = loop.resolve_device(device)
-    ckpt = load_checkpoint(resume) if resume else None
-    if ckpt:
-        cfg = ckpt["config"]
-        architecture, encoder = cfg["architecture"], cfg["encoder"]
-    architecture = models.parse_architecture(architecture or models.DEFAULT_ARCHITECTURE)
-    encoder = models.parse_encoder(encoder or models.DEFAULT_ENCODER)
-    base = load_checkpoint(fine_tune_from, "FINE_TUNE_FROM") if fine_tune_from else None
+    ckpt, architecture, encoder, base = _network_choice(architecture, encoder, resume, fine_tune_from)
 
-    feedback.info(f"Reading the dataset {dataset_root} ...")
-    spec = data.open_dataset(dataset_root)
-    data.check_dataset(spec, feedback.scaled(0, 3))
-    checksum = card_checksum(spec.root)
-    if ckpt and ckpt["config"].get("dataset_checksum") != checksum:
-        raise GullySegError(f"RESUME: the checkpoint '{resume}' was written for another dataset (or another split "
-                            f"of it) than '{spec.root}'; resume with the dataset it was trained on.")
-    if ckpt:  # the scaling the network was trained with
-        spec.mean, spec.std = ckpt["config"]["mean"], ckpt["config"]["std"]
-    sizes = spec.sizes()
-    feedback.info(
-        f"Dataset: {sizes['train']} train, {sizes['val']} val, {sizes['test']} test samples of {spec.tile_size} px, "
-        f"{spec.bands} band(s) {spec.data_type} (/ {spec.input_max:g}); train mean {spec.mean}, std {spec.std}; "
-        f"gully pixel share {spec.class_counts[1] / max(sum(spec.class_counts), 1):.4f}.")
+    spec, checksum, sizes = _read_dataset(dataset_root, ckpt, resume, feedback)
     n_params, dynamic = models.check_exportable(architecture, encoder, spec.bands, spec.tile_size)
     threads = int(threads or 0) or max(1, os.cpu_count() or 1)
     loop.seed_everything(seed, threads)
@@ -147,14 +123,7 @@ def train_model(dataset_root, output_model, architecture=None, encoder=None, enc
         weights = "none"  # the checkpoint's weights replace them
     net = models.build(architecture, encoder, spec.bands, weights)
     if base:
-        bcfg = base["config"]
-        if (bcfg["architecture"], bcfg["encoder"], bcfg["bands"]) != (architecture, encoder, spec.bands):
-            raise GullySegError(
-                f"FINE_TUNE_FROM: '{fine_tune_from}' is a {bcfg['architecture']} / {bcfg['encoder']} with "
-                f"{bcfg['bands']} band(s); choose the same ARCHITECTURE and ENCODER, on a dataset with that band "
-                "count.")
-        net.load_state_dict(base["best_model"])
-        feedback.info(f"Fine-tuning from {fine_tune_from} (best epoch {base['state']['best']['epoch']}).")
+        _load_base(net, base, fine_tune_from, (architecture, encoder, spec.bands), feedback)
     cw = loop.class_weights_from_counts(spec.class_counts) if class_weights else None
     if ckpt:
         lr = ckpt["config"]["learning_rate"]
@@ -199,18 +168,7 @@ def train_model(dataset_root, output_model, architecture=None, encoder=None, enc
 
     # test split: evaluate's conventions (metrics.scores) on the confusion matrix of the best epoch's weights
     feedback.info(f"Scoring the best epoch ({result.best_epoch}) on the test split ...")
-    tiles_for_report = []
-    matrix = np.zeros((2, 2), dtype=np.int64)
-    if test_src:
-        for i, sid in enumerate(test_src.ids):
-            if i % 8 == 0:
-                feedback.check_cancelled()
-            x, y, raw = test_src.read(sid)
-            prob = _probabilities(torch, net, x[None])[0, 1]
-            pred = (prob >= 0.5).astype(np.int64)
-            matrix += loop.confusion(torch.from_numpy(pred), torch.from_numpy(y)).numpy()
-            if len(tiles_for_report) < REPORT_TILES:
-                tiles_for_report.append((sid, raw, y, pred))
+    matrix, tiles_for_report = _score_test(net, test_src, feedback)
     test = metrics.scores(matrix) if matrix.sum() else None
     val = metrics.scores(np.asarray(result.best_matrix)) if result.best_matrix is not None else None
     if test:
@@ -218,29 +176,8 @@ def train_model(dataset_root, output_model, architecture=None, encoder=None, enc
                       f"F1 {test['f1']:.4f}.")
     else:
         feedback.warn("The test split is empty: no test numbers.")
-
-    def _clean(s):
-        return None if s is None else {k: (None if isinstance(v, float) and math.isnan(v) else v)
-                                       for k, v in s.items()}
-
-    record = {
-        "gullyseg_version": VERSION, "algorithm": "gullyseg:trainmodel",
-        "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "dataset": {"folder": spec.root, "checksum_sha256": checksum, "split_sizes": sizes,
-                    "card_source": (spec.card.get("source") or {}).get("scene_name")},
-        "architecture": architecture, "architecture_label": models.label(architecture), "encoder": encoder,
-        "encoder_weights": config["encoder_weights"], "fine_tune_from": config["fine_tune_from"],
-        "freeze_encoder": bool(freeze_encoder), "parameters": int(n_params),
-        "epochs_asked": int(epochs), "epochs_run": len(result.history), "best_epoch": int(result.best_epoch),
-        "early_stopped": result.stopped_early, "batch_size": int(batch_size), "learning_rate": lr,
-        "loss": loss, "class_weights": cw, "augment_on_the_fly": bool(augment), "seed": int(seed),
-        "device": str(dev), "threads": threads, "torch": torch.__version__, "smp": smp.__version__,
-        "python": platform.python_version(), "duration_s": round(time.monotonic() - started, 1),
-        "input": {"bands": spec.bands, "data_type": spec.data_type, "input_max": spec.input_max,
-                  "mean": spec.mean, "std": spec.std},
-        "val": _clean(val), "test": _clean(test), "test_confusion_matrix": matrix.tolist(),
-        "metric_convention": "gullyseg:evaluate (mIoU over background and gully, 255 ignored)",
-    }
+    record = _training_record(spec, checksum, sizes, config, result, matrix, test, val, n_params, dev, threads,
+                              started)
     feedback.check_cancelled()
     check_ids = (val_src or test_src or train_src).ids[:4]
     check_batch = np.stack([(val_src or test_src or train_src).read(sid)[0] for sid in check_ids])
@@ -260,12 +197,110 @@ def train_model(dataset_root, output_model, architecture=None, encoder=None, enc
     }
 
 
-def data_export(net, output_model, spec, record, check_batch, dynamic, feedback):
+def _network_choice(architecture, encoder, resume, fine_tune_from):
+    """(resume checkpoint, architecture, encoder, fine-tune base): a resumed run keeps its network."""
+    ckpt = load_checkpoint(resume) if resume else None
+    if ckpt:
+        cfg = ckpt["config"]
+        architecture, encoder = cfg["architecture"], cfg["encoder"]
+    architecture = models.parse_architecture(architecture or models.DEFAULT_ARCHITECTURE)
+    encoder = models.parse_encoder(encoder or models.DEFAULT_ENCODER)
+    base = load_checkpoint(fine_tune_from, "FINE_TUNE_FROM") if fine_tune_from else None
+    return ckpt, architecture, encoder, base
+
+
+def _read_dataset(dataset_root, ckpt, resume, feedback):
+    """The dataset's spec (checked; the checkpoint's scaling when resuming), its checksum and split sizes."""
+    feedback.info(f"Reading the dataset {dataset_root} ...")
+    spec = data.open_dataset(dataset_root)
+    data.check_dataset(spec, feedback.scaled(0, 3))
+    checksum = card_checksum(spec.root)
+    if ckpt and ckpt["config"].get("dataset_checksum") != checksum:
+        raise GullySegError(f"RESUME: the checkpoint '{resume}' was written for another dataset (or another split "
+                            f"of it) than '{spec.root}'; resume with the dataset it was trained on.")
+    if ckpt:  # the scaling the network was trained with
+        spec.mean, spec.std = ckpt["config"]["mean"], ckpt["config"]["std"]
+    sizes = spec.sizes()
+    feedback.info(
+        f"Dataset: {sizes['train']} train, {sizes['val']} val, {sizes['test']} test samples of {spec.tile_size} px, "
+        f"{spec.bands} band(s) {spec.data_type} (/ {spec.input_max:g}); train mean {spec.mean}, std {spec.std}; "
+        f"gully pixel share {spec.class_counts[1] / max(sum(spec.class_counts), 1):.4f}.")
+    return spec, checksum, sizes
+
+
+def _training_record(spec, checksum, sizes, config, result, matrix, test, val, n_params, dev, threads, started):
+    """The training record (ONNX metadata and report): what was trained, from what, how, and the scores."""
+    torch, smp = require_torch()
+    return {
+        "gullyseg_version": VERSION, "algorithm": "gullyseg:trainmodel",
+        "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "dataset": {"folder": spec.root, "checksum_sha256": checksum, "split_sizes": sizes,
+                    "card_source": (spec.card.get("source") or {}).get("scene_name")},
+        "architecture": config["architecture"], "architecture_label": models.label(config["architecture"]),
+        "encoder": config["encoder"],
+        "encoder_weights": config["encoder_weights"], "fine_tune_from": config["fine_tune_from"],
+        "freeze_encoder": config["freeze_encoder"], "parameters": int(n_params),
+        "epochs_asked": config["epochs"], "epochs_run": len(result.history), "best_epoch": int(result.best_epoch),
+        "early_stopped": result.stopped_early, "batch_size": config["batch_size"],
+        "learning_rate": config["learning_rate"],
+        "loss": config["loss"], "class_weights": config["class_weights"], "augment_on_the_fly": config["augment"],
+        "seed": config["seed"],
+        "device": str(dev), "threads": threads, "torch": torch.__version__, "smp": smp.__version__,
+        "python": platform.python_version(), "duration_s": round(time.monotonic() - started, 1),
+        "input": {"bands": spec.bands, "data_type": spec.data_type, "input_max": spec.input_max,
+                  "mean": spec.mean, "std": spec.std},
+        "val": _clean(val), "test": _clean(test), "test_confusion_matrix": matrix.tolist(),
+        "metric_convention": "gullyseg:evaluate (mIoU over background and gully, 255 ignored)",
+    }
+
+
+def _check_numbers(epochs, batch_size, loss, losses):
+    if int(epochs) < 1:
+        raise GullySegError(f"EPOCHS: {epochs} must be at least 1.")
+    if int(batch_size) < 1:
+        raise GullySegError(f"BATCH_SIZE: {batch_size} must be at least 1.")
+    if loss not in losses:
+        raise GullySegError(f"LOSS: '{loss}' is not one of {', '.join(losses)}.")
+
+
+def _load_base(net, base, fine_tune_from, arch_encoder_bands, feedback):
+    """FINE_TUNE_FROM: the base checkpoint's best weights, when it is the same network."""
+    bcfg = base["config"]
+    if (bcfg["architecture"], bcfg["encoder"], bcfg["bands"]) != arch_encoder_bands:
+        raise GullySegError(
+            f"FINE_TUNE_FROM: '{fine_tune_from}' is a {bcfg['architecture']} / {bcfg['encoder']} with "
+            f"{bcfg['bands']} band(s); choose the same ARCHITECTURE and ENCODER, on a dataset with that band "
+            "count.")
+    net.load_state_dict(base["best_model"])
+    feedback.info(f"Fine-tuning from {fine_tune_from} (best epoch {base['state']['best']['epoch']}).")
+
+
+def _score_test(net, test_src, feedback):
+    """The test split's confusion matrix of ``net`` (thresholded at 0.5) and the first tiles for the report."""
+    import torch
+
+    from . import export, loop
+
+    tiles_for_report = []
+    matrix = np.zeros((2, 2), dtype=np.int64)
+    if test_src:
+        for i, sid in enumerate(test_src.ids):
+            if i % 8 == 0:
+                feedback.check_cancelled()
+            x, y, raw = test_src.read(sid)
+            prob = export.torch_probabilities(net, x[None])[0, 1]
+            pred = (prob >= 0.5).astype(np.int64)
+            matrix += loop.confusion(torch.from_numpy(pred), torch.from_numpy(y)).numpy()
+            if len(tiles_for_report) < REPORT_TILES:
+                tiles_for_report.append((sid, raw, y, pred))
+    return matrix, tiles_for_report
+
+
+def _clean(s):
+    return None if s is None else {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in s.items()}
+
+
+def data_export(net, output_model, spec, record, check_batch, dynamic, feedback) -> tuple:
     from . import export
 
     return export.export_model(net, output_model, spec, record, check_batch, dynamic=dynamic, feedback=feedback)
-
-
-def _probabilities(torch, net, x):
-    with torch.no_grad():
-        return torch.softmax(net(torch.from_numpy(np.ascontiguousarray(x))), dim=1).numpy()
