@@ -1,7 +1,8 @@
 """One validity rule (gdalio.Validity): nodata values, NaN in float rasters, mask bands.
 
 The same float raster with NaNs (and no nodata value declared) goes through gridtiles (MAX_NODATA),
-rasterizelabels (IGNORE_NODATA) and evaluate; each must call exactly the non-finite pixels nodata.
+rasterizelabels (IGNORE_NODATA), segment and evaluate; each must call exactly the non-finite pixels
+nodata.
 The reference is the array the raster was written from.
 """
 
@@ -151,3 +152,24 @@ def test_validity_rule_against_the_arrays_and_inference(tmp_path):
         # a window of it
         part = gdalio.Validity(ds).mask(gdalio.read_window(ds, 8, 16, 32, 24), 8, 16, 32, 24)
         np.testing.assert_array_equal(part, expected[16:40, 8:40], err_msg=name)
+
+
+def test_segment_writes_nodata_exactly_where_the_float_raster_has_no_data(scene, tmp_path, run_alg):
+    """segment's reader (inference) applies the same rule: non-finite pixels are nodata (255) in both
+    outputs, every other pixel gets the model's value (a 1x1 model: no context, exact reference)."""
+    import onnx_models as om
+
+    path, data = scene
+    nodata = ~np.isfinite(data)
+    model = om.make_pointwise_model(tmp_path / "pointwise.onnx", weights=(4.0,), bias=-2.0, size=TILE,
+                                    metadata={"gullyseg": {"input_max": 1.0}})
+    res = run_alg("segment", {"INPUT": path, "MODEL": str(model), "OVERLAP": 64, "THRESHOLD": 0.5,
+                              "OUTPUT_PROBABILITY": str(tmp_path / "p.tif"),
+                              "OUTPUT_MASK": str(tmp_path / "m.tif")})
+    prob = gdal.Open(res["OUTPUT_PROBABILITY"]).ReadAsArray()
+    mask = gdal.Open(res["OUTPUT_MASK"]).ReadAsArray()
+    np.testing.assert_array_equal(prob == 255, nodata)
+    np.testing.assert_array_equal(mask == 255, nodata)
+    expected = om.reference_pointwise(np.nan_to_num(data)[None], weights=(4.0,), bias=-2.0)
+    assert np.abs(prob[~nodata].astype(int) - np.rint(expected[~nodata] * 254)).max() <= 1
+    assert res["PIXELS_PROCESSED"] == int((~nodata).sum())
