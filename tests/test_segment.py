@@ -398,3 +398,33 @@ def test_polygon_attributes_on_a_hand_made_mask(tmp_path):
         blyr.SetSpatialFilterRect(env[0] + 0.1, env[2] + 0.1, env[0] + 0.2, env[2] + 0.2)
         assert fid in [f.GetFID() for f in blyr]
     blyr.SetSpatialFilter(None)
+
+
+_LAYOUTS = {
+    "nhw_pinned_batch": lambda p: om.make_nhw_model(p, size=128, pin_batch=True),
+    "centred_core": lambda p: om.make_core_model(p, size=128),
+    "two_heads": lambda p: om.make_two_head_model(p, metadata={"class_names": [{"0": "edge"},
+                                                                                  {"0": "background", "1": "gully"}]}),
+}
+
+
+@pytest.mark.parametrize("layout", sorted(_LAYOUTS))
+def test_new_output_layouts_through_processing_and_qgis_process(layout, run_alg, qgis_process, scene_factory,
+                                                                 tmp_path):
+    """The output layouts of issue 16 run from the Toolbox's path (processing.run) and qgis_process,
+    pixel for pixel as the engine (whose results tests/test_model_layouts.py checks against references)."""
+    scene = scene_factory("layouts", width=300, height=260, seed=21)
+    model = str(_LAYOUTS[layout](tmp_path / f"{layout}.onnx"))
+    inference.segment_raster(str(scene), model, output_probability=str(tmp_path / "engine.tif"),
+                             output_mask=str(tmp_path / "engine_m.tif"), overlap=32)
+    run_alg("segment", {"INPUT": str(scene), "MODEL": model, "OVERLAP": 32,
+                        "OUTPUT_PROBABILITY": str(tmp_path / "toolbox.tif"),
+                        "OUTPUT_MASK": str(tmp_path / "toolbox_m.tif")})
+    qgis_process("gullyseg:segment", {"INPUT": str(scene), "MODEL": model, "OVERLAP": 32,
+                                      "OUTPUT_PROBABILITY": str(tmp_path / "cli.tif"),
+                                      "OUTPUT_MASK": str(tmp_path / "cli_m.tif")})
+    for suffix in ("", "_m"):
+        engine = _read(tmp_path / f"engine{suffix}.tif")
+        assert (engine != 255).any()
+        np.testing.assert_array_equal(_read(tmp_path / f"toolbox{suffix}.tif"), engine)
+        np.testing.assert_array_equal(_read(tmp_path / f"cli{suffix}.tif"), engine)
