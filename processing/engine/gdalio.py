@@ -7,6 +7,7 @@ import os
 import re
 import uuid
 from dataclasses import dataclass
+from typing import Iterator, Optional
 
 import numpy as np
 from osgeo import gdal, gdal_array, ogr, osr
@@ -33,11 +34,11 @@ class RasterInfo:
     block_size: tuple  # (w, h) of band 1's internal blocks
 
     @property
-    def pixel_size(self):
+    def pixel_size(self) -> tuple:
         return abs(self.geotransform[1]), abs(self.geotransform[5])
 
     @property
-    def srs(self):
+    def srs(self) -> Optional[osr.SpatialReference]:
         if not self.crs_wkt:
             return None
         srs = osr.SpatialReference()
@@ -46,11 +47,11 @@ class RasterInfo:
         return srs
 
     @property
-    def crs_label(self):
+    def crs_label(self) -> str:
         return crs_label(self.srs)
 
 
-def crs_label(srs):
+def crs_label(srs) -> str:
     """'EPSG:32606 (WGS 84 / UTM zone 6N)' or the CRS name."""
     if srs is None:
         return "no CRS"
@@ -60,7 +61,7 @@ def crs_label(srs):
     return f"{auth}:{code} ({name})" if code and auth else name
 
 
-def open_raster(path, what="INPUT", update=False):
+def open_raster(path, what="INPUT", update=False) -> gdal.Dataset:
     """Open a GDAL raster or raise a GullySegError naming ``what`` and the file."""
     if not path:
         raise GullySegError(f"{what}: no raster given.")
@@ -75,7 +76,7 @@ def open_raster(path, what="INPUT", update=False):
     return ds
 
 
-def raster_info(ds, path=None):
+def raster_info(ds, path=None) -> RasterInfo:
     band = ds.GetRasterBand(1)
     nodata = [ds.GetRasterBand(i + 1).GetNoDataValue() for i in range(ds.RasterCount)]
     return RasterInfo(
@@ -92,7 +93,7 @@ def raster_info(ds, path=None):
     )
 
 
-def require_georeferenced(info, what="INPUT"):
+def require_georeferenced(info, what="INPUT") -> None:
     """North-up geotransform and a CRS, or a clear error."""
     gt = info.geotransform
     if not gt or tuple(gt) == (0.0, 1.0, 0.0, 0.0, 0.0, 1.0):
@@ -111,7 +112,7 @@ def require_georeferenced(info, what="INPUT"):
         raise GullySegError(f"{what}: '{info.path}' has no CRS. Assign its CRS first (e.g. EPSG:32606).")
 
 
-def require_projected(srs, what, path):
+def require_projected(srs, what, path) -> None:
     """A projected CRS in metres, or a clear error (pixel sizes, areas and tile sizes need metres)."""
     if srs is None:
         raise GullySegError(f"{what}: '{path}' has no CRS. Assign its CRS first (e.g. EPSG:32606).")
@@ -128,7 +129,7 @@ def require_projected(srs, what, path):
         )
 
 
-def open_checked(path, what="INPUT", projected=True):
+def open_checked(path, what="INPUT", projected=True) -> tuple:
     """Open a raster, require north-up georeferencing and (optionally) a metric CRS."""
     ds = open_raster(path, what)
     info = raster_info(ds, str(path))
@@ -138,7 +139,7 @@ def open_checked(path, what="INPUT", projected=True):
     return ds, info
 
 
-def read_window(ds, x_off, y_off, width, height, bands=None):
+def read_window(ds, x_off, y_off, width, height, bands=None) -> np.ndarray:
     """Read (bands, height, width) from ``ds``; ``bands`` is a 1-based list (default all)."""
     bands = list(bands or range(1, ds.RasterCount + 1))
     try:
@@ -152,7 +153,7 @@ def read_window(ds, x_off, y_off, width, height, bands=None):
     return arr.reshape(len(bands), height, width)
 
 
-def representable(value, dtype):
+def representable(value, dtype) -> bool:
     """True when ``value`` is a value pixels of ``dtype`` can take (any value for float types)."""
     dtype = np.dtype(dtype)
     if dtype.kind == "f":
@@ -204,7 +205,7 @@ class Validity:
         self.has_nodata_value = any(nd is not None for nd in self.nodata)
         self.all_valid = not any(self.by_value) and not any(self.floating) and not self.mask_bands
 
-    def valid(self, raw, x_off, y_off, width, height):
+    def valid(self, raw, x_off, y_off, width, height) -> Optional[np.ndarray]:
         """Boolean (height, width) for ``raw`` = the used bands of that window; None when all valid.
 
         ``raw`` is (len(bands), height, width) as read by ``read_window(ds, ..., bands)``; it may be
@@ -223,27 +224,27 @@ class Validity:
             valid &= self.ds.GetRasterBand(self.bands[i]).GetMaskBand().ReadAsArray(x_off, y_off, width, height) > 0
         return valid
 
-    def mask(self, raw, x_off, y_off, width, height):
+    def mask(self, raw, x_off, y_off, width, height) -> np.ndarray:
         """Like ``valid`` but always an array."""
         valid = self.valid(raw, x_off, y_off, width, height)
         return np.ones((height, width), dtype=bool) if valid is None else valid
 
-    def needs_values(self):
+    def needs_values(self) -> bool:
         """True when ``valid`` needs the pixel values (nodata values or float bands)."""
         return any(self.by_value) or any(self.floating)
 
-    def read_mask(self, x_off, y_off, width, height):
+    def read_mask(self, x_off, y_off, width, height) -> np.ndarray:
         """Read what is needed and return the boolean (height, width) validity of a window."""
         raw = read_window(self.ds, x_off, y_off, width, height, self.bands) if self.needs_values() else None
         return self.mask(raw, x_off, y_off, width, height)
 
-    def pad_values(self, default=0):
+    def pad_values(self, default=0) -> list:
         """Per band: the nodata value where pixels can take it, else ``default`` (fills padding)."""
         return [nd if nd is not None and representable(nd, dt) else default
                 for nd, dt in zip(self.nodata, self.dtypes)]
 
 
-def validity(ds, bands, raw, x_off, y_off, width, height):
+def validity(ds, bands, raw, x_off, y_off, width, height) -> np.ndarray:
     """Boolean (height, width): True where every band of ``bands`` has data (``Validity``'s rule).
 
     The drop-in form of inference's ``_validity(ds, bands, raw, x, y, w, h)``.
@@ -251,13 +252,13 @@ def validity(ds, bands, raw, x_off, y_off, width, height):
     return Validity(ds, bands).mask(raw, x_off, y_off, width, height)
 
 
-def valid_mask(ds, x_off, y_off, width, height):
+def valid_mask(ds, x_off, y_off, width, height) -> np.ndarray:
     """Boolean (height, width): True where every band has data (``Validity``'s rule)."""
     return Validity(ds).read_mask(x_off, y_off, width, height)
 
 
 def create_raster(path, width, height, bands, gdal_type, geotransform=None, crs_wkt=None,
-                  nodata=None, options=None, driver="GTiff"):
+                  nodata=None, options=None, driver="GTiff") -> gdal.Dataset:
     """Create a raster (usually a temporary path from ``atomic_output``)."""
     drv = gdal.GetDriverByName(driver)
     try:
@@ -276,7 +277,7 @@ def create_raster(path, width, height, bands, gdal_type, geotransform=None, crs_
     return ds
 
 
-def numpy_to_gdal_type(dtype):
+def numpy_to_gdal_type(dtype) -> int:
     return gdal_array.NumericTypeCodeToGDALTypeCode(np.dtype(dtype).type)
 
 
@@ -302,7 +303,7 @@ def _side_files(path):
     return [p for p in dict.fromkeys(found) if os.path.exists(p)]
 
 
-def remove_with_side_files(path):
+def remove_with_side_files(path) -> None:
     """Remove ``path`` and the side files GDAL may have written with it."""
     for p in [path] + _side_files(path):
         with contextlib.suppress(FileNotFoundError, IsADirectoryError):
@@ -318,7 +319,7 @@ def _stale_partials(folder, stem, ext):
 _PARTIAL_NAME = re.compile(r"^\..+\.partial-[0-9a-f]{8}")
 
 
-def remove_stale_partials(folder):
+def remove_stale_partials(folder) -> int:
     """Remove the hidden temporaries (``.<name>.partial-xxxxxxxx...``) a killed run left in ``folder``.
 
     Call it only where this run is the folder's one writer (a step's own output folder).
@@ -332,7 +333,7 @@ def remove_stale_partials(folder):
     return removed
 
 
-def make_folder(folder, what="OUTPUT"):
+def make_folder(folder, what="OUTPUT") -> None:
     """``os.makedirs`` with a GullySegError (naming ``what`` and the folder) instead of an OSError."""
     try:
         os.makedirs(folder, exist_ok=True)
@@ -347,7 +348,7 @@ def _quiet_remove(path):
 
 
 @contextlib.contextmanager
-def atomic_output(path, overwrite=False, what="OUTPUT", side_suffixes=None):
+def atomic_output(path, overwrite=False, what="OUTPUT", side_suffixes=None) -> Iterator[str]:
     """Yield a temporary path beside ``path``; rename it (and its side files) into place on success.
 
     On any exception (including ``Cancelled``) the temporary files are removed and nothing of
@@ -415,7 +416,7 @@ class _GdalErrors:
 
 
 @contextlib.contextmanager
-def checked_write(path, what="OUTPUT"):
+def checked_write(path, what="OUTPUT") -> Iterator[None]:
     """Write (and close) a GDAL dataset inside this block; any GDAL failure becomes a GullySegError.
 
     GDAL reports write errors (full disk, I/O errors) at ``FlushCache`` or, worse, only while a
@@ -444,7 +445,7 @@ def checked_write(path, what="OUTPUT"):
         raise GullySegError(f"{what}: GDAL could not write '{path}' (disk full or I/O error?): {detail}")
 
 
-def ring_polygon(points):
+def ring_polygon(points) -> ogr.Geometry:
     """An OGR polygon with one ring through ``points`` [(x, y), ...], closed back to the first point."""
     ring = ogr.Geometry(ogr.wkbLinearRing)
     for x, y in points:
@@ -455,7 +456,7 @@ def ring_polygon(points):
     return poly
 
 
-def polygon_mask(layer, gt, x_off, y_off, width, height, all_touched=False):
+def polygon_mask(layer, gt, x_off, y_off, width, height, all_touched=False) -> np.ndarray:
     """uint8 (height, width): 1 where the polygons of OGR ``layer`` (in the raster's CRS) cover the
     pixel window (x_off, y_off, width, height) of a raster with geotransform ``gt``; GDAL's burn rule
     (pixel centre inside, or every touched pixel). Only features near the window are read."""

@@ -123,7 +123,7 @@ class ModelInfo:
             self.core = tuple(self.window)
 
     # -- preprocessing shared by segment_raster and predict_tiles (no duplication) --
-    def input_scale(self, dtype, what="INPUT"):
+    def input_scale(self, dtype, what="INPUT") -> float:
         """The divisor for raw pixel values of ``dtype`` (Deepness: 255 for 8-bit)."""
         dtype = np.dtype(dtype)
         if self.input_max is not None:
@@ -139,7 +139,7 @@ class ModelInfo:
             "gullyseg:setmodelmetadata (INPUT_MAX) or tools/set_model_metadata.py --input-max 1023."
         )
 
-    def normalise(self, raw, scale, valid=None, out=None):
+    def normalise(self, raw, scale, valid=None, out=None) -> np.ndarray:
         """(N, C, H, W) or (C, H, W) raw values -> float32 model input; invalid pixels -> 0.
 
         ``out``: a float32 array of that shape to fill (a slot of a batch), else a new array.
@@ -168,7 +168,7 @@ class ModelInfo:
                 np.copyto(x, np.float32(0), where=~v[:, None, :, :])
         return x[0] if squeeze else x
 
-    def gully_probability(self, output):
+    def gully_probability(self, output) -> np.ndarray:
         """Model output (N, K, H, W) or (N, H, W) -> gully probability (N, H, W) float32 in 0..1.
 
         NaN anywhere in the result raises ``NonFiniteOutput`` (never a probability of 0).
@@ -207,7 +207,7 @@ class ModelInfo:
             np.minimum(channel, 1.0, out=channel)
         return channel
 
-    def describe(self):
+    def describe(self) -> dict:
         return {
             "path": self.path,
             "input": f"{self.input_name} [{'N' if self.fixed_batch is None else self.fixed_batch}, {self.channels}, "
@@ -239,7 +239,7 @@ class ModelInfo:
             "metadata_keys": sorted(self.metadata),
         }
 
-    def summary(self):
+    def summary(self) -> str:
         """One human-readable line for logs."""
         d = self.describe()
         res = f", {self.resolution_cm:g} cm/px" if self.resolution_cm else ""
@@ -254,11 +254,11 @@ class ModelInfo:
         )
 
 
-def available_providers():
+def available_providers() -> list:
     return list(_ort().get_available_providers())
 
 
-def choose_providers(providers=None):
+def choose_providers(providers=None) -> list:
     """CUDA when onnxruntime offers it, then CPU (or the caller's list, checked)."""
     available = available_providers()
     if providers:
@@ -273,7 +273,7 @@ def choose_providers(providers=None):
     return chosen + [CPU]
 
 
-def cpu_count():
+def cpu_count() -> int:
     """CPUs this process may run on."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -281,7 +281,7 @@ def cpu_count():
         return max(1, os.cpu_count() or 1)
 
 
-def plan_threads(threads, providers):
+def plan_threads(threads, providers) -> tuple:
     """(lanes, intra-op threads per run) for ``threads`` CPU threads in all (None/0 = every CPU).
 
     On the CPU two batches run at once, each on half the threads: a run's parallel sections
@@ -311,7 +311,7 @@ def _session(path, threads, providers):
         raise GullySegError(f"MODEL: '{path}' is not an ONNX model onnxruntime can load ({text}).") from None
 
 
-def load_model(path, threads=None, providers=None, probe=True):
+def load_model(path, threads=None, providers=None, probe=True) -> ModelInfo:
     """Load and check an ONNX segmentation model; returns ``ModelInfo``.
 
     threads: CPU threads in all (None/0 = all cores; see ``plan_threads``). providers: None = CUDA when
@@ -376,7 +376,7 @@ def load_model(path, threads=None, providers=None, probe=True):
     )
 
 
-def describe(path, threads=None, providers=None):
+def describe(path, threads=None, providers=None) -> dict:
     """A dict a widget can show: classes, window, resolution, normalisation, provider, ..."""
     return load_model(path, threads=threads, providers=providers).describe()
 

@@ -253,7 +253,7 @@ def _simplify(out_path, layer_name, tolerance, feedback):
     ds = layer = None
 
 
-def polygonize(mask_path, prob_path, out_path, min_area=0.0, simplify=0.0, layer_name=None, feedback=None):
+def polygonize(mask_path, prob_path, out_path, min_area=0.0, simplify=0.0, layer_name=None, feedback=None) -> int:
     """Write the gully polygons of ``mask_path`` to a new GeoPackage ``out_path``; returns their count.
 
     ``out_path`` is written as is (callers pass the temporary name from ``gdalio.atomic_output``).
@@ -293,7 +293,7 @@ def polygonize(mask_path, prob_path, out_path, min_area=0.0, simplify=0.0, layer
     return written
 
 
-def polygonize_bounded(*args, cache_mb=256, **kwargs):
+def polygonize_bounded(*args, cache_mb=256, **kwargs) -> int:
     """``polygonize`` with GDAL's block cache capped at ``cache_mb`` while it runs.
 
     gdal.Polygonize and the strip reads go through GDAL's block cache, whose default size is 5 %
