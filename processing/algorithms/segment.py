@@ -90,48 +90,19 @@ class SegmentAlgorithm(GullySegAlgorithm):
     COMPRESSION_OPTIONS = inference.COMPRESSION_LABELS  # (engine name, label); the index is the value
 
     def initAlgorithm(self, config=None):  # noqa: N802
+        shared = inference_parameters(self.tr)
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Input raster")))
-        self.addParameter(QgsProcessingParameterFile(
-            self.MODEL, self.tr("ONNX model"), behavior=compat.FILE_FILE, fileFilter="ONNX models (*.onnx)"))
-        self.addParameter(QgsProcessingParameterString(
-            self.BANDS, self.tr("Bands for the model's channels, e.g. 3,2,1 (empty: from the model)"),
-            defaultValue="", optional=True))
+        self.addParameter(model_parameter(self.tr))
+        self.addParameter(shared[self.BANDS])
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, self.tr("Extent (empty: whole layer)"),
                                                        optional=True))
-        self.addParameter(QgsProcessingParameterFeatureSource(
-            self.MASK_LAYER, self.tr("Only inside these polygons"), [compat.TYPE_VECTOR_POLYGON], optional=True))
-        # optional numbers without a default: empty = from model metadata (-1 from older scripts still means that)
-        self.addParameter(QgsProcessingParameterNumber(
-            self.OVERLAP, self.tr("Overlap between windows (pixels; empty: from model metadata, else a quarter "
-                                  "window)"), compat.NUMBER_INTEGER, defaultValue=None, optional=True, minValue=-1))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.BATCH_SIZE, self.tr("Batch size (windows per model run)"), compat.NUMBER_INTEGER,
-            defaultValue=8, minValue=1, maxValue=1024))
+        for key in (self.MASK_LAYER, self.OVERLAP, self.BATCH_SIZE):
+            self.addParameter(shared[key])
         self.addParameter(QgsProcessingParameterNumber(
             self.THREADS, self.tr("CPU threads in all (0 = all cores)"), compat.NUMBER_INTEGER, defaultValue=0,
             minValue=0))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.THRESHOLD, self.tr("Threshold (empty: from model metadata, else 0.5)"), compat.NUMBER_DOUBLE,
-            defaultValue=None, optional=True, minValue=-1.0, maxValue=1.0))
-        self.addParameter(QgsProcessingParameterEnum(
-            self.TTA, self.tr("Test-time augmentation"), options=self.TTA_OPTIONS, defaultValue=0))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.MIN_AREA, self.tr("Polygons: minimum area (m²; empty: 4 pixels, 0: keep all)"), compat.NUMBER_DOUBLE,
-            defaultValue=None, optional=True, minValue=0.0))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.SIMPLIFY, self.tr("Polygons: simplification tolerance (m, 0 = none)"), compat.NUMBER_DOUBLE,
-            defaultValue=0.0, minValue=0.0))
-        context_margin = QgsProcessingParameterNumber(
-            self.CONTEXT_MARGIN, self.tr("Context margin ignored at inner window edges (pixels; empty: from model "
-                                         "metadata, 0: none)"), compat.NUMBER_INTEGER, defaultValue=None,
-            optional=True, minValue=-1)
-        context_margin.setFlags(context_margin.flags() | compat.FLAG_ADVANCED)
-        self.addParameter(context_margin)
-        compression = QgsProcessingParameterEnum(
-            self.COMPRESSION, self.tr("Compression of the output GeoTIFFs"),
-            options=[label for _, label in self.COMPRESSION_OPTIONS], defaultValue=0)
-        compression.setFlags(compression.flags() | compat.FLAG_ADVANCED)
-        self.addParameter(compression)
+        for key in (self.THRESHOLD, self.TTA, self.MIN_AREA, self.SIMPLIFY, self.CONTEXT_MARGIN, self.COMPRESSION):
+            self.addParameter(shared[key])
         overwrite = QgsProcessingParameterBoolean(self.OVERWRITE, self.tr("Overwrite existing output files"),
                                                   defaultValue=False)
         overwrite.setFlags(overwrite.flags() | compat.FLAG_ADVANCED)
@@ -216,3 +187,49 @@ class SegmentAlgorithm(GullySegAlgorithm):
             self.POLYGON_COUNT: result["polygons"] if result["polygons"] is not None else 0,
         }
 
+
+def model_parameter(tr):
+    """The MODEL parameter (an .onnx file), as segment and segmentmany define it."""
+    return QgsProcessingParameterFile(
+        "MODEL", tr("ONNX model"), behavior=compat.FILE_FILE, fileFilter="ONNX models (*.onnx)")
+
+
+def inference_parameters(tr):
+    """{key: a new parameter}: the inference options segment and segmentmany share, defined once.
+
+    Optional numbers have no default: empty = from the model's metadata (-1 from older scripts still
+    means that). CONTEXT_MARGIN and COMPRESSION are advanced."""
+    params = [
+        QgsProcessingParameterString(
+            "BANDS", tr("Bands for the model's channels, e.g. 3,2,1 (empty: from the model)"), defaultValue="",
+            optional=True),
+        QgsProcessingParameterFeatureSource(
+            "MASK_LAYER", tr("Only inside these polygons"), [compat.TYPE_VECTOR_POLYGON], optional=True),
+        QgsProcessingParameterNumber(
+            "OVERLAP", tr("Overlap between windows (pixels; empty: from model metadata, else a quarter window)"),
+            compat.NUMBER_INTEGER, defaultValue=None, optional=True, minValue=-1),
+        QgsProcessingParameterNumber(
+            "BATCH_SIZE", tr("Batch size (windows per model run)"), compat.NUMBER_INTEGER, defaultValue=8,
+            minValue=1, maxValue=1024),
+        QgsProcessingParameterNumber(
+            "THRESHOLD", tr("Threshold (empty: from model metadata, else 0.5)"), compat.NUMBER_DOUBLE,
+            defaultValue=None, optional=True, minValue=-1.0, maxValue=1.0),
+        QgsProcessingParameterEnum(
+            "TTA", tr("Test-time augmentation"), options=SegmentAlgorithm.TTA_OPTIONS, defaultValue=0),
+        QgsProcessingParameterNumber(
+            "MIN_AREA", tr("Polygons: minimum area (m²; empty: 4 pixels, 0: keep all)"), compat.NUMBER_DOUBLE,
+            defaultValue=None, optional=True, minValue=0.0),
+        QgsProcessingParameterNumber(
+            "SIMPLIFY", tr("Polygons: simplification tolerance (m, 0 = none)"), compat.NUMBER_DOUBLE,
+            defaultValue=0.0, minValue=0.0),
+        QgsProcessingParameterNumber(
+            "CONTEXT_MARGIN", tr("Context margin ignored at inner window edges (pixels; empty: from model "
+                                 "metadata, 0: none)"), compat.NUMBER_INTEGER, defaultValue=None, optional=True,
+            minValue=-1),
+        QgsProcessingParameterEnum(
+            "COMPRESSION", tr("Compression of the output GeoTIFFs"),
+            options=[label for _, label in SegmentAlgorithm.COMPRESSION_OPTIONS], defaultValue=0),
+    ]
+    for param in params[-2:]:
+        param.setFlags(param.flags() | compat.FLAG_ADVANCED)
+    return {param.name(): param for param in params}

@@ -5,8 +5,6 @@ from qgis.core import (
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
     QgsProcessingParameterBoolean,
-    QgsProcessingParameterEnum,
-    QgsProcessingParameterFeatureSource,
     QgsProcessingParameterFile,
     QgsProcessingParameterFolderDestination,
     QgsProcessingParameterMultipleLayers,
@@ -18,7 +16,7 @@ from ... import compat
 from ..engine import distributed
 from ..engine.errors import GullySegError
 from .base import GROUP_INFERENCE, GullySegAlgorithm, features_in_crs
-from .segment import SegmentAlgorithm
+from .segment import SegmentAlgorithm, inference_parameters, model_parameter
 
 
 class SegmentManyAlgorithm(GullySegAlgorithm):
@@ -85,32 +83,14 @@ class SegmentManyAlgorithm(GullySegAlgorithm):
         self.addParameter(QgsProcessingParameterString(
             self.PATTERN, self.tr("File pattern in the folder (e.g. *.tif; several separated by ';')"),
             defaultValue="*.tif", optional=True))
-        self.addParameter(QgsProcessingParameterFile(
-            self.MODEL, self.tr("ONNX model"), behavior=compat.FILE_FILE, fileFilter="ONNX models (*.onnx)"))
-        self.addParameter(QgsProcessingParameterString(
-            self.BANDS, self.tr("Bands for the model's channels, e.g. 3,2,1 (empty: from the model)"),
-            defaultValue="", optional=True))
-        self.addParameter(QgsProcessingParameterFeatureSource(
-            self.MASK_LAYER, self.tr("Only inside these polygons"), [compat.TYPE_VECTOR_POLYGON], optional=True))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.OVERLAP, self.tr("Overlap between windows (pixels; empty: from model metadata, else a quarter "
-                                  "window)"), compat.NUMBER_INTEGER, defaultValue=None, optional=True, minValue=-1))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.BATCH_SIZE, self.tr("Batch size (windows per model run)"), compat.NUMBER_INTEGER,
-            defaultValue=8, minValue=1, maxValue=1024))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.THRESHOLD, self.tr("Threshold (empty: from model metadata, else 0.5)"), compat.NUMBER_DOUBLE,
-            defaultValue=None, optional=True, minValue=-1.0, maxValue=1.0))
-        self.addParameter(QgsProcessingParameterEnum(
-            self.TTA, self.tr("Test-time augmentation"), options=SegmentAlgorithm.TTA_OPTIONS, defaultValue=0))
+        shared = inference_parameters(self.tr)
+        self.addParameter(model_parameter(self.tr))
+        for key in (self.BANDS, self.MASK_LAYER, self.OVERLAP, self.BATCH_SIZE, self.THRESHOLD, self.TTA):
+            self.addParameter(shared[key])
         self.addParameter(QgsProcessingParameterBoolean(
             self.OUTPUT_POLYGONS, self.tr("Write gully polygons (per scene and merged)"), defaultValue=False))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.MIN_AREA, self.tr("Polygons: minimum area (m²; empty: 4 pixels, 0: keep all)"), compat.NUMBER_DOUBLE,
-            defaultValue=None, optional=True, minValue=0.0))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.SIMPLIFY, self.tr("Polygons: simplification tolerance (m, 0 = none)"), compat.NUMBER_DOUBLE,
-            defaultValue=0.0, minValue=0.0))
+        self.addParameter(shared[self.MIN_AREA])
+        self.addParameter(shared[self.SIMPLIFY])
         self.addParameter(QgsProcessingParameterString(
             self.SCHEDULER, self.tr("Dask scheduler (empty: a local cluster; tcp://host:port: an existing one)"),
             defaultValue="", optional=True))
@@ -120,19 +100,13 @@ class SegmentManyAlgorithm(GullySegAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(
             self.THREADS_PER_WORKER, self.tr("Local cluster: tasks at once per worker"), compat.NUMBER_INTEGER,
             defaultValue=1, minValue=1))
-        advanced = [QgsProcessingParameterNumber(
-            self.CONTEXT_MARGIN, self.tr("Context margin ignored at inner window edges (pixels; empty: from model "
-                                         "metadata, 0: none)"), compat.NUMBER_INTEGER, defaultValue=None,
-            optional=True, minValue=-1)]
-        advanced.append(QgsProcessingParameterNumber(
+        self.addParameter(shared[self.CONTEXT_MARGIN])
+        block_size = QgsProcessingParameterNumber(
             self.BLOCK_SIZE, self.tr("Block size (pixels, a multiple of 256): larger scenes run in blocks"),
-            compat.NUMBER_INTEGER, defaultValue=distributed.DEFAULT_BLOCK_SIZE, minValue=256))
-        advanced.append(QgsProcessingParameterEnum(
-            self.COMPRESSION, self.tr("Compression of the output GeoTIFFs"),
-            options=[label for _, label in SegmentAlgorithm.COMPRESSION_OPTIONS], defaultValue=0))
-        for param in advanced:
-            param.setFlags(param.flags() | compat.FLAG_ADVANCED)
-            self.addParameter(param)
+            compat.NUMBER_INTEGER, defaultValue=distributed.DEFAULT_BLOCK_SIZE, minValue=256)
+        block_size.setFlags(block_size.flags() | compat.FLAG_ADVANCED)
+        self.addParameter(block_size)
+        self.addParameter(shared[self.COMPRESSION])
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT_DIR, self.tr("Output folder")))
         self.addOutput(QgsProcessingOutputString(self.SUMMARY, self.tr("Summary (CSV)")))
         self.addOutput(QgsProcessingOutputNumber(self.SCENES_DONE, self.tr("Scenes segmented")))
