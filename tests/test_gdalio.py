@@ -1,6 +1,7 @@
 """GDAL helpers: clear errors on bad rasters, CRS checks, atomic outputs."""
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,3 +123,45 @@ def test_overwrite_leaves_sibling_files_of_other_formats(tmp_path):
     assert not (tmp_path / "x.tif.aux.xml").exists()  # the old tif's stale side file went with it
     for name in ("x.jpg", "x.jgw", "x.jpg.aux.xml"):
         assert (tmp_path / name).read_text() == name
+
+
+def test_first_jpeg_writes_from_several_threads_report_no_error():
+    """GDAL builds the JPEG driver's creation option list lazily and without a lock; importing gdalio
+    builds it once, so a fresh process whose first JPEGs are written by 8 threads at once (as the
+    tile writers do) sees no parse error. Run in fresh interpreters: the race is on first use only."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import os, sys, tempfile, threading
+        from osgeo import gdal
+        sys.path.insert(0, sys.argv[1])
+        import gullyseg_cli
+        gullyseg_cli.register_package()
+        import gullyseg.processing.engine.gdalio  # noqa: F401  (the warm-up happens at import)
+        folder, errors = tempfile.mkdtemp(), []
+
+        def write(i):
+            def handler(err_class, err_no, message):
+                if err_class >= gdal.CE_Failure:
+                    errors.append(message)
+            gdal.PushErrorHandler(handler)
+            try:
+                mem = gdal.GetDriverByName("MEM").Create("", 64, 64, 3, gdal.GDT_Byte)
+                gdal.GetDriverByName("JPEG").CreateCopy(os.path.join(folder, f"{i}.jpg"), mem, 0, ["QUALITY=90"])
+            finally:
+                gdal.PopErrorHandler()
+
+        threads = [threading.Thread(target=write, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        print(len(errors), errors[:1])
+    """)
+    tools = str(Path(__file__).resolve().parents[1] / "tools")
+    for _ in range(15):
+        out = subprocess.run([sys.executable, "-c", script, tools], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith("0 "), out.stdout

@@ -19,6 +19,23 @@ from .errors import GullySegError
 GTIFF_TILED = ["TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256", "COMPRESS=DEFLATE", "BIGTIFF=IF_SAFER"]
 GTIFF_SMALL = ["COMPRESS=DEFLATE"]  # small tiles/masks: one strip block is fine
 
+# Drivers that GullySeg's worker threads write with. GDAL (3.6 at least) builds a driver's creation
+# option list lazily on first use without a lock: two threads writing their first JPEG at once parse a
+# half-built XML string ("Didn't find expected '=' for value of attribute ..."), which checked_write
+# then reports as a failed write. Building the lists once here, in the importing thread, avoids it.
+THREADED_DRIVERS = ("GTiff", "JPEG", "PNG", "MEM")
+
+
+def warm_up_drivers(names=THREADED_DRIVERS) -> None:
+    """Build the creation option lists of ``names`` now, in this thread (see THREADED_DRIVERS)."""
+    for name in names:
+        driver = gdal.GetDriverByName(name)
+        if driver is not None:
+            driver.GetMetadataItem(gdal.DMD_CREATIONOPTIONLIST)
+
+
+warm_up_drivers()
+
 
 @dataclass
 class RasterInfo:
