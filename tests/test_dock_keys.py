@@ -3,7 +3,6 @@ buttons and on the map canvas, then real key events (QTest) that go where Qt sen
 
 The index on disk (re-read with OGR) is the reference for what a key did."""
 
-import shutil
 
 import pytest
 from qgis.core import QgsProject
@@ -11,8 +10,9 @@ from qgis.gui import QgsGui
 from qgis.PyQt.QtCore import QPoint, Qt
 from qgis.PyQt.QtTest import QTest
 from qgis.PyQt.QtWidgets import QApplication
+from screening_data import copy_index, make_source_dataset, statuses
 
-from gullyseg.processing.engine import dataset, tiling
+from gullyseg.processing.engine import dataset
 from gullyseg.ui import settings
 from gullyseg.ui.dock import GullySegDock
 
@@ -21,22 +21,12 @@ TILE = 128
 
 @pytest.fixture(scope="module")
 def source_dataset(tmp_path_factory, scene_factory):
-    scene = scene_factory("keys", width=512, height=384, seed=4)
-    root = tmp_path_factory.mktemp("keys_ds") / "dataset"
-    tiling.grid_tiles(str(scene), str(root), tile_size=TILE)
-    return root
+    return make_source_dataset(tmp_path_factory, scene_factory, "keys", 512, 384, seed=4, tile=TILE)
 
 
 @pytest.fixture
 def index_path(source_dataset, tmp_path):
-    root = tmp_path / "dataset"
-    shutil.copytree(source_dataset, root)
-    return root / dataset.INDEX_NAME
-
-
-def statuses(index_path):
-    records, _ = dataset.read_index(str(index_path))
-    return {r["tile_id"]: r["status"] for r in records}
+    return copy_index(source_dataset, tmp_path)
 
 
 @pytest.fixture

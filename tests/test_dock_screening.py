@@ -13,6 +13,7 @@ from qgis.PyQt.QtCore import QEvent, Qt
 from qgis.PyQt.QtGui import QKeyEvent
 from qgis.PyQt.QtTest import QTest
 from qgis.PyQt.QtWidgets import QApplication
+from screening_data import copy_index, make_source_dataset, statuses
 
 from gullyseg.processing.engine import dataset, tiling
 from gullyseg.ui import settings
@@ -26,24 +27,12 @@ TILE = 128  # 512 x 512 scene -> 4 x 4 = 16 tiles
 @pytest.fixture(scope="module")
 def source_dataset(tmp_path_factory, scene_factory):
     """A dataset folder made by gridtiles (tif + jpg), kept pristine; tests copy it."""
-    scene = scene_factory("screen", width=512, height=512, seed=3)
-    root = tmp_path_factory.mktemp("screen_ds") / "dataset"
-    tiling.grid_tiles(str(scene), str(root), tile_size=TILE)
-    return root
+    return make_source_dataset(tmp_path_factory, scene_factory, "screen", 512, 512, seed=3, tile=TILE)
 
 
 @pytest.fixture
 def index_path(source_dataset, tmp_path):
-    import shutil
-
-    root = tmp_path / "dataset"
-    shutil.copytree(source_dataset, root)
-    return root / dataset.INDEX_NAME
-
-
-def statuses(index_path):
-    records, _ = dataset.read_index(str(index_path))
-    return {r["tile_id"]: r["status"] for r in records}
+    return copy_index(source_dataset, tmp_path)
 
 
 @pytest.fixture
