@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from osgeo import gdal, ogr
 
-from gullyseg.processing.engine import labelme, rasterize
+from gullyseg.processing.engine import burn, labelme, rasterize
 from gullyseg.processing.engine.errors import GullySegError
 
 ORACLE_FILES = ["2011_000003", "2011_000006", "2011_000025"]
@@ -337,15 +337,26 @@ def _burn(polygons, all_touched):
     return ds.ReadAsArray()
 
 
-def test_split_holes_pieces_burn_the_polygon_pixels():
-    """The synthetic annotator's hole strategy: hole-free pieces, same pixels as GDAL burns for the
-    polygon with its holes (both burn rules), also for a hole narrower than a pixel."""
+def test_holes_are_split_into_pieces_that_burn_the_polygon_pixels(tmp_path):
+    """The one hole strategy: hole-free pieces with the polygon's label. Directly and through a
+    written Labelme file read back by rasterizelabels' reader, they burn the pixels GDAL burns for the
+    polygon with its holes, under both burn rules, also for a hole narrower than a pixel and an
+    island inside a hole."""
     donut = ogr.CreateGeometryFromWkt(
         "POLYGON((3.3 2.2,60.7 4.1,58.2 61.6,2.4 59.9,3.3 2.2),(20.2 20.2,40.6 21.3,39.4 40.1,20.9 38.8,20.2 20.2),"
         "(45.2 10.1,45.8 10.1,45.8 30.7,45.2 30.7,45.2 10.1))")
+    island = ogr.CreateGeometryFromWkt("POLYGON((25.1 25.3,33.7 25.2,33.2 34.6,25.1 25.3))")
     pieces = labelme.split_holes(donut.Clone())
     assert len(pieces) > 1 and all(p.GetGeometryCount() == 1 for p in pieces)
     for all_touched in (False, True):
         np.testing.assert_array_equal(_burn(pieces, all_touched), _burn([donut], all_touched))
-    shapes = labelme.polygon_shapes(donut, "gully", holes=labelme.HOLES_SPLIT)
-    assert {s["label"] for s in shapes} == {"gully"} and len(shapes) == len(pieces)
+    both = ogr.Geometry(ogr.wkbMultiPolygon)
+    both.AddGeometry(donut)
+    both.AddGeometry(island)
+    shapes = labelme.polygon_shapes(both, "gully")
+    assert {s["label"] for s in shapes} == {"gully"} and len(shapes) == len(pieces) + 1
+    path = tmp_path / "donut.json"
+    labelme.write_labelme(str(path), labelme.labelme_document(shapes, "donut.jpg", 64, 64))
+    for all_touched in (False, True):
+        burnt, _ = burn.rasterize_labelme_file(str(path), labelme.parse_classes("gully=1"), all_touched=all_touched)
+        np.testing.assert_array_equal(burnt, _burn([donut, island], all_touched))

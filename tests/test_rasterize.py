@@ -133,7 +133,8 @@ def test_round_trip_export_then_rasterize_equals_direct(scene, index, tmp_path):
 
 
 def test_holes_and_islands_round_trip(index, tmp_path):
-    """A polygon with a hole and an island in the hole survives Labelme (which has no holes)."""
+    """A polygon with a hole and an island in the hole survives Labelme (which has no holes): the
+    export writes hole-free pieces, all labelled gully."""
     rec = dataset.read_index(index)[0][0]
     x0, y0 = rec["bounds"][0], rec["bounds"][3]
 
@@ -148,7 +149,7 @@ def test_holes_and_islands_round_trip(index, tmp_path):
     wkts = [island, donut, multi]  # the island comes first in the layer: order must not matter
     rasterize.export_labelme(index, prefill=wkts)
     doc = json.load(open(os.path.join(os.path.dirname(index), "labelme", f"{rec['tile_id']}.json")))
-    assert [s["label"] for s in doc["shapes"]] == ["gully", "_background_", "gully", "gully", "gully"]
+    assert {s["label"] for s in doc["shapes"]} == {"gully"} and len(doc["shapes"]) >= 5  # 2+ pieces, island, 2
     a = rasterize.rasterize_labels(index, output_dir=str(tmp_path / "a"))["masks"][rec["tile_id"]]
     expected = np.zeros((256, 256), dtype=np.uint8)
     expected[10:101, 10:101] = 1

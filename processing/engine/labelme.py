@@ -33,8 +33,6 @@ from .errors import GullySegError
 from .gdalio import ring_polygon
 from .labelme_writer import (  # noqa: F401 (the writer; importable from here as before)
     BACKGROUND_LABEL,
-    HOLES_BACKGROUND,
-    HOLES_SPLIT,
     LABELME_VERSION,
     collect_polygons,
     geometry_to_shapes,

@@ -2,6 +2,14 @@
 
 Used by the export for annotation (``labelme_export``) and the synthetic annotator
 (``synthetic.annotate``). Coordinates are Labelme's: pixel-corner based, x right, y down.
+
+One hole strategy: Labelme polygons have no holes, so a polygon with holes is written as
+hole-free pieces (``split_holes``), each with the polygon's label. The pieces burn exactly the
+pixels of the polygon with its holes under either burn rule (pixel centre or all touched), in any
+order, so every reader gets the polygon right: rasterizelabels, Labelme's own
+labelme_json_to_dataset and a plain GDAL burn of the shapes alike. (A ``_background_`` polygon per
+hole, which rasterizelabels also reads in files from elsewhere, grows the hole under the
+all-touched rule and depends on the shapes' order.)
 """
 
 import json
@@ -58,7 +66,7 @@ def split_holes(poly, depth=0) -> list:
     where the hole spans one, so no pixel centre lies on a cut and the pieces burn exactly the
     pixels of ``poly`` with either burn rule.
     """
-    if poly.GetGeometryCount() <= 1 or depth > 40:
+    if poly.GetGeometryCount() <= 1 or depth > 400:
         return [poly]
     hole = poly.GetGeometryRef(1)
     xmin, xmax, _, _ = hole.GetEnvelope()
@@ -82,10 +90,6 @@ def split_holes(poly, depth=0) -> list:
     return parts
 
 
-HOLES_BACKGROUND = "background"  # Labelme's own convention: a hole is a ``_background_`` polygon
-HOLES_SPLIT = "split"  # what an annotator draws: hole-free pieces (``split_holes``)
-
-
 def _ring_points(ring):
     pts = [(ring.GetX(k), ring.GetY(k)) for k in range(ring.GetPointCount())]
     if len(pts) > 1 and pts[0] == pts[-1]:
@@ -93,32 +97,15 @@ def _ring_points(ring):
     return pts
 
 
-def _ring_area(ring):
-    poly = ogr.Geometry(ogr.wkbPolygon)
-    poly.AddGeometry(ring)
-    return poly.GetArea()
-
-
-def polygon_shapes(geom, label, to_pixel=None, holes=HOLES_BACKGROUND, simplify_px=0.0, min_area=1e-9,
-                   size=None, decimals=None) -> list:
+def polygon_shapes(geom, label, to_pixel=None, simplify_px=0.0, min_area=1e-9, size=None, decimals=None) -> list:
     """The polygons of ``geom`` as Labelme polygon shapes: the one Labelme polygon writer.
 
     ``to_pixel(x, y) -> (col, row)`` maps map coordinates to pixel coordinates (None: ``geom`` is
     in pixel coordinates already); each polygon is then simplified by ``simplify_px`` (0: not).
-    Labelme polygons have no holes. ``holes``:
-
-    * HOLES_BACKGROUND (exports): each polygon is its exterior ring with ``label`` followed by one
-      ``_background_`` polygon per hole, polygons ordered by the area of their exterior ring,
-      largest first, so an island inside a hole is written after the hole and burns over it;
-      burnt in file order (as Labelme and rasterizelabels do) this gives the pixels of ``geom``.
-    * HOLES_SPLIT (the synthetic annotator): polygons are cut into hole-free pieces
-      (``split_holes``), largest first; every shape has ``label``.
-
-    Rings (HOLES_BACKGROUND) or pieces (HOLES_SPLIT) of ``min_area`` px² or less are dropped; with
-    ``size`` (width, height) points are clamped to the image, with ``decimals`` rounded.
+    Polygons with holes are cut into hole-free pieces (``split_holes``), written largest first.
+    Pieces of ``min_area`` px² or less are dropped; with ``size`` (width, height) points are
+    clamped to the image, with ``decimals`` rounded.
     """
-    if holes not in (HOLES_BACKGROUND, HOLES_SPLIT):
-        raise ValueError(f"holes must be {HOLES_BACKGROUND!r} or {HOLES_SPLIT!r}, not {holes!r}")
     parts = []
     collect_polygons(geom, parts)
     keyed = []  # (area, polygon in pixel coordinates)
@@ -134,10 +121,7 @@ def polygon_shapes(geom, label, to_pixel=None, holes=HOLES_BACKGROUND, simplify_
         simple = []
         collect_polygons(poly, simple)
         for one in simple:
-            if holes == HOLES_SPLIT:
-                keyed.extend((piece.GetArea(), piece) for piece in split_holes(one.Clone()))
-            elif one.GetGeometryRef(0) is not None:
-                keyed.append((_ring_area(one.GetGeometryRef(0)), one.Clone()))
+            keyed.extend((piece.GetArea(), piece) for piece in split_holes(one.Clone()))
     keyed.sort(key=lambda kv: -kv[0])
 
     def shape(ring, name):
@@ -150,23 +134,14 @@ def polygon_shapes(geom, label, to_pixel=None, holes=HOLES_BACKGROUND, simplify_
 
     out = []
     for area, poly in keyed:
-        if area <= min_area:
-            continue
-        first = shape(poly.GetGeometryRef(0), label)
-        if first is None:
-            continue
-        out.append(first)
-        for k in range(1, poly.GetGeometryCount()):  # holes (HOLES_BACKGROUND only: split pieces have none)
-            hole = poly.GetGeometryRef(k)
-            if _ring_area(hole) > min_area:
-                extra = shape(hole, BACKGROUND_LABEL)
-                if extra is not None:
-                    out.append(extra)
+        if area > min_area and poly.GetGeometryRef(0) is not None:
+            piece = shape(poly.GetGeometryRef(0), label)
+            if piece is not None:
+                out.append(piece)
     return out
 
 
-def layer_shapes(layer, geotransform, width, height, label, holes=HOLES_BACKGROUND, simplify_px=0.0, min_area=1e-9,
-                 decimals=None) -> list:
+def layer_shapes(layer, geotransform, width, height, label, simplify_px=0.0, min_area=1e-9, decimals=None) -> list:
     """Labelme shapes of the polygons of an OGR ``layer`` (in the raster's CRS) on one image.
 
     The image is ``width`` x ``height`` pixels with ``geotransform``. Features are clipped to it,
@@ -191,14 +166,14 @@ def layer_shapes(layer, geotransform, width, height, label, holes=HOLES_BACKGROU
     for poly in polygons:
         multi.AddGeometry(poly)
     union = multi.UnionCascaded() if len(polygons) > 1 else multi
-    return polygon_shapes(union, label, to_pixel_of(geotransform), holes=holes, simplify_px=simplify_px,
+    return polygon_shapes(union, label, to_pixel_of(geotransform), simplify_px=simplify_px,
                           min_area=min_area, size=(width, height) if decimals is not None else None,
                           decimals=decimals)
 
 
 def geometry_to_shapes(geom, label, to_pixel, min_area=1e-9) -> list:
     """Polygons (OGR, map coordinates) -> Labelme polygon shapes in pixel coordinates
-    (``polygon_shapes`` with ``_background_`` holes, no simplification)."""
+    (``polygon_shapes``: holes split into pieces, no simplification)."""
     return polygon_shapes(geom, label, to_pixel, min_area=min_area)
 
 

@@ -74,7 +74,7 @@ def write_labelme_for_tiles(scene_path, gullies_path, out_dir=None, tile_index=N
             result.skipped_existing += 1
             continue
         shapes = labelme.layer_shapes(layer, windows.geotransform_at(gt, x_off, y_off), w, h, label,
-                                      holes=labelme.HOLES_SPLIT, simplify_px=simplify_px, min_area=2.0, decimals=2)
+                                      simplify_px=simplify_px, min_area=2.0, decimals=2)
         if not shapes:
             part = windows.intersection((x_off, y_off, w, h), (0, 0, info.width, info.height))
             if not include_empty or part is None or not gdalio.valid_mask(scene, *part).any():
