@@ -256,7 +256,7 @@ def test_fine_tune_with_a_frozen_encoder(tiny, trained, tmp_path):
     assert encoder and all(torch.equal(base[k], tuned[k]) for k in encoder)  # weights and BN statistics
     assert any(not torch.equal(base[k], tuned[k]) for k in decoder)
     assert res["record"]["fine_tune_from"] == str(base_path) and res["record"]["freeze_encoder"] is True
-    with pytest.raises(GullySegError, match="FINE_TUNE_FROM: .* is a unet / resnet18"):
+    with pytest.raises(GullySegError, match=f"FINE_TUNE_FROM: .* is a unet / {models.DEFAULT_ENCODER}"):
         trainer.train_model(str(tiny["root"]), str(tmp_path / "fpn.onnx"), architecture="fpn",
                             fine_tune_from=str(base_path), **FAST)
     assert not (tmp_path / "fpn.onnx").exists()
@@ -301,6 +301,7 @@ def test_offered_choices_match_the_algorithm():
 
     assert trainmodel.ARCHITECTURES == list(models.ARCHITECTURE_KEYS)
     assert trainmodel.ENCODERS == list(models.ENCODERS)
+    assert trainmodel.DEFAULT_ENCODER == models.DEFAULT_ENCODER
     assert sorted(trainmodel.LOSSES) == sorted(loop.LOSSES) and trainmodel.DEVICES == list(loop.DEVICES)
 
 

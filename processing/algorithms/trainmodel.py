@@ -25,6 +25,7 @@ ENCODERS = ["resnet18", "resnet34", "resnet50", "efficientnet-b0", "efficientnet
             "efficientnet-b3", "mobilenet_v2", "mit_b0", "mit_b1", "mit_b2"]
 LOSSES = ["ce+dice", "ce", "dice", "focal"]
 DEVICES = ["auto", "cpu", "cuda"]
+DEFAULT_ENCODER = "mobilenet_v2"
 
 # The models trainmodel wrote, newest first (the dock's inference tab can offer them).
 SETTINGS_TRAINED_MODELS = "gullyseg/trained_models"
@@ -115,7 +116,8 @@ class TrainModelAlgorithm(GullySegAlgorithm):
             self.ARCHITECTURE, self.tr("Architecture"), options=ARCHITECTURES, defaultValue="unet",
             usesStaticStrings=True))
         self.addParameter(QgsProcessingParameterEnum(
-            self.ENCODER, self.tr("Encoder"), options=ENCODERS, defaultValue="resnet18", usesStaticStrings=True))
+            self.ENCODER, self.tr("Encoder"), options=ENCODERS, defaultValue=DEFAULT_ENCODER,
+            usesStaticStrings=True))
         self.addParameter(QgsProcessingParameterString(
             self.ENCODER_WEIGHTS, self.tr("Encoder weights: none, imagenet or a local weights file"),
             defaultValue="none"))
@@ -181,7 +183,7 @@ class TrainModelAlgorithm(GullySegAlgorithm):
             self.parameterAsFile(parameters, self.DATASET, context),
             self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context),
             architecture=text(self.ARCHITECTURE) or "unet",
-            encoder=text(self.ENCODER) or "resnet18",
+            encoder=text(self.ENCODER) or DEFAULT_ENCODER,
             encoder_weights=text(self.ENCODER_WEIGHTS).strip() or "none",
             fine_tune_from=self.parameterAsFile(parameters, self.FINE_TUNE_FROM, context) or None,
             freeze_encoder=self.parameterAsBool(parameters, self.FREEZE_ENCODER, context),

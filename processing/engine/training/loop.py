@@ -297,6 +297,16 @@ def lr_range_test(model, batches, loss_fn, device, steps=30, lo=1e-6, hi=1.0, fe
     return lr
 
 
+def _fit_schedule_to_budget(sched, epochs, max_seconds, first_epoch_seconds, feedback):
+    """With a time budget, the cosine decay spans the epochs that fit it (measured on epoch 1), not
+    EPOCHS: a run stopped by the budget still ends at a low learning rate."""
+    fitting = int(max(1, min(int(epochs), max_seconds // max(first_epoch_seconds, 1e-6))))
+    if fitting < int(epochs):
+        sched.T_max = fitting
+        feedback.info(f"Time budget {max_seconds / 60:.1f} min: epoch 1 took {first_epoch_seconds:.0f} s, so about "
+                      f"{fitting} epochs fit; the learning rate decays over {fitting} epochs.")
+
+
 def fit(model, train_batches, val_batches, epochs, lr=1e-3, loss="ce+dice", class_weights=None,
         early_stopping=0, augment=True, seed=0, device="cpu", weight_decay=1e-4, freeze_encoder=False,
         feedback=None, state=None, on_epoch=None, steps_per_epoch=None, max_seconds=None) -> FitResult:
@@ -340,6 +350,11 @@ def fit(model, train_batches, val_batches, epochs, lr=1e-3, loss="ce+dice", clas
         losses, samples = [], 0
         for b, (x, y) in enumerate(train_batches(epoch)):
             _check(feedback)
+            if int(x.shape[0]) == 1 and b > 0:
+                # a last batch of one sample (N = 1 modulo the batch size): batch norm cannot train on
+                # one value per channel (DeepLabV3+'s and PSPNet's pooled branches raise); skipped, and
+                # as batches are shuffled per epoch it is another sample each time
+                continue
             if augment:
                 x, y = augment_batch(x, y, gen)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -363,6 +378,8 @@ def fit(model, train_batches, val_batches, epochs, lr=1e-3, loss="ce+dice", clas
                "samples": samples, "seconds": round(time.monotonic() - t0, 3),
                "samples_per_s": samples / train_seconds if train_seconds > 0 else float("nan")}
         history.append(row)
+        if max_seconds and epoch == start_epoch == 1 and int(epochs) > 1:
+            _fit_schedule_to_budget(sched, epochs, max_seconds, time.monotonic() - fit_started, feedback)
         score = val_miou if val_batches is not None else -row["train_loss"]
         improved = math.isfinite(score) and score > best["miou"]
         if improved or best["state"] is None:
@@ -381,7 +398,8 @@ def fit(model, train_batches, val_batches, epochs, lr=1e-3, loss="ce+dice", clas
             feedback.info(f"Early stopping: no val mIoU gain for {early_stopping} epochs.")
             stopped_early = True
             break
-        if max_seconds and time.monotonic() - fit_started >= max_seconds and epoch < int(epochs):
+        if max_seconds and epoch < int(epochs) and (time.monotonic() - fit_started >= max_seconds
+                                                    or epoch >= sched.T_max):
             feedback.info(f"Time budget of {max_seconds / 60:.1f} min spent after epoch {epoch}.")
             stopped_early = True
             break
