@@ -23,6 +23,7 @@ EXPECTED_IDS = {
     "trainmodel",
     "comparemodels",
     "segmentmany",
+    "screeningreport",
 }
 
 ALGORITHMS = [cls() for cls in algorithm_classes()]

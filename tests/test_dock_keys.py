@@ -241,7 +241,11 @@ def test_screening_report_and_band_choice(dock, index_path, tmp_path):
     assert all(r["time_utc"].endswith("+00:00") for r in rows)
     on_disk = json.loads((tmp_path / "report" / "screening.json").read_text())
     assert on_disk == summary
-    assert (summary["kept"], summary["rejected"], summary["decisions_this_session"]) == (1, 1, 2)
+    assert (summary["kept"], summary["rejected"], summary["decisions"], summary["undos"]) == (1, 1, 2, 1)
+    assert all(r["current_status"] == statuses(index_path)[r["tile_id"]] for r in rows)
+    journal = list(csv.DictReader(open(index_path.parent / "screening_log.csv", encoding="utf-8")))
+    assert [(r["tile_id"], r["new_status"], r["action"]) for r in journal] == [
+        (r["tile_id"], r["new_status"], r["action"]) for r in rows]  # each decision journaled as it was made
     assert summary["remaining"] == len(ids) - 2 == summary["total"] - 2
 
     # band choice: the picture comes from the GeoTIFF's bands, in the chosen order

@@ -14,6 +14,7 @@ The logic lives in ``screening_session.ScreeningSession``; this module is the vi
 """
 
 import os
+from dataclasses import asdict
 
 from osgeo import gdal
 from qgis.core import (
@@ -44,7 +45,7 @@ from qgis.PyQt.QtWidgets import (
 
 from .. import compat
 from ..metadata import NAME, resource_path
-from ..processing.engine import dataset
+from ..processing.engine import dataset, screening
 from ..processing.engine.errors import GullySegError
 from . import settings
 from .screening_session import (
@@ -60,7 +61,6 @@ from .screening_session import (
     ScreeningSession,
     Tile,
     normalise_status,
-    write_report,
     write_with_retry,
 )
 from .tasks import EngineTask
@@ -458,8 +458,10 @@ class ScreeningTab(QWidget, FORM_CLASS):
         if os.path.exists(STYLE_TILES):
             layer.loadNamedStyle(STYLE_TILES)
             layer.triggerRepaint()
+        self._journal_failed = False
         self.session = ScreeningSession(
-            tiles, self._write_status, filter_name=self.filterCombo.currentData(), order=self.orderCombo.currentData()
+            tiles, self._write_status, filter_name=self.filterCombo.currentData(), order=self.orderCombo.currentData(),
+            journal=self._append_journal if path else None,
         )
         self._fill_band_choices(tiles)
         stretch, bands = self._picture_settings(tiles)
@@ -533,16 +535,34 @@ class ScreeningTab(QWidget, FORM_CLASS):
         path, _ = QFileDialog.getSaveFileName(self, "Save the screening report", start, "CSV (*.csv)")
         return self.save_report(path) if path else None
 
-    def save_report(self, csv_path):
-        """Write the decisions CSV and the summary JSON beside it; returns the summary (also shown)."""
+    def _append_journal(self, row):
+        """Each decision/undo, once on disk in the index, also goes to the dataset's screening journal
+        (time stamps for gullyseg:screeningreport). A journal that cannot be written is said once and
+        does not stop screening: the index, not the journal, holds the decisions."""
         try:
-            summary = write_report(self.session, csv_path, index_path=layer_file_path(self.layer) or "")
-        except OSError as exc:
+            screening.append_log(self.root, [row])
+        except GullySegError as exc:
+            if not self._journal_failed:
+                self._journal_failed = True
+                self._message(f"{exc} Decisions are still saved in the index, without time stamps.",
+                              compat.MSG_WARNING, bar=True)
+
+    def save_report(self, csv_path):
+        """The screening report of this index (gullyseg:screeningreport's engine): the decisions CSV with
+        time stamps and the summary JSON beside it; returns the summary dict (also shown)."""
+        index_path = layer_file_path(self.layer) if self.layer is not None else None
+        if not index_path:
+            self._message("The screening report needs a tile index saved in a file.", compat.MSG_WARNING, bar=True)
+            return None
+        try:
+            summary = asdict(screening.screening_report(index_path, csv_path))
+        except GullySegError as exc:
             self._message(f"Cannot write the report '{csv_path}': {exc}", compat.MSG_WARNING, bar=True)
             return None
-        self._message(f"Report saved: {os.path.basename(csv_path)} ({summary['decisions_this_session']} decisions "
-                      f"this session, {summary['kept']} kept, {summary['rejected']} rejected, "
-                      f"{summary['remaining']} remaining).")
+        this_session = sum(1 if r[5] == "decide" else -1 for r in self.session.log) if self.session else 0
+        self._message(f"Report saved: {os.path.basename(csv_path)} ({this_session} decisions this session, "
+                      f"{summary['kept']} kept, {summary['rejected']} rejected, {summary['remaining']} remaining, "
+                      f"{summary['rate_per_minute']} tiles/min).")
         return summary
 
     def _picture_settings(self, tiles):

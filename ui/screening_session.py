@@ -6,17 +6,17 @@ Qt: it is given the tiles and a ``write(tile, status)`` callable that persists a
 is on disk before the session moves on). If ``write`` raises, nothing changes.
 """
 
-import csv
-import json
-import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-STATUS_UNSCREENED = "unscreened"
-STATUS_KEEP = "keep"
-STATUS_REJECT = "reject"
+from ..processing.engine.dataset import (  # noqa: F401 (the statuses and their rule, importable from here)
+    STATUS_KEEP,
+    STATUS_REJECT,
+    STATUS_UNSCREENED,
+    normalise_status,
+)
 
 FILTER_UNSCREENED = "unscreened"
 FILTER_KEPT = "keep"
@@ -65,12 +65,6 @@ class Tile:
     extra: dict = field(default_factory=dict)
 
 
-def normalise_status(value):
-    """Index status values, tolerant of NULL/empty and case (anything unknown counts as unscreened)."""
-    text = str(value or "").strip().lower()
-    return text if text in (STATUS_KEEP, STATUS_REJECT) else STATUS_UNSCREENED
-
-
 def matches(status, filter_name):
     return filter_name == FILTER_ALL or status == filter_name
 
@@ -82,7 +76,8 @@ class ScreeningSession:
     clock: seconds (monotonic), injectable for tests.
     """
 
-    def __init__(self, tiles, write, filter_name=FILTER_UNSCREENED, order=ORDER_ID, clock=time.monotonic):
+    def __init__(self, tiles, write, filter_name=FILTER_UNSCREENED, order=ORDER_ID, clock=time.monotonic,
+                 journal=None):
         self.tiles = sorted(tiles, key=lambda t: t.tile_id)
         self._by_id = {t.tile_id: t for t in self.tiles}
         self._write = write
@@ -92,9 +87,14 @@ class ScreeningSession:
         for tile in self.tiles:
             self._counts[tile.status] = self._counts.get(tile.status, 0) + 1
         self._decisions = deque()  # times of recent decisions (for the rate)
-        self.log = []  # every decision and undo of this session: (UTC time ISO, seconds, tile id, old, new, action)
+        # every decision and undo of this session, rows in screening.LOG_FIELDS order
+        # (UTC time ISO, session id, tile id, old, new, action); ``journal(row)`` also gets each row
+        # once its decision is on disk (the dock appends it to the dataset's screening journal)
+        self.log = []
+        self._journal = journal
         self._wall = lambda: datetime.now(timezone.utc)
         self._started = self._clock()
+        self.session_id = self._wall().isoformat(timespec="seconds")
         self.filter = FILTER_UNSCREENED
         self.order = ORDER_ID
         self.queue = []
@@ -233,8 +233,10 @@ class ScreeningSession:
         return tile
 
     def _record(self, tile, old, new, action):
-        self.log.append((self._wall().isoformat(timespec="seconds"), round(self._clock() - self._started, 3),
-                         tile.tile_id, old, new, action))
+        row = (self._wall().isoformat(timespec="seconds"), self.session_id, tile.tile_id, old, new, action)
+        self.log.append(row)
+        if self._journal is not None:
+            self._journal(row)
 
     # --- jump ---------------------------------------------------------------------
     def find(self, text):
@@ -297,42 +299,3 @@ class ScreeningSession:
         if self.current is None:
             return f"done / {len(self.queue)}"
         return f"{self.pos + 1} / {len(self.queue)}"
-
-
-REPORT_FIELDS = ("time_utc", "seconds_since_start", "tile_id", "old_status", "new_status", "action")
-
-
-def write_report(session, csv_path, index_path=""):
-    """The screening report: ``csv_path`` (this session's decisions and undos with time stamps) and
-    ``<csv stem>.json`` (counts, rate, decisions, the index). Returns the summary dict."""
-    counts = session.counts()
-    decided = [row for row in session.log if row[5] == "decide"]
-    undone = [row for row in session.log if row[5] == "undo"]
-    span = (session.log[-1][1] - session.log[0][1]) if len(session.log) > 1 else 0.0
-    summary = {
-        "index": index_path,
-        "written_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "total": counts["total"],
-        "kept": counts["kept"],
-        "rejected": counts["rejected"],
-        "remaining": counts["remaining"],
-        "decisions_this_session": len(decided) - len(undone),
-        "undos_this_session": len(undone),
-        "rate_last_5_min_per_min": round(counts["rate"], 2),
-        "rate_session_per_min": round(60.0 * (len(decided) - 1) / span, 2) if span > 0 and len(decided) > 1 else 0.0,
-        "csv": os.path.basename(csv_path),
-        "note": "Decisions made before this session are in the index's status field, without time stamps.",
-    }
-    folder = os.path.dirname(os.path.abspath(csv_path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = csv_path + ".part"
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(REPORT_FIELDS)
-        writer.writerows(session.log)
-    os.replace(tmp, csv_path)
-    json_path = os.path.splitext(csv_path)[0] + ".json"
-    with open(json_path + ".part", "w", encoding="utf-8") as handle:
-        json.dump(summary, handle, indent=2)
-    os.replace(json_path + ".part", json_path)
-    return summary

@@ -33,6 +33,7 @@ STATUS_UNSCREENED = "unscreened"
 STATUS_KEEP = "keep"
 STATUS_REJECT = "reject"
 STATUSES = (STATUS_UNSCREENED, STATUS_KEEP, STATUS_REJECT)
+SCREENING_LOG = "screening_log.csv"  # the dock's journal of decisions with time stamps (screening.py)
 SPLITS = ("train", "val", "test")
 SPLIT_MANIFEST = "split.json"  # written by split.py
 AUGMENT_MANIFEST = "augment.json"  # written by augment.py, read by split.py
@@ -170,6 +171,13 @@ def _open_index(path, update=False):
     if missing:
         raise GullySegError(f"TILES: '{path}' lacks the fields {missing}; is it a GullySeg tile index?")
     return ds, layer
+
+
+def normalise_status(value) -> str:
+    """A tile's status as read from the index, tolerant of NULL/empty and case (anything unknown
+    counts as unscreened)."""
+    text = str(value or "").strip().lower()
+    return text if text in (STATUS_KEEP, STATUS_REJECT) else STATUS_UNSCREENED
 
 
 def read_index(path) -> tuple:
