@@ -139,7 +139,7 @@ def train_one(loop, models, confusion, arch, encoder, data, epochs, batch, lr, d
     return net, row
 
 
-def run(npz_path, out_dir, epochs, batch, lr, budget_s, allow_cpu=False):
+def run(npz_path, out_dir, epochs, batch, lr, budget_s, allow_cpu=False, window=1024):
     import onnxruntime as ort
     import torch
 
@@ -212,7 +212,7 @@ def run(npz_path, out_dir, epochs, batch, lr, budget_s, allow_cpu=False):
     print("ONNX vs PyTorch (GPU):", json.dumps(result["onnx_vs_torch_gpu"]), flush=True)
 
     # 3. inference throughput: 1024 px windows, batch 4 (PyTorch fp32 on the GPU; onnxruntime)
-    win = torch.randn(4, xs.shape[1], 1024, 1024)
+    win = torch.randn(4, xs.shape[1], window, window)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     timing = {}
     with torch.no_grad():
@@ -224,14 +224,14 @@ def run(npz_path, out_dir, epochs, batch, lr, budget_s, allow_cpu=False):
         for _ in range(10):
             gpu_net(g).cpu()
         sync()
-        timing[f"torch_{device}_fp32_mp_per_s"] = round(40 * 1024 * 1024 / (time.perf_counter() - t0) / 1e6, 1)
+        timing[f"torch_{device}_fp32_mp_per_s"] = round(40 * window * window / (time.perf_counter() - t0) / 1e6, 1)
     w = win.numpy()
     sess.run(None, {"input": w})
     t0 = time.perf_counter()
     for _ in range(2):
         sess.run(None, {"input": w})
     timing[f"onnxruntime_{sess.get_providers()[0]}_mp_per_s"] = round(
-        8 * 1024 * 1024 / (time.perf_counter() - t0) / 1e6, 2)
+        8 * window * window / (time.perf_counter() - t0) / 1e6, 2)
     result["inference_throughput"] = timing
     save()
     print("inference:", json.dumps(timing), flush=True)
@@ -279,12 +279,13 @@ def main(argv=None):
     r.add_argument("--batch", type=int, default=16)
     r.add_argument("--lr", type=float, default=3e-3)
     r.add_argument("--allow-cpu", action="store_true", help="smoke-test the script without a GPU")
+    r.add_argument("--window", type=int, default=1024, help="inference timing window size (px)")
     r.add_argument("--budget", type=float, default=360.0, help="no new architecture starts after this many s")
     args = ap.parse_args(argv)
     if args.cmd == "pack":
         pack(args.dataset, args.out, args.limit)
     else:
-        run(args.npz, args.out, args.epochs, args.batch, args.lr, args.budget, args.allow_cpu)
+        run(args.npz, args.out, args.epochs, args.batch, args.lr, args.budget, args.allow_cpu, args.window)
     return 0
 
 
