@@ -18,10 +18,9 @@ pytest.importorskip(
     "segmentation_models_pytorch",
     reason="segmentation-models-pytorch is not installed (optional: pip install -r requirements-train.txt)")
 
-import dataset_builder  # noqa: E402
+import training_data  # noqa: E402
 from osgeo import gdal  # noqa: E402
 
-from gullyseg.processing.engine import split  # noqa: E402
 from gullyseg.processing.engine.feedback import RecordingFeedback  # noqa: E402
 from gullyseg.processing.engine.training import data, loop, models, trainer  # noqa: E402
 
@@ -31,16 +30,7 @@ FAST = {"epochs": 2, "batch_size": 4, "learning_rate": "0.003", "seed": 1, "thre
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A 256 x 256 synthetic scene cut into 16 tiles of 64 px, masks from its ground truth, split 6:2:2."""
-    from gullyseg.processing.engine import synthetic
-
-    base = tmp_path_factory.mktemp("training_options")
-    scene = base / "scene.tif"
-    synthetic.make_scene(str(scene), width=256, height=256, seed=3, mask_path=str(base / "scene_mask.tif"),
-                         gullies_path=str(base / "scene_gullies.gpkg"))
-    root = base / "dataset"
-    dataset_builder.build_dataset(root, scene, tile_size=64)
-    split.split_dataset(str(root), ratios="6:2:2", seed=1)
-    return {"root": root, "base": base}
+    return training_data.tiny_dataset(tmp_path_factory.mktemp("training_options"))
 
 
 def _random_problem(seed=0, n=4, size=16, ignore_share=0.2):
