@@ -143,3 +143,40 @@ def test_result_summary():
     assert not ok and "python3-pip" in text
     ok, text = deps.result_summary(9, True, "")
     assert not ok and text.startswith("Cancelled")
+
+
+def test_folder_packages_come_first_unless_qgis_holds_or_loaded_them(tmp_path):
+    """A package in the plugin's folder wins over an older copy elsewhere on sys.path (Debian's
+    sympy shadowed the folder's, so the folder's torch failed); numpy, pip's tooling, the standard
+    library and modules already imported never come from the folder."""
+    import subprocess
+    import sys
+
+    system, folder = tmp_path / "dist-packages", tmp_path / "gullyseg_packages"
+    for where, version in ((system, "old"), (folder, "new")):
+        for name in ("gsdemo_sym", "gsdemo_loaded"):
+            (where / name).mkdir(parents=True)
+            (where / name / "__init__.py").write_text(f"VERSION = {version!r}\n")
+        (where / "gsdemo_sym" / "core.py").write_text(f"WHERE = {version!r}\n")
+    (folder / "numpy").mkdir()
+    (folder / "numpy" / "__init__.py").write_text("raise ImportError('the folder numpy must never load')\n")
+    (folder / "json").mkdir()  # a standard-library name
+    (folder / "only_here.py").write_text("VERSION = 'new'\n")
+    (folder / "gsdemo_sym-1.14.dist-info").mkdir()
+    assert deps.folder_modules(str(folder)) == {"gsdemo_sym", "gsdemo_loaded", "numpy", "json", "only_here"}
+    code = f"""
+import sys
+sys.path.insert(0, {str(system)!r})
+import importlib.util
+spec = importlib.util.spec_from_file_location("deps", {deps.__file__!r})
+deps = importlib.util.module_from_spec(spec); spec.loader.exec_module(deps)
+import gsdemo_loaded  # imported before the plugin starts: stays the system's
+assert deps.add_to_sys_path({str(folder)!r})
+assert sys.path[-1] == {str(folder)!r}
+import gsdemo_sym, gsdemo_sym.core, only_here, numpy, json
+print(gsdemo_sym.VERSION, gsdemo_sym.core.WHERE, only_here.VERSION, gsdemo_loaded.VERSION,
+      numpy.__file__.startswith({str(folder)!r}), json.__file__.startswith({str(folder)!r}))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["new", "new", "new", "old", "False", "False"]

@@ -5,7 +5,12 @@ OSGeo4W's lives under Program Files, macOS's inside the signed QGIS.app. So Gull
 onnxruntime (inference) and, on request, PyTorch with segmentation-models-pytorch (training) with
 ``pip install --target`` into ``<QGIS profile>/python/gullyseg_packages/py<major>.<minor>`` and never
 into QGIS's site-packages. The plugin *appends* that folder to ``sys.path`` when it starts, so
-QGIS's own packages (numpy, GDAL's bindings) always win over anything in it.
+QGIS's own packages (numpy, GDAL's bindings) always win over anything in it, and puts a finder in
+front of ``sys.meta_path`` for the other top-level packages the folder holds that QGIS has not
+imported yet (``FolderFirst``): those come from the folder, as pip resolved them together. Without
+it Debian's older copies in /usr/lib/python3/dist-packages shadowed them: the folder's torch then
+imported Debian's sympy 1.9 and failed (``cannot import name 'equal_valued'``), found by a real
+install of the training group.
 
 numpy is held to the version QGIS runs (GDAL's bindings are built against it): pip gets a
 constraints file ``numpy==<that version>`` and the copy of numpy that ``--target`` puts into the
@@ -182,12 +187,60 @@ def remove_held(target, held=HELD_BY_QGIS):
     return removed
 
 
-def add_to_sys_path(folder, path_list=None):
-    """Append ``folder`` to ``sys.path`` (after QGIS's own folders) when it exists. Returns True if added."""
+# never taken from the plugin's folder even when it holds a copy: QGIS's own, and pip's tooling
+NOT_FROM_FOLDER = HELD_BY_QGIS + ("pip", "setuptools", "pkg_resources", "_distutils_hack", "wheel")
+
+
+def folder_modules(folder):
+    """The top-level import names ``folder`` provides (packages, namespace folders, modules)."""
+    names = set()
+    for entry in os.listdir(folder):
+        path = os.path.join(folder, entry)
+        if entry.startswith((".", "__")) or entry.endswith((".dist-info", ".egg-info", ".libs")):
+            continue
+        if os.path.isdir(path):
+            if entry.isidentifier() and entry not in ("bin", "__pycache__"):
+                names.add(entry)
+        elif entry.endswith((".py", ".so", ".pyd")):
+            names.add(entry.split(".")[0])
+    return names
+
+
+class FolderFirst:
+    """A meta path finder: the top-level modules ``names`` are looked up in ``folder`` first (their
+    submodules follow through the package's own path)."""
+
+    def __init__(self, folder, names):
+        self.folder = folder
+        self.names = frozenset(names)
+
+    def find_spec(self, fullname, path=None, target=None):
+        if "." in fullname or fullname not in self.names:
+            return None
+        import importlib.machinery
+
+        return importlib.machinery.PathFinder.find_spec(fullname, [self.folder])
+
+    def invalidate_caches(self):
+        pass
+
+
+def add_to_sys_path(folder, path_list=None, meta_path=None, loaded=None):
+    """Append ``folder`` to ``sys.path`` (after QGIS's own folders) when it exists, and put a
+    ``FolderFirst`` finder for its other packages in front of ``sys.meta_path`` (not for numpy,
+    pip's tooling, the standard library or modules already imported: ``loaded``, default
+    ``sys.modules``). Returns True if added."""
     path_list = sys.path if path_list is None else path_list
+    meta_path = sys.meta_path if meta_path is None else meta_path
+    loaded = sys.modules if loaded is None else loaded
     if not folder or not os.path.isdir(folder) or folder in path_list:
         return False
     path_list.append(folder)
+    stdlib = getattr(sys, "stdlib_module_names", frozenset())
+    names = {n for n in folder_modules(folder)
+             if n not in NOT_FROM_FOLDER and n not in stdlib and n not in loaded}
+    if names and not any(isinstance(f, FolderFirst) and f.folder == folder for f in meta_path):
+        meta_path.insert(0, FolderFirst(folder, names))
     return True
 
 
