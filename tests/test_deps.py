@@ -161,6 +161,8 @@ def test_folder_packages_come_first_unless_qgis_holds_or_loaded_them(tmp_path):
     (folder / "numpy").mkdir()
     (folder / "numpy" / "__init__.py").write_text("raise ImportError('the folder numpy must never load')\n")
     (folder / "json").mkdir()  # a standard-library name
+    (folder / "json" / "__init__.py").write_text("raise ImportError('the folder json must never load')\n")
+    (folder / "gsdemo_ns" / "part").mkdir(parents=True)  # a namespace package: merged across sys.path, not taken
     (folder / "only_here.py").write_text("VERSION = 'new'\n")
     (folder / "gsdemo_sym-1.14.dist-info").mkdir()
     assert deps.folder_modules(str(folder)) == {"gsdemo_sym", "gsdemo_loaded", "numpy", "json", "only_here"}

@@ -192,14 +192,16 @@ NOT_FROM_FOLDER = HELD_BY_QGIS + ("pip", "setuptools", "pkg_resources", "_distut
 
 
 def folder_modules(folder):
-    """The top-level import names ``folder`` provides (packages, namespace folders, modules)."""
+    """The top-level import names ``folder`` provides as regular packages or modules."""
     names = set()
     for entry in os.listdir(folder):
         path = os.path.join(folder, entry)
         if entry.startswith((".", "__")) or entry.endswith((".dist-info", ".egg-info", ".libs")):
             continue
         if os.path.isdir(path):
-            if entry.isidentifier() and entry not in ("bin", "__pycache__"):
+            # regular packages only: a namespace folder (google, nvidia) merges with the other
+            # copies on sys.path as usual, so the folder must not take it over
+            if entry.isidentifier() and os.path.isfile(os.path.join(path, "__init__.py")):
                 names.add(entry)
         elif entry.endswith((".py", ".so", ".pyd")):
             names.add(entry.split(".")[0])
