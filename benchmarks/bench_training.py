@@ -8,7 +8,7 @@ with the tile, the memory argument does not change), masks cut from its ground t
 split 8:1:1 by the split engine, then (second dataset) the train split augmented x4 by the augment
 engine: 584 train samples before, 2,920 after (584 x 5).
 
-1. Throughput (samples/s), in the same run and process, same model (U-Net / resnet18, the default),
+1. Throughput (samples/s), in the same run and process, same model (U-Net with the default encoder),
    batch, threads and samples, augmentation off in both, alternated REPEAT times (median):
    - gullyseg: ``loop.fit`` over ``data.TileSource`` batches (tiles read from disk with GDAL in a
      prefetch thread, normalised as segment does);
@@ -157,7 +157,7 @@ def main():
     if args.child:
         child_memory(args.child, args.threads, args.batch)
         return 0
-    from gullyseg.processing.engine.training import deps
+    from gullyseg.processing.engine.training import deps, models
 
     if deps.missing():  # optional dependency: `make bench` goes on without it
         print(f"bench_training skipped: {deps.missing()}")
@@ -171,7 +171,7 @@ def main():
     plain, aug = build(workdir, args.tile)
     print(f"datasets ready in {time.perf_counter() - t0:.0f} s: {plain}, {aug}", flush=True)
     med, all_rates, ratio = throughput(plain, args.threads, args.batch, args.samples, args.repeat)
-    print(f"throughput ({args.samples} samples of {args.tile} px, U-Net/resnet18, batch {args.batch}, "
+    print(f"throughput ({args.samples} samples of {args.tile} px, U-Net/{models.DEFAULT_ENCODER}, batch {args.batch}, "
           f"{args.threads} threads, median of {args.repeat}): gullyseg {med['gullyseg']:.2f} samples/s, bare "
           f"PyTorch over preloaded tensors {med['peer']:.2f} samples/s; median of the pairwise ratios {ratio:.3f} "
           "(target >= 0.9)")
