@@ -180,9 +180,16 @@ def test_successful_overwrite_replaces_and_leaves_no_staging(scene, tmp_path):
 
 # --- 3. SIGTERM / SIGHUP to a real qgis_process child clean up as SIGINT does ------------------
 
-def _start(runner, alg_id, params):
+def _start(runner, alg_id, params, ignore_sighup=False):
+    """qgis_process in the background, with SIGHUP and SIGTERM at their defaults whatever this test
+    process inherited: under ``nohup`` SIGHUP is ignored and children inherit that, and GullySeg then
+    rightly keeps ignoring it (``ignore_sighup`` starts it that way on purpose)."""
+    def dispositions():
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN if ignore_sighup else signal.SIG_DFL)
+
     return subprocess.Popen(runner.args(alg_id, params), env=runner.env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, preexec_fn=dispositions)
 
 
 def _wait_for(predicate, proc, timeout=240):
@@ -220,6 +227,21 @@ def test_signal_during_gridtiles_leaves_nothing(qgis_process_runner, scene_facto
     assert rc == -sig, output[-3000:]  # it still ends by the signal, as the caller expects
     assert not out.exists() or (not (out / "index.gpkg").exists() and leftovers(out) == []
                                 and (not images.exists() or os.listdir(images) == [])), sorted(os.listdir(images))
+
+
+def test_an_inherited_ignored_sighup_stays_ignored(qgis_process_runner, scene_factory, tmp_path):
+    """Started under nohup (SIGHUP ignored), gridtiles does not install its handler: a SIGHUP changes
+    nothing and the run completes, as nohup promises."""
+    scene = scene_factory("robust_big", width=2048, height=2048, seed=7)
+    out = tmp_path / "ds"
+    proc = _start(qgis_process_runner, "gullyseg:gridtiles",
+                  {"INPUT": str(scene), "OUTPUT_DIR": str(out), "TILE_SIZE": 32, "FORMAT": 2}, ignore_sighup=True)
+    images = out / "images"
+    assert _wait_for(lambda: images.is_dir() and len(os.listdir(images)) > 20, proc)
+    proc.send_signal(signal.SIGHUP)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output[-3000:]
+    assert (out / "index.gpkg").exists() and len(list(images.glob("*.tif"))) == 64 * 64
 
 
 def test_sigterm_during_segment_leaves_nothing(qgis_process_runner, scene_factory, tmp_path):
