@@ -5,6 +5,7 @@ The index on disk (re-read with OGR) is the reference for what a key did."""
 
 
 import pytest
+from dock_window import docked
 from qgis.core import QgsProject
 from qgis.gui import QgsGui
 from qgis.PyQt.QtCore import QPoint, Qt
@@ -14,7 +15,6 @@ from screening_data import copy_index, make_source_dataset, statuses
 
 from gullyseg.processing.engine import dataset
 from gullyseg.ui import settings
-from gullyseg.ui.dock import GullySegDock
 
 TILE = 128
 
@@ -31,25 +31,8 @@ def index_path(source_dataset, tmp_path):
 
 @pytest.fixture
 def dock(qgis_iface, qgis_new_project):
-    saved = settings.snapshot()
-    settings.reset()
-    main = qgis_iface.mainWindow()
-    canvas = qgis_iface.mapCanvas()
-    main.setCentralWidget(canvas)
-    widget = GullySegDock(qgis_iface, main)
-    main.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, widget)
-    main.resize(1000, 700)
-    main.show()
-    widget.show()
-    main.activateWindow()
-    QTest.qWaitForWindowActive(main, 2000)
-    yield widget
-    widget.shutdown()
-    main.removeDockWidget(widget)
-    widget.deleteLater()
-    main.hide()
-    QgsProject.instance().clear()
-    settings.restore(saved)
+    with docked(qgis_iface, 1000, 700, activate=True) as widget:
+        yield widget
 
 
 def key(widget, k):

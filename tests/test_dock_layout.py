@@ -2,30 +2,15 @@
 status message that wraps does not make the layout jump."""
 
 import pytest
-from qgis.core import QgsApplication, QgsProject
+from dock_window import docked
+from qgis.core import QgsApplication
 from qgis.PyQt.QtCore import QPoint, Qt
-
-from gullyseg.ui import settings
-from gullyseg.ui.dock import GullySegDock
 
 
 @pytest.fixture
 def dock(qgis_iface, qgis_new_project):
-    saved = settings.snapshot()
-    settings.reset()
-    main = qgis_iface.mainWindow()
-    main.setCentralWidget(qgis_iface.mapCanvas())
-    widget = GullySegDock(qgis_iface, main)
-    main.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, widget)
-    main.resize(1280, 800)
-    main.show()
-    yield widget
-    widget.shutdown()
-    main.removeDockWidget(widget)
-    widget.deleteLater()
-    main.hide()
-    QgsProject.instance().clear()
-    settings.restore(saved)
+    with docked(qgis_iface, 1280, 800) as widget:
+        yield widget
 
 
 def _inside(widget, area):
